@@ -1,0 +1,43 @@
+# Every user-facing target creates .venv on first use. torch is pinned here: 2.13.0 (a CPU build lies on the
+# dev/CI disk; an unpinned torch would pull a multi-GB CUDA build).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SCALE ?= demo
+
+.PHONY: help setup test test-slow lint data bench ablation-nsp ablation-masking ablation-batch ablation-data clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+setup: $(STAMP)  ## create .venv with every dependency
+
+test: $(STAMP)  ## the default test suite (CPU, ~10 min on 2 cores)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)  ## only the tests marked slow
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check harness analysis tests
+
+data: $(STAMP)  ## fetch and prepare the demo corpus (cached)
+	$(PY) -m harness data prepare --corpus demo
+
+bench: $(STAMP)  ## benchmarks -> runs/bench/latest.json
+	$(PY) -m harness bench
+
+ablation-nsp ablation-masking ablation-batch ablation-data: $(STAMP)  ## a paper table (SCALE=smoke|demo|paper)
+	@echo "$@: not yet - the experiment grid runner (issue 5) has not landed. Today: make data, then" \
+	      "'$(PY) -m harness pretrain --config configs/demo.yaml'." >&2; exit 2
+
+clean:  ## remove the venv and local caches (not runs/)
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,1 @@
+"""RoBERTa ablation harness: data, model, pretraining, fine-tuning and the experiment grid."""

@@ -1,0 +1,43 @@
+"""`make bench`: run the benchmark sections in one process and write runs/bench/latest.json (also printed).
+
+Each section returns a flat dict of numbers; ratios are taken against baselines measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from harness.errors import UserError
+
+SECTIONS = ("data", "pretrain")
+
+
+def bench_from_cli(args: argparse.Namespace) -> None:
+    names = [s.strip() for s in args.sections.split(",") if s.strip()]
+    for name in names:
+        if name not in SECTIONS:
+            raise UserError(f"--sections: expected names from {list(SECTIONS)}, got {name!r}")
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
+                    else None},
+    }
+    for name in names:
+        print(f"== bench: {name}", flush=True)
+        report[name] = importlib.import_module(f"harness.benchmarks.{name}").run()
+    if "data" in report and "pretrain" in report:
+        consumed = report["pretrain"]["tokens_per_s"] / report["data"]["seq_len"]  # sequences/s the model eats
+        report["data"]["loader_headroom_vs_model"] = round(report["data"]["loader_seq_per_s"] / consumed, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {out}")

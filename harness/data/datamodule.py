@@ -1,0 +1,188 @@
+"""Batches for pretraining: the input-format view, masking, token-budget step plans, and the LightningDataModule.
+
+Equal tokens per step (§4.2): FULL-SENTENCES, the reference, takes exactly `batch_size` sequences per step; the
+other formats fill each step to `batch_size` x the mean FULL-SENTENCES length in tokens, so shorter inputs
+(SENTENCE-PAIR, DOC-SENTENCES near document ends) get more sequences, as the paper raises their batch size.
+
+The global step plan is a pure function of (seed, epoch); each step is cut into `accumulate x world_size`
+micro-batches and rank r takes its share, so every rank and worker count sees the same data.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from harness.config import DataConfig, OptimConfig
+from harness.data.formats import Examples, build_examples
+from harness.data.masking import IGNORE, epoch_key, mask_tokens
+from harness.data.pipeline import PreparedData, Split
+from harness.data.tokenizer import BOS, EOS, PAD
+from harness.errors import UserError
+
+REFERENCE_FORMAT = "full_sentences"
+_PLAN_DOMAIN = 0x9A7
+
+
+class MaskedLMDataset(Dataset):
+    """Item (example index, epoch key) → one masked sequence; no state, so workers need no epoch signal."""
+
+    def __init__(self, split: Split, examples: Examples, cfg: DataConfig, vocab_size: int, seed: int):
+        self.tokens, self.ex, self.cfg, self.vocab_size, self.seed = split.tokens, examples, cfg, vocab_size, seed
+
+    def __len__(self) -> int:
+        return len(self.ex)
+
+    def assemble(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids `<s> A </s> [B </s>]` and token types (0 for A, 1 for B) of example i."""
+        lo, mid, hi = self.ex.offsets[i], self.ex.b_start[i], self.ex.offsets[i + 1]
+        parts, b_from = [np.array([BOS])], None
+        for j in range(lo, hi):
+            if j == mid:
+                parts.append(np.array([EOS]))
+                b_from = sum(len(p) for p in parts)
+            start, end = self.ex.spans[j]
+            parts.append(np.array([EOS]) if start < 0 else np.asarray(self.tokens[start:end]))
+        parts.append(np.array([EOS]))
+        ids = np.concatenate(parts).astype(np.int64)
+        types = np.zeros(len(ids), dtype=np.int64)
+        if b_from is not None:
+            types[b_from:] = 1
+        return ids, types
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        i, key = item
+        ids, types = self.assemble(i)
+        inputs, labels = mask_tokens(ids, self.cfg, self.vocab_size, self.seed, i, key)
+        out = {"input_ids": inputs, "labels": labels}
+        if self.ex.nsp is not None:
+            out["token_type_ids"] = types
+            out["nsp_label"] = int(self.ex.nsp[i])
+        return out
+
+
+def collate(items: list[dict]) -> dict:
+    """Pad to the longest sequence in the micro-batch; attention_mask is None when nothing is padded."""
+    lengths = [len(x["input_ids"]) for x in items]
+    T, B = max(lengths), len(items)
+    input_ids = torch.full((B, T), PAD, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    for b, x in enumerate(items):
+        input_ids[b, : lengths[b]] = torch.from_numpy(x["input_ids"])
+        labels[b, : lengths[b]] = torch.from_numpy(x["labels"])
+    batch = {"input_ids": input_ids, "labels": labels, "n_tokens": sum(lengths), "attention_mask": None}
+    if min(lengths) < T:
+        batch["attention_mask"] = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    if "token_type_ids" in items[0]:
+        types = torch.zeros((B, T), dtype=torch.long)
+        for b, x in enumerate(items):
+            types[b, : lengths[b]] = torch.from_numpy(x["token_type_ids"])
+        batch["token_type_ids"] = types
+        batch["nsp_labels"] = torch.tensor([x["nsp_label"] for x in items], dtype=torch.long)
+    return batch
+
+
+def plan_epoch(lengths: np.ndarray, seed: int, epoch: int, batch_size: int, token_budget: int | None):
+    """Optimizer steps of one epoch, each an array of example indices. Fixed `batch_size` sequences per step, or,
+    with a token budget, consecutive shuffled examples grouped so each step holds `token_budget` tokens on average
+    (an example joins the step in which its first token falls). The incomplete last step is dropped."""
+    order = np.random.default_rng([seed, _PLAN_DOMAIN, epoch]).permutation(len(lengths))
+    if token_budget is None:
+        n = len(order) // batch_size
+        return list(order[: n * batch_size].reshape(n, batch_size))
+    starts = np.cumsum(lengths[order]) - lengths[order]
+    step_of = starts // token_budget
+    n = int(np.cumsum(lengths[order])[-1] // token_budget)  # only steps whose budget is fully covered
+    bounds = np.searchsorted(step_of, np.arange(n + 1))
+    return [order[bounds[s] : bounds[s + 1]] for s in range(n)]
+
+
+class StepSampler(Sampler):
+    """Yields this rank's micro-batches as lists of (example index, epoch key)."""
+
+    def __init__(self, lengths, cfg: DataConfig, seed, batch_size, token_budget, accumulate, world_size, rank):
+        self.lengths, self.cfg, self.seed = lengths, cfg, seed
+        self.batch_size, self.token_budget = batch_size, token_budget
+        self.chunks, self.rank, self.accumulate = accumulate * world_size, rank, accumulate
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_start(self, micro_batch: int) -> None:
+        """Skip this many micro-batches of the current epoch on the next pass (exact mid-epoch resume)."""
+        self.start = micro_batch
+
+    def steps(self) -> list[np.ndarray]:
+        return plan_epoch(self.lengths, self.seed, self.epoch, self.batch_size, self.token_budget)
+
+    def __len__(self) -> int:
+        return len(self.steps()) * self.accumulate
+
+    def __iter__(self):
+        key = epoch_key(self.cfg, self.epoch)
+        start, self.start = self.start, 0
+        k = 0
+        for step in self.steps():
+            parts = np.array_split(step, self.chunks)
+            for part in parts[self.rank * self.accumulate : (self.rank + 1) * self.accumulate]:
+                if k >= start:
+                    yield [(int(i), key) for i in part]
+                k += 1
+
+
+class PretrainDataModule(L.LightningDataModule):
+    def __init__(self, prepared: PreparedData, data: DataConfig, optim: OptimConfig, seed: int,
+                 num_workers: int = 2, world_size: int = 1, rank: int = 0, valid_sequences: int = 512):
+        super().__init__()
+        self.prepared, self.cfg, self.optim, self.seed = prepared, data, optim, seed
+        self.num_workers, self.world_size, self.rank = num_workers, world_size, rank
+        self.valid_sequences = valid_sequences
+        per_step = optim.micro_batch_size * world_size
+        if optim.batch_size % per_step:
+            raise UserError(f"optim.batch_size: expected a multiple of optim.micro_batch_size x devices = {per_step}, "
+                            f"got {optim.batch_size}")
+        self.accumulate = optim.batch_size // per_step
+        self.train_sampler: StepSampler | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:
+            self.world_size, self.rank = self.trainer.world_size, self.trainer.global_rank
+        if self.train_sampler is not None:
+            return
+        vocab = self.prepared.vocab_size
+        train = self.prepared.split("train")
+        self.train_examples = build_examples(train, self.cfg, self.seed)
+        self.train_set = MaskedLMDataset(train, self.train_examples, self.cfg, vocab, self.seed)
+        self.token_budget = None
+        if self.cfg.input_format != REFERENCE_FORMAT:
+            ref = build_examples(train, self.cfg, self.seed, REFERENCE_FORMAT)
+            self.token_budget = int(round(self.optim.batch_size * ref.lengths.mean()))
+        self.train_sampler = StepSampler(self.train_examples.lengths, self.cfg, self.seed, self.optim.batch_size,
+                                         self.token_budget, self.accumulate, self.world_size, self.rank)
+        if len(self.train_sampler.steps()) == 0:
+            raise UserError(f"data.corpus={self.cfg.corpus}: too little text for one step of optim.batch_size="
+                            f"{self.optim.batch_size} ({len(self.train_examples)} sequences); lower the batch size")
+        valid = self.prepared.split("valid")
+        self.valid_examples = build_examples(valid, self.cfg, self.seed)
+        self.valid_set = MaskedLMDataset(valid, self.valid_examples, self.cfg, vocab, self.seed)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_sampler.steps())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.train_sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        # A fixed subset with fixed masks (epoch key 0), so validation perplexity is comparable across steps.
+        n = min(self.valid_sequences, len(self.valid_set))
+        mb = self.optim.micro_batch_size
+        batches = [[(i, 0) for i in range(s, min(s + mb, n))] for s in range(0, n, mb)]
+        return self._loader(self.valid_set, batches[self.rank :: self.world_size])
+
+    def _loader(self, dataset: Dataset, batch_sampler) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())

@@ -1,0 +1,226 @@
+"""The paper's four input formats (§4.2, Table 2) as views over one binarized split.
+
+A view is a table of examples, each a list of token spans; nothing is copied. Special tokens are added when an
+example is assembled: `<s> A </s>` or `<s> A </s> B </s>` (BERT's [CLS] A [SEP] B [SEP]), and FULL-SENTENCES
+puts an extra `</s>` where a sequence crosses into the next document (fairseq's `sample_break_mode=complete`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.config import DataConfig
+from harness.data.pipeline import Split
+from harness.errors import UserError
+
+SEP = (-1, -1)  # a span row meaning "document separator </s>"
+
+
+@dataclass(frozen=True)
+class Examples:
+    spans: np.ndarray  # (S, 2) int64 token ranges [start, end); a row (-1, -1) is a document separator
+    offsets: np.ndarray  # (E+1,) int64: example i is spans[offsets[i]:offsets[i+1]]
+    b_start: np.ndarray  # (E,) int64: span index where segment B starts (== offsets[i+1] when there is no B)
+    nsp: np.ndarray | None  # (E,) int64, 1 = B really follows A, 0 = B drawn from another document
+    docs: np.ndarray  # (E,) int64: the document each example starts in (for tests and analysis)
+    lengths: np.ndarray  # (E,) int64: tokens including special tokens
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def select_documents(split: Split, cfg: DataConfig) -> np.ndarray:
+    """Document ids for the configured data size (Table 4), in corpus order; subsets nest by document hash."""
+    if cfg.data_tokens:
+        order = np.argsort(split.size_keys, kind="stable")
+        covered = np.cumsum(split.doc_tokens()[order])
+        n = int(np.searchsorted(covered, cfg.data_tokens)) + 1
+        return np.sort(order[:n])
+    return np.flatnonzero(split.size_keys < cfg.data_fraction)
+
+
+class _Builder:
+    """Accumulates examples; segments are lists of [start, end] spans (SEP for a document separator)."""
+
+    def __init__(self, with_nsp: bool):
+        self.spans: list[tuple[int, int]] = []
+        self.offsets, self.b_start, self.nsp, self.docs, self.lengths = [0], [], [], [], []
+        self.with_nsp = with_nsp
+
+    def add(self, doc: int, a: list, b: list | None = None, is_next: int = 0) -> None:
+        self.spans.extend(map(tuple, a))
+        self.b_start.append(len(self.spans))
+        n_tokens = _n_tokens(a) + 2
+        if b is not None:
+            self.spans.extend(map(tuple, b))
+            n_tokens += _n_tokens(b) + 1
+            self.nsp.append(is_next)
+        self.offsets.append(len(self.spans))
+        self.docs.append(doc)
+        self.lengths.append(n_tokens)
+
+    def build(self) -> Examples:
+        return Examples(
+            spans=np.array(self.spans, dtype=np.int64).reshape(-1, 2),
+            offsets=np.array(self.offsets, dtype=np.int64),
+            b_start=np.array(self.b_start, dtype=np.int64),
+            nsp=np.array(self.nsp, dtype=np.int64) if self.with_nsp else None,
+            docs=np.array(self.docs, dtype=np.int64),
+            lengths=np.array(self.lengths, dtype=np.int64),
+        )
+
+
+def _n_tokens(spans: list) -> int:
+    return sum(1 if s[0] < 0 else s[1] - s[0] for s in spans)
+
+
+def _pieces(split: Split, doc: int, cap: int) -> list[list[int]]:
+    """A document's sentences as token spans; a sentence longer than `cap` is cut into pieces of at most `cap`."""
+    out = []
+    for s in range(split.documents[doc], split.documents[doc + 1]):
+        start, end = int(split.sentences[s]), int(split.sentences[s + 1])
+        for p in range(start, end, cap):
+            out.append([p, min(p + cap, end)])
+    return out
+
+
+def _packed(split: Split, docs: np.ndarray, max_len: int, cross_docs: bool) -> Examples:
+    """FULL-SENTENCES (cross_docs) and DOC-SENTENCES: whole sentences packed up to max_len tokens."""
+    cap = max_len - 2  # room for <s> ... </s>
+    out = _Builder(with_nsp=False)
+    cur: list = []
+    cur_len, cur_doc, pending_sep = 0, 0, False
+    for d in docs:
+        for piece in _pieces(split, int(d), cap):
+            n = piece[1] - piece[0] + (1 if pending_sep and cur else 0)
+            if cur and cur_len + n > cap:
+                out.add(cur_doc, cur)
+                cur, cur_len = [], 0
+                n = piece[1] - piece[0]
+            if not cur:
+                cur_doc = int(d)
+            elif pending_sep:
+                cur.append(list(SEP))
+            pending_sep = False
+            cur.append(piece)
+            cur_len += n
+        if cross_docs:
+            pending_sep = True
+        elif cur:
+            out.add(cur_doc, cur)
+            cur, cur_len = [], 0
+    if cur:
+        out.add(cur_doc, cur)
+    return out.build()
+
+
+def _truncate_pair(a: list, b: list, cap: int) -> None:
+    """Trim tokens from the end of the longer segment until the pair fits (BERT's truncate_seq_pair)."""
+    la, lb = _n_tokens(a), _n_tokens(b)
+    while la + lb > cap:
+        seg = a if la > lb else b
+        seg[-1][1] -= 1
+        if seg[-1][1] == seg[-1][0]:
+            seg.pop()
+        la, lb = _n_tokens(a), _n_tokens(b)
+
+
+def _random_other_doc(rng: np.random.Generator, docs: np.ndarray, d: int) -> int:
+    for _ in range(10):
+        other = int(docs[rng.integers(len(docs))])
+        if other != d:
+            return other
+    return int(docs[(np.searchsorted(docs, d) + 1) % len(docs)])
+
+
+def _segment_pairs(split: Split, docs: np.ndarray, max_len: int, rng: np.random.Generator) -> Examples:
+    """SEGMENT-PAIR+NSP: BERT's create_instances_from_document without short sequences (RoBERTa §4.2)."""
+    cap = max_len - 3  # <s> A </s> B </s>
+    out = _Builder(with_nsp=True)
+    for d in map(int, docs):
+        pieces = _pieces(split, d, cap)
+        chunk: list = []
+        chunk_len, i = 0, 0
+        while i < len(pieces):
+            chunk.append(list(pieces[i]))
+            chunk_len += pieces[i][1] - pieces[i][0]
+            if i == len(pieces) - 1 or chunk_len >= cap:
+                is_next = int(rng.random() < 0.5)
+                if len(chunk) == 1:  # one long sentence: cut it, so a true continuation still exists
+                    start, end = chunk[0]
+                    if end - start < 2:
+                        chunk, chunk_len, i = [], 0, i + 1
+                        continue
+                    cut = int(rng.integers(start + 1, end))
+                    a, b = [[start, cut]], [[cut, end]]
+                else:
+                    a_end = int(rng.integers(1, len(chunk)))
+                    a, b = chunk[:a_end], chunk[a_end:]
+                if not is_next:
+                    b = _random_segment(split, _random_other_doc(rng, docs, d), cap - _n_tokens(a), rng)
+                    if len(chunk) > 1:
+                        i -= len(chunk) - len(a)  # put the unused sentences back, as BERT does
+                _truncate_pair(a, b, cap)
+                out.add(d, a, b, is_next)
+                chunk, chunk_len = [], 0
+            i += 1
+    return out.build()
+
+
+def _random_segment(split: Split, doc: int, target: int, rng: np.random.Generator) -> list:
+    """Sentences from a random point of `doc` until `target` tokens are reached."""
+    pieces = _pieces(split, doc, max(target, 1))
+    start = int(rng.integers(len(pieces)))
+    seg, n = [], 0
+    for p in pieces[start:]:
+        seg.append(list(p))
+        n += p[1] - p[0]
+        if n >= target:
+            break
+    return seg
+
+
+def _sentence_pairs(split: Split, docs: np.ndarray, max_len: int, rng: np.random.Generator) -> Examples:
+    """SENTENCE-PAIR+NSP: one natural sentence each side; half the B sentences come from another document."""
+    cap = max_len - 3
+    out = _Builder(with_nsp=True)
+    for d in map(int, docs):
+        sents = _pieces(split, d, cap)
+        i = 0
+        while i < len(sents) - 1:
+            a = [list(sents[i])]
+            if rng.random() < 0.5:
+                b, is_next, i = [list(sents[i + 1])], 1, i + 2
+            else:
+                other = _pieces(split, _random_other_doc(rng, docs, d), cap)
+                b, is_next, i = [list(other[rng.integers(len(other))])], 0, i + 1
+            _truncate_pair(a, b, cap)
+            out.add(d, a, b, is_next)
+    return out.build()
+
+
+def build_examples(split: Split, cfg: DataConfig, seed: int, input_format: str | None = None) -> Examples:
+    """The view of `split` in `input_format` (default cfg.input_format); deterministic given `seed`."""
+    fmt = input_format or cfg.input_format
+    docs = select_documents(split, cfg)
+    rng = np.random.default_rng([seed, 0x5E6])  # NSP pairing and cut points
+    if fmt in ("segment_pair_nsp", "sentence_pair_nsp") and len(docs) < 2:
+        raise UserError(f"data.corpus={cfg.corpus}: {fmt} needs at least 2 documents (random B segments come "
+                        f"from another document); this split has {len(docs)}")
+    if fmt == "full_sentences":
+        ex = _packed(split, docs, cfg.max_seq_len, cross_docs=True)
+    elif fmt == "doc_sentences":
+        ex = _packed(split, docs, cfg.max_seq_len, cross_docs=False)
+    elif fmt == "segment_pair_nsp":
+        ex = _segment_pairs(split, docs, cfg.max_seq_len, rng)
+    elif fmt == "sentence_pair_nsp":
+        ex = _sentence_pairs(split, docs, cfg.max_seq_len, rng)
+    else:
+        raise UserError(f"data.input_format: expected one of segment_pair_nsp, sentence_pair_nsp, full_sentences, "
+                        f"doc_sentences, got {fmt!r}")
+    if len(ex) == 0:
+        raise UserError(f"data.corpus={cfg.corpus}: documents too short for {fmt} (it needs documents with at "
+                        f"least 2 sentences); got no examples from {len(docs)} documents")
+    return ex

@@ -1,0 +1,41 @@
+"""BERT masking as a pure function of (seed, example index, epoch key) — the Table 1 factor.
+
+dynamic: the key is the epoch, so every pass draws a new mask (RoBERTa §4.1).
+static:  the key is epoch mod K, so each sequence cycles through K fixed masks — the effect of BERT's 10x
+         duplicated preprocessing (each mask seen 4 times in 40 epochs) without the 10x copy on disk.
+Because masks depend on nothing else, batches are identical whatever the number of workers or ranks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.config import DataConfig
+from harness.data.tokenizer import BOS, EOS, MASK, PAD
+
+N_SPECIAL = 5  # ids 0..4 are <s> <pad> </s> <unk> <mask>; random replacements are drawn above them
+IGNORE = -100  # label at positions not selected for prediction (torch cross_entropy's ignore_index)
+_DOMAIN = 0x3A5C  # separates the masking stream from other uses of the seed
+
+
+def epoch_key(cfg: DataConfig, epoch: int) -> int:
+    return epoch % cfg.static_masks if cfg.masking == "static" else epoch
+
+
+def mask_tokens(ids: np.ndarray, cfg: DataConfig, vocab_size: int, seed: int, index: int, key: int):
+    """Return (inputs, labels) for one sequence: 15% of non-special tokens selected; of those 80% <mask>,
+    10% a random token, 10% unchanged (cfg's probabilities); labels hold the original id there, IGNORE elsewhere."""
+    rng = np.random.default_rng([seed, _DOMAIN, index, key])
+    candidates = np.flatnonzero((ids != BOS) & (ids != EOS) & (ids != PAD) & (ids != MASK))
+    # Probabilistic rounding keeps the expected rate exactly mask_prob for short sequences too (as fairseq).
+    n = min(len(candidates), int(cfg.mask_prob * len(candidates) + rng.random()))
+    chosen = rng.choice(candidates, size=n, replace=False)
+    labels = np.full(ids.shape, IGNORE, dtype=np.int64)
+    labels[chosen] = ids[chosen]
+    inputs = ids.astype(np.int64, copy=True)
+    u = rng.random(n)
+    to_random = u < cfg.random_token_prob
+    to_mask = u >= cfg.random_token_prob + cfg.leave_unmasked_prob
+    inputs[chosen[to_mask]] = MASK
+    inputs[chosen[to_random]] = rng.integers(N_SPECIAL, vocab_size, size=int(to_random.sum()))
+    return inputs, labels

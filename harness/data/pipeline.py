@@ -1,0 +1,165 @@
+"""Corpus → tokenizer → binarized train/valid splits, cached by a content hash of (corpus, tokenizer, settings).
+
+On disk, per split (`train`, `valid`), in `cache_root()/binarized/<key>/`:
+  <split>.tokens.bin      token ids, uint16 when the vocab fits (else uint32), all sentences back to back
+  <split>.sentences.npy   int64 (S+1,) offsets of each sentence into tokens
+  <split>.documents.npy   int64 (D+1,) offsets of each document into sentences
+  <split>.size_keys.npy   float64 (D,) hash of each document in [0, 1): data-size subsets take the lowest keys,
+                          so a smaller subset is always contained in a larger one
+plus tokenizer.json and meta.json (written last: its presence marks the folder complete).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from harness.config import DataConfig
+from harness.data.corpus import cache_root, prepare_corpus, read_documents
+from harness.data.tokenizer import train_tokenizer
+
+VERSION = 1  # bump when the binarized layout or split rule changes
+ENCODE_BATCH = 20_000  # sentences per encode_batch call (Rust-parallel inside)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    dir: Path
+    tokenizer_path: Path
+    vocab_size: int
+    corpus_stats: dict
+    meta: dict
+
+    def split(self, name: str) -> Split:
+        return Split.load(self.dir, name, self.meta["dtype"])
+
+
+@dataclass(frozen=True)
+class Split:
+    tokens: np.ndarray  # (N,) memmap of token ids
+    sentences: np.ndarray  # (S+1,) int64
+    documents: np.ndarray  # (D+1,) int64
+    size_keys: np.ndarray  # (D,) float64 in [0, 1)
+
+    @classmethod
+    def load(cls, folder: Path, name: str, dtype: str) -> Split:
+        return cls(
+            tokens=np.memmap(folder / f"{name}.tokens.bin", dtype=dtype, mode="r"),
+            sentences=np.load(folder / f"{name}.sentences.npy"),
+            documents=np.load(folder / f"{name}.documents.npy"),
+            size_keys=np.load(folder / f"{name}.size_keys.npy"),
+        )
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.documents) - 1
+
+    def doc_tokens(self) -> np.ndarray:
+        """(D,) tokens per document."""
+        return np.diff(self.sentences[self.documents])
+
+
+def doc_hash(sentences: list[str], salt: str) -> float:
+    """A document's position in [0, 1), from its content: stable across machines and runs."""
+    h = hashlib.blake2b("\n".join(sentences).encode(), digest_size=8, person=salt.encode()[:16])
+    return int.from_bytes(h.digest(), "big") / 2**64
+
+
+def _key(corpus_key: str, cfg: DataConfig) -> str:
+    settings = [VERSION, corpus_key, cfg.tokenizer, cfg.vocab_size, cfg.lowercase, cfg.valid_fraction]
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
+
+
+def prepare(cfg: DataConfig, verbose: bool = False) -> PreparedData:
+    """Everything a training run needs from the corpus; a no-op when the cache already holds it."""
+    corpus = prepare_corpus(cfg.corpus, decode_errors=cfg.decode_errors, verbose=verbose)
+    out = cache_root() / "binarized" / f"{cfg.tokenizer}-{cfg.vocab_size}-{_key(corpus.key, cfg)}"
+    if not (out / "meta.json").exists():
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        binarize(corpus.path, cfg, tmp, corpus.stats, verbose)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    elif verbose:
+        print(f"cached: {out}")
+    meta = json.loads((out / "meta.json").read_text())
+    if verbose:
+        _summary(meta)
+    return PreparedData(out, out / "tokenizer.json", meta["vocab_size"], corpus.stats, meta)
+
+
+def binarize(corpus_path: Path, cfg: DataConfig, out: Path, corpus_stats: dict, verbose: bool) -> None:
+    t0 = time.perf_counter()
+    docs = list(read_documents(corpus_path))
+    is_valid = np.array([doc_hash(d, "valid") < cfg.valid_fraction for d in docs])
+    splits = {"train": [d for d, v in zip(docs, is_valid) if not v], "valid": [d for d, v in zip(docs, is_valid) if v]}
+    if verbose:
+        print(f"training the {cfg.tokenizer} tokenizer ({cfg.vocab_size:,} tokens) on {len(splits['train']):,} "
+              "training documents ...", flush=True)
+    # The tokenizer learns from the training split only, so validation text stays unseen.
+    tok = train_tokenizer((s for d in splits["train"] for s in d), cfg, out / "tokenizer.json")
+    t_tok = time.perf_counter()
+    vocab_size = tok.get_vocab_size()
+    dtype = "uint16" if vocab_size <= 2**16 else "uint32"
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # encode on every core; loader workers never tokenize
+    counts = {}
+    for name, split_docs in splits.items():
+        counts[name] = _write_split(tok, split_docs, out, name, dtype, verbose)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # DataLoader workers fork later: keep tokenizers quiet
+    n_bytes = sum(len(s.encode()) for d in docs for s in d)
+    meta = {
+        "version": VERSION,
+        "vocab_size": vocab_size,
+        "dtype": dtype,
+        "tokenizer": cfg.tokenizer,
+        "corpus": corpus_stats.get("name", cfg.corpus),
+        "splits": counts,
+        "seconds": {"tokenizer": round(t_tok - t0, 2), "total": round(time.perf_counter() - t0, 2)},
+        "mb_per_s": round(n_bytes / 1e6 / (time.perf_counter() - t0), 3),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def _batches(items: list[str], n: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _write_split(tok, docs: list[list[str]], out: Path, name: str, dtype: str, verbose: bool) -> dict:
+    sentences = [s for d in docs for s in d]
+    n_batches = -(-len(sentences) // ENCODE_BATCH)
+    lengths = np.zeros(len(sentences), dtype=np.int64)
+    with open(out / f"{name}.tokens.bin", "wb") as f:
+        i = 0
+        for batch in tqdm(_batches(sentences, ENCODE_BATCH), total=n_batches, desc=f"binarize {name}",
+                          unit="batch", disable=not verbose):
+            for enc in tok.encode_batch(batch, add_special_tokens=False):
+                ids = np.asarray(enc.ids, dtype=dtype)
+                f.write(ids.tobytes())
+                lengths[i] = len(ids)
+                i += 1
+    sent_offsets = np.concatenate([[0], np.cumsum(lengths)])
+    doc_offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
+    np.save(out / f"{name}.sentences.npy", sent_offsets)
+    np.save(out / f"{name}.documents.npy", doc_offsets)
+    np.save(out / f"{name}.size_keys.npy", np.array([doc_hash(d, "size") for d in docs], dtype=np.float64))
+    return {"documents": len(docs), "sentences": len(sentences), "tokens": int(sent_offsets[-1])}
+
+
+def _summary(meta: dict) -> None:
+    s = meta["splits"]
+    print(f"tokenizer: {meta['tokenizer']} with {meta['vocab_size']:,} tokens; ids stored as {meta['dtype']}")
+    for name in ("train", "valid"):
+        print(f"  {name}: {s[name]['documents']:,} documents, {s[name]['sentences']:,} sentences, "
+              f"{s[name]['tokens']:,} tokens")
+

@@ -1,0 +1,267 @@
+"""The data half on the real tiny corpus: formats, masking, token budgets, determinism, caching, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from harness.config import DataConfig, OptimConfig
+from harness.data.datamodule import MaskedLMDataset, PretrainDataModule, plan_epoch
+from harness.data.formats import build_examples, select_documents
+from harness.data.masking import IGNORE, MASK, mask_tokens
+from harness.data.pipeline import prepare
+from harness.data.tokenizer import BOS, EOS
+from harness.errors import UserError
+
+FORMATS = ["segment_pair_nsp", "sentence_pair_nsp", "full_sentences", "doc_sentences"]
+CFG = DataConfig(corpus="tiny", vocab_size=2000, max_seq_len=64)
+
+
+@pytest.fixture(scope="session")
+def prepared():
+    return prepare(CFG)
+
+
+@pytest.fixture(scope="session")
+def train(prepared):
+    return prepared.split("train")
+
+
+def doc_of(split, token_pos: np.ndarray) -> np.ndarray:
+    """The document holding each token position."""
+    sentence = np.searchsorted(split.sentences, token_pos, side="right") - 1
+    return np.searchsorted(split.documents, sentence, side="right") - 1
+
+
+def content_spans(ex, i):
+    rows = ex.spans[ex.offsets[i] : ex.offsets[i + 1]]
+    return rows, rows[:, 0] >= 0
+
+
+def test_prepared_layout(prepared, train):
+    assert prepared.vocab_size <= 2000 and prepared.meta["dtype"] == "uint16"
+    assert train.n_docs > 50 and len(train.tokens) == train.sentences[-1] > 200_000
+    valid = prepared.split("valid")
+    assert valid.n_docs >= 2
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_no_sequence_exceeds_max_length(prepared, train, fmt):
+    cfg = replace(CFG, input_format=fmt)
+    ex = build_examples(train, cfg, seed=0)
+    assert ex.lengths.max() <= cfg.max_seq_len
+    ds = MaskedLMDataset(train, ex, cfg, prepared.vocab_size, seed=0)
+    for i in range(0, len(ex), max(1, len(ex) // 300)):
+        ids, _ = ds.assemble(i)
+        assert len(ids) == ex.lengths[i] and ids[0] == BOS and ids[-1] == EOS
+
+
+def test_doc_sentences_never_cross_a_document(train):
+    ex = build_examples(train, replace(CFG, input_format="doc_sentences"), seed=0)
+    for i in range(len(ex)):
+        rows, _ = content_spans(ex, i)
+        assert (rows[:, 0] >= 0).all(), "DOC-SENTENCES never needs a document separator"
+        docs = doc_of(train, np.concatenate([rows[:, 0], rows[:, 1] - 1]))
+        assert (docs == docs[0]).all(), f"example {i} crosses documents {set(docs)}"
+
+
+def test_full_sentences_separator_at_each_boundary(prepared, train):
+    cfg = replace(CFG, input_format="full_sentences")
+    ex = build_examples(train, cfg, seed=0)
+    ds = MaskedLMDataset(train, ex, cfg, prepared.vocab_size, seed=0)
+    crossings = 0
+    for i in range(len(ex)):
+        rows, content = content_spans(ex, i)
+        docs = doc_of(train, rows[content, 0])
+        changes = int((np.diff(docs) != 0).sum())
+        assert (~content).sum() == changes, f"example {i}: {changes} boundaries, {(~content).sum()} separators"
+        # each separator sits exactly between spans of two different documents
+        for j in np.flatnonzero(~content):
+            assert 0 < j < len(rows) - 1 and doc_of(train, rows[j - 1 : j, 0]) != doc_of(train, rows[j + 1 : j + 2, 0])
+        ids, _ = ds.assemble(i)
+        assert (ids[1:-1] == EOS).sum() == changes
+        crossings += changes
+    assert crossings > 50
+
+
+@pytest.mark.parametrize("fmt", ["segment_pair_nsp", "sentence_pair_nsp"])
+def test_nsp_labels_balanced_and_negatives_from_another_document(train, fmt):
+    cfg = replace(CFG, input_format=fmt)
+    labels, seed = [], 0
+    while len(labels) < 10_000:
+        ex = build_examples(train, cfg, seed=seed)
+        labels.extend(ex.nsp.tolist())
+        if seed == 0:  # the B segment of a negative comes from another document, of a positive from the same
+            for i in range(len(ex)):
+                rows = ex.spans[ex.offsets[i] : ex.offsets[i + 1]]
+                a, b = rows[: ex.b_start[i] - ex.offsets[i]], rows[ex.b_start[i] - ex.offsets[i] :]
+                same = doc_of(train, a[:1, 0])[0] == doc_of(train, b[:1, 0])[0]
+                assert same == bool(ex.nsp[i]), f"example {i}"
+        seed += 1
+    assert abs(np.mean(labels[:10_000]) - 0.5) <= 0.02
+
+
+def test_masking_rates_over_a_million_tokens():
+    rng = np.random.default_rng(0)
+    selected = masked = randomised = kept = candidates = 0
+    for i in range(8_000):
+        ids = np.concatenate([[BOS], rng.integers(5, 2000, size=126), [EOS]])
+        inputs, labels = mask_tokens(ids, CFG, 2000, seed=1, index=i, key=0)
+        sel = labels != IGNORE
+        assert not sel[0] and not sel[-1], "special tokens are never selected"
+        candidates += 126
+        selected += sel.sum()
+        masked += (inputs[sel] == MASK).sum()
+        kept += (inputs[sel] == ids[sel]).sum()
+        randomised += ((inputs[sel] != MASK) & (inputs[sel] != ids[sel])).sum()
+    assert candidates >= 1_000_000
+    assert abs(selected / candidates - 0.15) <= 0.005
+    # a random replacement can draw the original token (1 in ~2000), which then counts as kept
+    assert abs(masked / selected - 0.8) <= 0.005
+    assert abs(randomised / selected - 0.1) <= 0.005
+    assert abs(kept / selected - 0.1) <= 0.005
+
+
+def test_padding_is_never_masked(prepared, train):
+    cfg = replace(CFG, input_format="sentence_pair_nsp")
+    dm = PretrainDataModule(prepared, cfg, OptimConfig(batch_size=32, micro_batch_size=32), seed=0, num_workers=0)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["attention_mask"] is not None
+    assert (batch["labels"][~batch["attention_mask"]] == IGNORE).all()
+
+
+def masks_by_epoch(prepared, train, masking, epochs):
+    cfg = replace(CFG, masking=masking, static_masks=3)
+    ex = build_examples(train, cfg, seed=0)
+    ds = MaskedLMDataset(train, ex, cfg, prepared.vocab_size, seed=0)
+    from harness.data.masking import epoch_key
+
+    return [np.concatenate([ds[(i, epoch_key(cfg, e))]["labels"] for i in range(20)]) for e in range(epochs)]
+
+
+def test_static_masks_repeat_every_k_epochs(prepared, train):
+    masks = masks_by_epoch(prepared, train, "static", 7)
+    for e in range(7):
+        for f in range(7):
+            assert np.array_equal(masks[e], masks[f]) == (e % 3 == f % 3)
+
+
+def test_dynamic_masks_differ_every_epoch(prepared, train):
+    masks = masks_by_epoch(prepared, train, "dynamic", 7)
+    assert all(not np.array_equal(masks[e], masks[f]) for e in range(7) for f in range(e))
+
+
+def batches(dm, n):
+    it = iter(dm.train_dataloader())
+    return [next(it) for _ in range(n)]
+
+
+def test_identical_batches_with_0_and_2_workers(prepared):
+    cfg = replace(CFG, input_format="segment_pair_nsp")
+    optim = OptimConfig(batch_size=16, micro_batch_size=8)
+    runs = []
+    for workers in (0, 2):
+        dm = PretrainDataModule(prepared, cfg, optim, seed=3, num_workers=workers)
+        dm.setup()
+        dm.train_sampler.set_epoch(2)
+        runs.append(batches(dm, 6))
+    for a, b in zip(*runs):
+        for key in ("input_ids", "labels", "token_type_ids", "nsp_labels"):
+            assert np.array_equal(a[key].numpy(), b[key].numpy()), key
+
+
+def test_ranks_split_each_step_disjointly(prepared):
+    optim = OptimConfig(batch_size=16, micro_batch_size=4)
+    samplers = []
+    for world, rank in ((1, 0), (2, 0), (2, 1)):
+        dm = PretrainDataModule(prepared, CFG, optim, seed=0, num_workers=0, world_size=world, rank=rank)
+        dm.setup()
+        samplers.append([[i for i, _ in mb] for mb in dm.train_sampler])
+    single, r0, r1 = samplers
+    assert len(r0) == len(r1) == len(single) // 2  # 4 micro-batches per step on 1 rank, 2 per rank on 2 ranks
+    for step in range(len(r0) // 2):
+        a = set(sum(r0[2 * step : 2 * step + 2], []))
+        b = set(sum(r1[2 * step : 2 * step + 2], []))
+        assert not a & b and a | b == set(sum(single[4 * step : 4 * step + 4], []))
+
+
+def test_mean_tokens_per_step_equal_across_formats(prepared, train):
+    optim = OptimConfig(batch_size=32, micro_batch_size=32)
+    means = {}
+    for fmt in FORMATS:
+        dm = PretrainDataModule(prepared, replace(CFG, input_format=fmt), optim, seed=0, num_workers=0)
+        dm.setup()
+        steps = dm.train_sampler.steps()
+        means[fmt] = np.mean([dm.train_examples.lengths[s].sum() for s in steps])
+    ref = means["full_sentences"]
+    assert all(abs(m / ref - 1) <= 0.05 for m in means.values()), means
+    # and the short formats really do get more sequences per step
+    dm = PretrainDataModule(prepared, replace(CFG, input_format="sentence_pair_nsp"), optim, seed=0, num_workers=0)
+    dm.setup()
+    assert np.mean([len(s) for s in dm.train_sampler.steps()]) > 1.5 * optim.batch_size
+
+
+def test_plan_is_a_function_of_seed_and_epoch():
+    lengths = np.random.default_rng(0).integers(10, 64, size=1000)
+    a = plan_epoch(lengths, 0, 1, 16, token_budget=600)
+    assert [x.tolist() for x in a] == [x.tolist() for x in plan_epoch(lengths, 0, 1, 16, token_budget=600)]
+    assert [x.tolist() for x in a] != [x.tolist() for x in plan_epoch(lengths, 0, 2, 16, token_budget=600)]
+
+
+def test_data_size_subsets_nest(train):
+    half = set(select_documents(train, replace(CFG, data_fraction=0.5)))
+    quarter = set(select_documents(train, replace(CFG, data_fraction=0.25)))
+    assert quarter < half < set(range(train.n_docs))
+    by_tokens = select_documents(train, replace(CFG, data_tokens=50_000))
+    assert train.doc_tokens()[by_tokens].sum() >= 50_000
+    assert set(by_tokens) <= set(select_documents(train, replace(CFG, data_tokens=100_000)))
+
+
+def test_second_prepare_is_a_no_op(prepared):
+    meta = prepared.dir / "meta.json"
+    before = meta.stat().st_mtime_ns
+    again = prepare(CFG)
+    assert again.dir == prepared.dir and meta.stat().st_mtime_ns == before
+
+
+def test_wordpiece_tokenizer(tmp_path):
+    cfg = replace(CFG, tokenizer="wordpiece", vocab_size=1500)
+    p = prepare(cfg)
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(p.tokenizer_path))
+    assert [tok.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")] == [0, 1, 2, 3, 4]
+    assert p.split("train").sentences[-1] > 100_000
+
+
+def test_pair_formats_reject_one_sentence_documents(tmp_path):
+    corpus = tmp_path / "short"
+    corpus.mkdir()
+    text = "\n\n".join(f"Document number {i} has only this one sentence in it." for i in range(400))
+    (corpus / "docs.txt").write_text(text + "\n")
+    cfg = DataConfig(corpus=str(corpus), vocab_size=300, input_format="sentence_pair_nsp", max_seq_len=32)
+    p = prepare(cfg)
+    with pytest.raises(UserError, match="too short for sentence_pair_nsp"):
+        build_examples(p.split("train"), cfg, seed=0)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--corpus", "/no/such/corpus"], "/no/such/corpus"),
+        (["--corpus", "tiny", "data.input_format=pairs"], "data.input_format"),
+        (["--corpus", "tiny", "data.masking=sometimes"], "data.masking"),
+        (["--corpus", "tiny", "data.vocab_size=100"], "data.vocab_size"),
+        (["--corpus", "tiny", "data.nope=1"], "data.nope"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(args, expected):
+    r = subprocess.run([sys.executable, "-m", "harness", "data", "prepare", *args], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in r.stderr
