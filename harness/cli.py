@@ -34,6 +34,12 @@ def _export_hf(args: argparse.Namespace) -> None:
     export_hf_from_cli(args)
 
 
+def _finetune(args: argparse.Namespace) -> None:
+    from harness.finetune.cli import finetune_from_cli
+
+    finetune_from_cli(args)
+
+
 def _bench(args: argparse.Namespace) -> None:
     from harness.bench import bench_from_cli
 
@@ -73,6 +79,14 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("run_dir", help="a pretraining run folder (runs/<study>/<arm>/seed_<k>)")
     exp.add_argument("out", help="output folder")
     exp.set_defaults(func=_export_hf)
+
+    fine = sub.add_parser("finetune", help="fine-tune a pretrained run on downstream tasks (median over seeds)")
+    fine.add_argument("run_dir", help="a pretraining run folder (runs/<study>/<arm>/seed_<k>)")
+    fine.add_argument("--task", action="append", required=True,
+                      help="task name (repeatable), e.g. sst2, mnli, squad1, squad2, race, or a stand-in: rt_sentiment")
+    fine.add_argument("--data-dir", help="folder with the official task files (GLUE TSVs, SQuAD JSON, RACE)")
+    fine.add_argument("--protocol", default="demo", help="protocol name from configs/finetune.yaml (paper|demo|smoke)")
+    fine.set_defaults(func=_finetune)
 
     bench = sub.add_parser("bench", help="benchmarks; writes runs/bench/latest.json")
     bench.add_argument("--out", default="runs/bench/latest.json")

@@ -85,7 +85,7 @@ def test_full_sentences_separator_at_each_boundary(prepared, train):
         ids, _ = ds.assemble(i)
         assert (ids[1:-1] == EOS).sum() == changes
         crossings += changes
-    assert crossings > 50
+    assert crossings > 10
 
 
 @pytest.mark.parametrize("fmt", ["segment_pair_nsp", "sentence_pair_nsp"])
@@ -192,18 +192,19 @@ def test_ranks_split_each_step_disjointly(prepared):
 
 def test_mean_tokens_per_step_equal_across_formats(prepared, train):
     optim = OptimConfig(batch_size=32, micro_batch_size=32)
+    cfg = replace(CFG, max_seq_len=128)  # long enough that sentence pairs are much shorter than packed sequences
     means = {}
     for fmt in FORMATS:
-        dm = PretrainDataModule(prepared, replace(CFG, input_format=fmt), optim, seed=0, num_workers=0)
+        dm = PretrainDataModule(prepared, replace(cfg, input_format=fmt), optim, seed=0, num_workers=0)
         dm.setup()
         steps = dm.train_sampler.steps()
         means[fmt] = np.mean([dm.train_examples.lengths[s].sum() for s in steps])
     ref = means["full_sentences"]
     assert all(abs(m / ref - 1) <= 0.05 for m in means.values()), means
     # and the short formats really do get more sequences per step
-    dm = PretrainDataModule(prepared, replace(CFG, input_format="sentence_pair_nsp"), optim, seed=0, num_workers=0)
+    dm = PretrainDataModule(prepared, replace(cfg, input_format="sentence_pair_nsp"), optim, seed=0, num_workers=0)
     dm.setup()
-    assert np.mean([len(s) for s in dm.train_sampler.steps()]) > 1.5 * optim.batch_size
+    assert np.mean([len(s) for s in dm.train_sampler.steps()]) > 1.2 * optim.batch_size
 
 
 def test_plan_is_a_function_of_seed_and_epoch():

@@ -27,7 +27,8 @@ from harness.config import DataConfig
 from harness.data.corpus import cache_root, prepare_corpus, read_documents
 from harness.data.tokenizer import train_tokenizer
 
-VERSION = 1  # bump when the binarized layout or split rule changes
+VERSION = 2  # bump when the binarized layout or split rule changes
+MIN_VALID_DOCS = 2
 ENCODE_BATCH = 20_000  # sentences per encode_batch call (Rust-parallel inside)
 
 
@@ -101,7 +102,11 @@ def prepare(cfg: DataConfig, verbose: bool = False) -> PreparedData:
 def binarize(corpus_path: Path, cfg: DataConfig, out: Path, corpus_stats: dict, verbose: bool) -> None:
     t0 = time.perf_counter()
     docs = list(read_documents(corpus_path))
-    is_valid = np.array([doc_hash(d, "valid") < cfg.valid_fraction for d in docs])
+    keys = np.array([doc_hash(d, "valid") for d in docs])
+    # The documents hashing below valid_fraction, but at least MIN_VALID_DOCS (pair formats need two documents).
+    n_valid = min(max(int((keys < cfg.valid_fraction).sum()), MIN_VALID_DOCS), len(docs) // 2)
+    is_valid = np.zeros(len(docs), dtype=bool)
+    is_valid[np.argsort(keys)[:n_valid]] = True
     splits = {"train": [d for d, v in zip(docs, is_valid) if not v], "valid": [d for d, v in zip(docs, is_valid) if v]}
     if verbose:
         print(f"training the {cfg.tokenizer} tokenizer ({cfg.vocab_size:,} tokens) on {len(splits['train']):,} "
