@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from harness.errors import UserError
 
@@ -38,6 +39,27 @@ def _finetune(args: argparse.Namespace) -> None:
     from harness.finetune.cli import finetune_from_cli
 
     finetune_from_cli(args)
+
+
+def _grid_run(args: argparse.Namespace) -> None:
+    from harness.grid.runner import load_slurm_options, run_grid
+
+    if args.workers < 1:
+        raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
+    run_grid(args.experiment, args.scale, args.runs_dir, args.backend, args.workers, args.devices_per_worker,
+             args.optuna_storage, load_slurm_options(args.slurm))
+
+
+def _grid_worker(args: argparse.Namespace) -> None:
+    from harness.grid.runner import work
+
+    work(Path(args.folder))
+
+
+def _grid_status(args: argparse.Namespace) -> None:
+    from harness.grid.runner import status_table
+
+    print(status_table(Path(args.folder)))
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -84,9 +106,41 @@ def parser() -> argparse.ArgumentParser:
     fine.add_argument("run_dir", help="a pretraining run folder (runs/<study>/<arm>/seed_<k>)")
     fine.add_argument("--task", action="append", required=True,
                       help="task name (repeatable), e.g. sst2, mnli, squad1, squad2, race, or a stand-in: rt_sentiment")
-    fine.add_argument("--data-dir", help="folder with the official task files (GLUE TSVs, SQuAD JSON, RACE)")
+    fine.add_argument("--data-dir", help="folder with the official task files (GLUE at DIR/<TASK>/*.tsv, SQuAD at "
+                      "DIR/{train,dev}-v{1.1,2.0}.json, RACE at DIR/RACE/{train,dev}/{middle,high}/), or 'hf' for HF "
+                      "datasets' local cache; without it: the task's offline stand-in, else n/a offline")
     fine.add_argument("--protocol", default="demo", help="protocol name from configs/finetune.yaml (paper|demo|smoke)")
+    fine.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
+                      help="random: fine-tune the same encoder from a random init (results in finetune-random-init/)")
     fine.set_defaults(func=_finetune)
+
+    grid = sub.add_parser("grid", help="run a paper table's grid of arms x seeds (tuning, pretraining, fine-tuning)")
+    grid_sub = grid.add_subparsers(dest="grid_command", required=True)
+    run = grid_sub.add_parser(
+        "run", help="run (or resume) an experiment file at a scale",
+        description="Validate the experiment file, record its cells in runs/<study>-<scale>/grid.sqlite and run "
+        "them: Optuna trials per arm for the nuisance settings, then every seed with the best values, then "
+        "fine-tuning. Finished cells are skipped; interrupted ones resume from their last checkpoint; a diverged "
+        "cell is recorded and the grid goes on. Safe to start several times at once (leased claims).",
+    )
+    run.add_argument("experiment", help="an experiment file, e.g. experiments/table2_nsp.yaml")
+    run.add_argument("--scale", default="demo", help="smoke | demo | paper (as the file defines them)")
+    run.add_argument("--backend", choices=("local", "slurm", "submitit-local"), default="local",
+                     help="local processes, a SLURM job array via submitit, or submitit's local executor")
+    run.add_argument("--workers", type=int, default=1, help="concurrent workers (cells at a time)")
+    run.add_argument("--devices-per-worker", type=int, default=1, help="GPUs per worker (DDP inside a cell if > 1)")
+    run.add_argument("--runs-dir", default="runs")
+    run.add_argument("--optuna-storage", help="Optuna storage URL (default: SQLite in the study folder); "
+                     "e.g. postgresql://user@host/db for many nodes")
+    run.add_argument("--slurm", help="submitit/SLURM parameters, e.g. 'slurm_partition=gpu,gpus_per_node=8,"
+                     "timeout_min=600'")
+    run.set_defaults(func=_grid_run)
+    worker = grid_sub.add_parser("worker", help="one worker loop on a study folder (started by `grid run`)")
+    worker.add_argument("folder")
+    worker.set_defaults(func=_grid_worker)
+    status = grid_sub.add_parser("status", help="cells done / running / failed of a study folder")
+    status.add_argument("folder", help="runs/<study>-<scale>")
+    status.set_defaults(func=_grid_status)
 
     bench = sub.add_parser("bench", help="benchmarks; writes runs/bench/latest.json")
     bench.add_argument("--out", default="runs/bench/latest.json")

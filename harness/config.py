@@ -42,6 +42,8 @@ class DataConfig:
     """The Table 2 factor; the RoBERTa default is FULL-SENTENCES."""
     masking: Masking = "dynamic"
     """The Table 1 factor: a new mask every epoch, or `static_masks` fixed masks reused in turn."""
+    nsp_positive_prob: float = 0.5
+    """NSP formats only: share of pairs whose B segment really follows A (BERT: 50%; negatives from another doc)."""
     static_masks: int = 10
     """Original BERT duplicated the data 10x, so each sequence had 10 masks over 40 epochs (§4.1)."""
     mask_prob: float = 0.15
@@ -64,6 +66,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.vocab_size > len(SPECIAL_TOKENS) + (256 if self.tokenizer == "byte_bpe" else 0), "data.vocab_size",
                "more than the special tokens (5) plus, for byte_bpe, the 256-byte alphabet", self.vocab_size)
+        _check(0 < self.nsp_positive_prob < 1, "data.nsp_positive_prob", "a probability in (0, 1)",
+               self.nsp_positive_prob)
+        _check(self.nsp or self.nsp_positive_prob == 0.5, "data.nsp_positive_prob",
+               f"to be left at 0.5 with a format without NSP (data.input_format={self.input_format})",
+               self.nsp_positive_prob)
         _check(self.static_masks >= 1, "data.static_masks", "an integer >= 1", self.static_masks)
         _check(0 < self.mask_prob < 1, "data.mask_prob", "a probability in (0, 1)", self.mask_prob)
         _check(0 <= self.random_token_prob and 0 <= self.leave_unmasked_prob
@@ -171,6 +178,16 @@ class TrainConfig:
     """Keep a checkpoint every N steps besides 'last' (0 = only 'last')."""
     num_workers: int = 2
     wandb: Literal["offline", "online", "disabled"] = "offline"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.study) and bool(self.arm), "train.study / train.arm", "non-empty names",
+               (self.study, self.arm))
+        _check(self.devices >= 1, "train.devices", "an integer >= 1", self.devices)
+        _check(self.log_every >= 1, "train.log_every", "an integer >= 1", self.log_every)
+        _check(self.val_every >= 1, "train.val_every", "an integer >= 1", self.val_every)
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "an integer >= 0 (0 = only 'last')",
+               self.checkpoint_every)
+        _check(self.num_workers >= 0, "train.num_workers", "an integer >= 0", self.num_workers)
 
 
 @dataclass(frozen=True)

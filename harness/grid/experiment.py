@@ -1,0 +1,193 @@
+"""Experiment files (`experiments/*.yaml`, one per paper table) → validated arms and cells.
+
+A file names its base config, the *scientific* factors it compares (one arm per value, or per tuple of `linked`
+values; the first arm is the table's reference row), the *nuisance* settings tuned per arm with their search space,
+the *fixed* ones, and per-scale settings (smoke / demo / paper). Everything is validated before anything is
+recorded: a bad file is one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import Config, load_config
+from harness.errors import UserError
+
+TOP_KEYS = {"study", "table", "description", "base", "scientific", "linked", "nuisance", "fixed", "finetune", "scales"}
+SCALE_KEYS = {"base", "overrides", "seeds", "scientific", "linked", "tune", "finetune", "why"}
+TUNE_KEYS = {"trials", "max_steps"}
+RANGE_KEYS = {"low", "high", "log"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    scientific: dict[str, Any]  # factor key -> value compared in this arm
+
+
+@dataclass(frozen=True)
+class Tune:
+    trials: int = 0  # Optuna trials per arm (0 = use the base config's nuisance values as they are)
+    max_steps: int = 0  # steps per trial (0 = the cell's own max_steps)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    path: Path
+    study: str
+    table: int
+    scale: str
+    base: Path
+    arms: tuple[Arm, ...]  # the first is the reference row that deltas are taken against
+    nuisance: dict[str, dict]  # key -> {"low", "high", "log"}
+    fixed: dict[str, Any]
+    overrides: dict[str, Any]  # the scale's own settings (model size, steps, ...)
+    seeds: tuple[int, ...]
+    tune: Tune
+    finetune_tasks: tuple[str, ...]
+    finetune_protocol: str
+    raw: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def folder(self) -> str:
+        """runs/<folder>: one per (study, scale), so smoke results never mix with demo ones."""
+        return f"{self.study}-{self.scale}"
+
+    def config(self, arm: Arm, seed: int, runs_dir: str, nuisance: dict[str, Any] | None = None,
+               extra: dict[str, Any] | None = None) -> Config:
+        """The resolved config of one cell: base < fixed < scale overrides < arm < tuned nuisance < extra."""
+        values = {**self.fixed, **self.overrides, **arm.scientific, **(nuisance or {}), **(extra or {})}
+        values.update({"train.study": self.folder, "train.arm": arm.name, "train.seed": seed,
+                       "train.runs_dir": runs_dir})
+        return load_config(self.base, [f"{k}={_yaml(v)}" for k, v in values.items()])
+
+    def study_json(self) -> dict:
+        return {
+            "study": self.study, "table": self.table, "scale": self.scale, "experiment_file": str(self.path),
+            "arms": [{"name": a.name, "scientific": a.scientific} for a in self.arms],
+            "reference_arm": self.arms[0].name, "seeds": list(self.seeds),
+            "scientific": sorted({k for a in self.arms for k in a.scientific}),
+            "nuisance": self.nuisance if self.tune.trials else {},
+            "fixed": {**self.fixed, **self.overrides},
+            "tune": {"trials": self.tune.trials, "max_steps": self.tune.max_steps},
+            "finetune": {"tasks": list(self.finetune_tasks), "protocol": self.finetune_protocol},
+        }
+
+
+def config_hash(cfg: Config) -> str:
+    d = cfg.to_dict()
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("runs_dir", "num_workers", "wandb")}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _yaml(value: Any) -> str:
+    """A value as an override string (JSON is valid YAML flow syntax)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a mapping, got {value!r}")
+    return value
+
+
+def _unknown(d: dict, allowed: set, where: str) -> None:
+    for key in d:
+        if key not in allowed:
+            raise UserError(f"{where}{key}: unknown key; expected one of {sorted(allowed)}")
+
+
+def _arm_name(values: dict[str, Any]) -> str:
+    if len(values) == 1:
+        (key, value), = values.items()
+        return str(value) if isinstance(value, str) else f"{key.split('.')[-1]}={value}"
+    return "-".join(f"{k.split('.')[-1]}={v}" for k, v in values.items())
+
+
+def _arms(scientific: dict, linked: dict, where: str) -> list[Arm]:
+    arms: list[dict] = [{}]
+    for key, values in scientific.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{where}scientific.{key}: expected a non-empty list of values, got {values!r}")
+        arms = [{**a, key: v} for a in arms for v in values]
+    if linked:
+        lengths = {key: len(v) if isinstance(v, list) else -1 for key, v in linked.items()}
+        if min(lengths.values()) < 1 or len(set(lengths.values())) != 1:
+            raise UserError(f"{where}linked: expected lists of one equal length, got lengths {lengths}")
+        n = next(iter(lengths.values()))
+        arms = [{**a, **{k: linked[k][i] for k in linked}} for a in arms for i in range(n)]
+    if arms == [{}]:
+        raise UserError(f"{where}scientific: expected at least one compared factor")
+    return [Arm(_arm_name(a), a) for a in arms]
+
+
+def load_experiment(path: str | Path, scale: str) -> Experiment:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: experiment file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = _mapping(raw, str(path))
+    _unknown(raw, TOP_KEYS, f"{path}: ")
+    for key in ("study", "table", "base", "scales"):
+        if key not in raw:
+            raise UserError(f"{path}: {key}: missing; every experiment file names its study, table, base and scales")
+    scales = _mapping(raw["scales"], f"{path}: scales")
+    if scale not in scales:
+        raise UserError(f"{path}: scales.{scale}: this file defines no scale {scale!r}; it has {sorted(scales)}")
+    s = _mapping(scales[scale], f"{path}: scales.{scale}")
+    where = f"{path}: scales.{scale}."
+    _unknown(s, SCALE_KEYS, where)
+    tune_raw = _mapping(s.get("tune"), f"{where}tune")
+    _unknown(tune_raw, TUNE_KEYS, f"{where}tune.")
+    nuisance = _mapping(raw.get("nuisance"), f"{path}: nuisance")
+    for key, space in nuisance.items():
+        space = _mapping(space, f"{path}: nuisance.{key}")
+        _unknown(space, RANGE_KEYS, f"{path}: nuisance.{key}.")
+        if not (isinstance(space.get("low"), (int, float)) and isinstance(space.get("high"), (int, float))
+                and space["low"] < space["high"]):
+            raise UserError(f"{path}: nuisance.{key}: expected numbers low < high, got {space}")
+    finetune = {**_mapping(raw.get("finetune"), f"{path}: finetune"), **_mapping(s.get("finetune"), f"{where}finetune")}
+    _unknown(finetune, {"tasks", "protocol"}, f"{path}: finetune.")
+    seeds = s.get("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) for x in seeds)):
+        raise UserError(f"{where}seeds: expected a non-empty list of integers, got {seeds!r}")
+    base = Path(s.get("base", raw["base"]))
+    arms = _arms(_mapping(s.get("scientific", raw.get("scientific")), f"{where}scientific"),
+                 _mapping(s.get("linked", raw.get("linked")), f"{where}linked"), f"{path}: ")
+    exp = Experiment(
+        path=path, study=str(raw["study"]), table=int(raw["table"]), scale=scale, base=base, arms=tuple(arms),
+        nuisance=nuisance,
+        fixed=_mapping(raw.get("fixed"), f"{path}: fixed"), overrides=_mapping(s.get("overrides"), f"{where}overrides"),
+        seeds=tuple(seeds), tune=Tune(**{k: int(v) for k, v in tune_raw.items()}),
+        finetune_tasks=tuple(finetune.get("tasks", [])), finetune_protocol=str(finetune.get("protocol", scale)),
+        raw=raw,
+    )
+    _validate(exp)
+    return exp
+
+
+def _validate(exp: Experiment) -> None:
+    """Resolve every cell's config once, so a wrong key, type or combination fails before anything runs."""
+    if len({a.name for a in exp.arms}) != len(exp.arms):
+        raise UserError(f"{exp.path}: scientific: two arms get the same name; give distinct values")
+    for arm in exp.arms:
+        mid = {k: (v["low"] * v["high"]) ** 0.5 if v.get("log") else (v["low"] + v["high"]) / 2
+               for k, v in exp.nuisance.items()}
+        try:
+            cfg = exp.config(arm, exp.seeds[0], "runs", mid)
+        except UserError as e:
+            raise UserError(f"{exp.path}: arm {arm.name}: {e}") from None
+        if exp.tune.max_steps and exp.tune.max_steps > cfg.optim.max_steps:
+            raise UserError(f"{exp.path}: scales.{exp.scale}.tune.max_steps: expected <= optim.max_steps="
+                            f"{cfg.optim.max_steps}, got {exp.tune.max_steps}")

