@@ -6,11 +6,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SCALE ?= demo
+WORKERS ?= 1
 
-.PHONY: help setup test test-slow lint data bench ablation-nsp ablation-masking ablation-batch ablation-data clean
+.PHONY: help setup test test-slow lint data bench ablation-nsp ablation-masking ablation-batch ablation-data tables \
+	notebook clean
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +37,20 @@ data: $(STAMP)  ## fetch and prepare the demo corpus (cached)
 bench: $(STAMP)  ## benchmarks -> runs/bench/latest.json
 	$(PY) -m harness bench
 
-ablation-nsp ablation-masking ablation-batch ablation-data: $(STAMP)  ## a paper table (SCALE=smoke|demo|paper)
-	@echo "$@: not yet - the experiment grid runner (issue 5) has not landed. Today: make data, then" \
-	      "'$(PY) -m harness pretrain --config configs/demo.yaml'." >&2; exit 2
+ablation-nsp: EXP = table2_nsp
+ablation-masking: EXP = table1_masking
+ablation-batch: EXP = table3_batch
+ablation-data: EXP = table4_data
+ablation-nsp ablation-masking ablation-batch ablation-data: $(STAMP)  ## a paper table: SCALE=smoke|demo|paper WORKERS=N
+	$(PY) -m harness grid run experiments/$(EXP).yaml --scale $(SCALE) --workers $(WORKERS) $(GRID_ARGS)
+	$(PY) -m analysis report runs/$(EXP)-$(SCALE)
+
+tables: $(STAMP)  ## render every study in runs/ into runs/<study>/report/
+	@for d in runs/*/study.json; do $(PY) -m analysis report $$(dirname $$d) || exit 1; done
+
+notebook: $(STAMP)  ## Jupyter on the analysis notebooks
+	$(VENV)/bin/pip install -q -e '.[notebook]'
+	$(VENV)/bin/jupyter lab analysis/notebooks
 
 clean:  ## remove the venv and local caches (not runs/)
 	rm -rf $(VENV) .cache .pytest_cache

@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from harness.config import Config, with_overrides
 from harness.errors import UserError
-from harness.grid import tune
 from harness.grid.experiment import Arm, Experiment, config_hash, load_experiment
 from harness.grid.provenance import provenance
 from harness.grid.store import CellStore, worker_id
@@ -65,6 +64,8 @@ def _make_run_cells(exp: Experiment, store: CellStore, runs_dir: str, storage: s
     def make(db) -> list[dict]:
         if not (exp.tune.trials and exp.nuisance):
             return []  # no tuning: every run cell was recorded up front
+        from harness.grid import tune
+
         new = []
         done_arms = store.best()
         for arm in exp.arms:
@@ -122,6 +123,7 @@ def _write_cell_json(exp: Experiment, cell: dict, cfg: Config, nuisance: dict, t
 
 def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker: str) -> str:
     """Run a claimed cell to the end; returns its final status."""
+    from harness.grid import tune
     from harness.pretrain import pretrain
 
     cfg = with_overrides(cell["config"])
@@ -134,16 +136,14 @@ def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker:
         store.set_trial(cell["cell_id"], trial.number)
         cfg = with_overrides(cell["config"], [f"{k}={v!r}" for k, v in params.items()])
         _write_cell_json(exp, cell, cfg, params, {})
-        import optuna
-
         try:
             result = pretrain(cfg, callbacks=(tune.PruneOnStep(trial),))
-        except optuna.TrialPruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except tune.optuna.TrialPruned:
+            study.tell(trial, state=tune.optuna.trial.TrialState.PRUNED)
             return "pruned"
         value = result.get("final_valid_ppl")
         if result["status"] == "diverged" or value is None:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.tell(trial, state=tune.optuna.trial.TrialState.FAIL)
             return "diverged"
         study.tell(trial, value)
         return "finished"
@@ -199,6 +199,8 @@ def work(folder: Path) -> int:
 
 def prepare_study(exp: Experiment, runs_dir: str, optuna_storage: str | None) -> Path:
     """Record the study and its cells (idempotent: a second `grid run` keeps what is done)."""
+    from harness.grid import tune
+
     folder = study_dir(exp, runs_dir)
     folder.mkdir(parents=True, exist_ok=True)
     storage = tune.storage_url(folder, optuna_storage)

@@ -1,0 +1,200 @@
+"""The grid runner: experiment files, exactly-once cells under crashes and concurrency, Optuna on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from harness.grid.experiment import load_experiment
+from harness.grid.runner import prepare_study, run_grid, work
+from harness.grid.store import CellStore
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
+TINY = str(REPO / "configs" / "tiny.yaml")
+QUICK = {"optim.warmup_steps": 2, "train.val_every": 10, "train.log_every": 5, "train.num_workers": 0,
+         "train.wandb": "disabled"}
+
+
+def write_experiment(path: Path, scientific: dict, overrides: dict, seeds=(0,), tune: dict | None = None,
+                     nuisance: dict | None = None, **top) -> Path:
+    doc = {"study": path.stem, "table": 2, "base": TINY, "scientific": scientific,
+           "nuisance": nuisance or {"optim.peak_lr": {"low": 1e-4, "high": 3e-3, "log": True}},
+           "scales": {"smoke": {"overrides": {**QUICK, **overrides}, "seeds": list(seeds), "tune": tune or {}}}, **top}
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_every_experiment_file_validates_at_every_scale(path):
+    scales = yaml.safe_load(path.read_text())["scales"]
+    assert {"smoke", "demo", "paper"} <= set(scales)
+    for scale in scales:
+        exp = load_experiment(path, scale)
+        assert len(exp.arms) >= 2 and exp.seeds
+        for arm in exp.arms:  # every cell resolves to a valid config
+            exp.config(arm, exp.seeds[0], "runs")
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        ({"scientific": {"data.no_such_factor": [1, 2]}}, "data.no_such_factor"),
+        ({"fixed": {"optim.max_steps": "many"}}, "optim.max_steps"),
+        ({"fixed": {"data.nsp_positive_prob": 0.3}, "scientific": {"data.input_format": ["full_sentences",
+                                                                                        "doc_sentences"]}},
+         "data.nsp_positive_prob"),
+        ({"scientific": {}, "linked": {"optim.batch_size": [8, 16], "optim.max_steps": [20, 10, 5]}}, "linked"),
+        ({"scale": "huge"}, "scales.huge"),
+        ({"typo_key": 1}, "typo_key"),
+    ],
+    ids=["unknown-factor", "wrong-type", "nsp-on-non-nsp", "unequal-linked", "undefined-scale", "unknown-top-key"],
+)
+def test_bad_grid_file_is_one_line_exit_2_and_records_nothing(tmp_path, edit, key):
+    edit = dict(edit)
+    scale = edit.pop("scale", "smoke")
+    path = write_experiment(tmp_path / "bad.yaml", {"data.masking": ["static", "dynamic"]}, {})
+    doc = yaml.safe_load(path.read_text())
+    doc.update(edit)
+    path.write_text(yaml.safe_dump(doc))
+    runs = tmp_path / "runs"
+    r = cli("grid", "run", str(path), "--scale", scale, "--runs-dir", str(runs))
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not runs.exists()
+
+
+def statuses(folder: Path) -> list[tuple[str, int, str, int]]:
+    return [(r["arm"], r["seed"], r["status"], r["attempts"]) for r in CellStore(folder / "grid.sqlite").rows()]
+
+
+def test_smoke_table_runs_end_to_end_and_a_second_run_skips_everything(tmp_path):
+    r = cli("grid", "run", "experiments/table2_nsp.yaml", "--scale", "smoke", "--runs-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder = tmp_path / "table2_nsp-smoke"
+    assert [s[2] for s in statuses(folder)] == ["finished"] * 4
+    info = json.loads((folder / "study.json").read_text())
+    for arm in info["arms"]:
+        run = folder / arm["name"] / "seed_0"
+        cell = json.loads((run / "cell.json").read_text())
+        assert cell["scientific"] == arm["scientific"] and cell["provenance"]["packages"]["torch"]
+        assert json.loads((run / "result.json").read_text())["status"] == "finished"
+        assert json.loads((run / "finetune" / "rt_sentiment" / "summary.json").read_text())["median"] is not None
+    again = cli("grid", "run", "experiments/table2_nsp.yaml", "--scale", "smoke", "--runs-dir", str(tmp_path))
+    assert again.returncode == 0 and all(s[3] == 1 for s in statuses(folder))  # nothing ran twice
+
+
+def test_diverged_cell_is_recorded_and_the_grid_goes_on(tmp_path):
+    path = write_experiment(tmp_path / "div.yaml", {"optim.peak_lr": [1.0e-3, 1.0e6]}, {"optim.max_steps": 20})
+    folder = run_grid(str(path), "smoke", str(tmp_path / "runs"))
+    by_arm = {s[0]: s[2] for s in statuses(folder)}
+    assert by_arm == {"peak_lr=0.001": "finished", "peak_lr=1000000.0": "diverged"}
+    result = json.loads((folder / "peak_lr=1000000.0" / "seed_0" / "result.json").read_text())
+    assert result["diverged_at_step"] is not None
+
+
+def final_metrics(run_dir: Path) -> dict:
+    r = json.loads((run_dir / "result.json").read_text())
+    return {k: r[k] for k in ("steps", "final_train_loss", "final_valid_loss")}
+
+
+def test_kill_9_mid_cell_then_rerun_completes_each_cell_once_with_the_same_metrics(tmp_path):
+    overrides = {"optim.max_steps": 60, "train.checkpoint_every": 10}
+    path = write_experiment(tmp_path / "crash.yaml", {"data.masking": ["static", "dynamic"]}, overrides)
+    exp = load_experiment(path, "smoke")
+    folder = prepare_study(exp, str(tmp_path / "runs"), None)
+    worker = subprocess.Popen([sys.executable, "-m", "harness", "grid", "worker", str(folder)], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = folder / "static" / "seed_0" / "checkpoints"
+    deadline = time.time() + 240
+    while not any(ckpt.glob("step_*")) and time.time() < deadline:  # mid-cell: a checkpoint exists, not finished
+        time.sleep(0.2)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert any(ckpt.glob("step_*")) and not (folder / "static" / "seed_0" / "result.json").exists()
+    assert work(folder) == 2  # the interrupted cell (reclaimed at once: its worker is dead) and the other one
+    rows = {s[0]: s for s in statuses(folder)}
+    assert rows["static"][2:] == ("finished", 2) and rows["dynamic"][2:] == ("finished", 1)
+    steps = [int(float(r["step"])) for r in _csv(folder / "static" / "seed_0" / "metrics.csv") if r.get("train/loss")]
+    assert len(steps) == len(set(steps))  # the resumed run did not log any step twice
+
+    clean = run_grid(str(path), "smoke", str(tmp_path / "clean"))
+    for arm in ("static", "dynamic"):
+        a, b = final_metrics(folder / arm / "seed_0"), final_metrics(clean / arm / "seed_0")
+        assert a["steps"] == b["steps"] == 60
+        assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], abs=1e-5)
+        assert a["final_valid_loss"] == pytest.approx(b["final_valid_loss"], abs=1e-5)
+
+
+def _csv(path: Path) -> list[dict]:
+    import csv
+
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_workers_started_together_run_every_cell_exactly_once(tmp_path):
+    path = write_experiment(tmp_path / "pair.yaml", {"data.input_format": ["full_sentences", "doc_sentences"]},
+                            {"optim.max_steps": 10}, seeds=(0, 1))
+    folder = prepare_study(load_experiment(path, "smoke"), str(tmp_path / "runs"), None)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, "-m", "harness", "grid", "worker", str(folder)], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    rows = statuses(folder)
+    assert len(rows) == 4 and all(s[2:] == ("finished", 1) for s in rows), rows
+    claimed = [line for out in outputs for line in out.splitlines() if line.startswith("[grid ")]
+    assert len(claimed) == 4  # four claims in all, split between the two workers
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    url = os.environ.get("HARNESS_TEST_POSTGRES_URL")
+    if not url:
+        r = subprocess.run([str(REPO / ".ci" / "postgres.sh"), "55433"], capture_output=True, text=True)
+        if r.returncode == 3:
+            pytest.skip("no PostgreSQL server binaries; .ci/run installs them")
+        assert r.returncode == 0, r.stderr
+        url = r.stdout.strip().splitlines()[-1]
+    return url
+
+
+def test_optuna_tuning_on_postgresql_then_best_values_for_every_seed(tmp_path, postgres_url):
+    path = write_experiment(tmp_path / f"pg{os.getpid()}.yaml", {"data.masking": ["static", "dynamic"]},
+                            {"optim.max_steps": 10}, seeds=(0, 1), tune={"trials": 2, "max_steps": 10})
+    folder = run_grid(str(path), "smoke", str(tmp_path / "runs"), workers=2, optuna_storage=postgres_url)
+    rows = CellStore(folder / "grid.sqlite").rows()
+    assert sorted((r["kind"], r["status"]) for r in rows).count(("run", "finished")) == 4
+    assert all(r["status"] in ("finished", "pruned") for r in rows if r["kind"] == "tune")
+    for arm in ("static", "dynamic"):
+        study = optuna.load_study(study_name=f"{folder.name}/{arm}", storage=postgres_url)
+        assert len(study.trials) == 2
+        best = study.best_trial.params["optim.peak_lr"]
+        for seed in (0, 1):
+            cell = json.loads((folder / arm / f"seed_{seed}" / "cell.json").read_text())
+            assert cell["nuisance"]["optim.peak_lr"] == pytest.approx(best)
+            assert cell["tuning"]["optim.peak_lr"]["best"] == pytest.approx(best)
+    for arm in ("static", "dynamic"):
+        optuna.delete_study(study_name=f"{folder.name}/{arm}", storage=postgres_url)
+
+
+def test_submitit_local_executor_backend(tmp_path):
+    path = write_experiment(tmp_path / "sub.yaml", {"data.masking": ["static", "dynamic"]}, {"optim.max_steps": 10})
+    folder = run_grid(str(path), "smoke", str(tmp_path / "runs"), backend="submitit-local", workers=1)
+    assert [s[2] for s in statuses(folder)] == ["finished", "finished"]
