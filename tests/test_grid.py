@@ -182,6 +182,8 @@ def test_optuna_tuning_on_postgresql_then_best_values_for_every_seed(tmp_path, p
     rows = CellStore(folder / "grid.sqlite").rows()
     assert sorted((r["kind"], r["status"]) for r in rows).count(("run", "finished")) == 4
     assert all(r["status"] in ("finished", "pruned") for r in rows if r["kind"] == "tune")
+    assert sorted(Path(r["run_dir"]).relative_to(folder).as_posix() for r in rows if r["kind"] == "tune") == [
+        f"{arm}/tune/trial_{k}/seed_0" for arm in ("dynamic", "static") for k in (0, 1)]
     for arm in ("static", "dynamic"):
         study = optuna.load_study(study_name=f"{folder.name}/{arm}", storage=postgres_url)
         assert len(study.trials) == 2

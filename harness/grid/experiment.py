@@ -62,9 +62,8 @@ class Experiment:
     def config(self, arm: Arm, seed: int, runs_dir: str, nuisance: dict[str, Any] | None = None,
                extra: dict[str, Any] | None = None) -> Config:
         """The resolved config of one cell: base < fixed < scale overrides < arm < tuned nuisance < extra."""
-        values = {**self.fixed, **self.overrides, **arm.scientific, **(nuisance or {}), **(extra or {})}
-        values.update({"train.study": self.folder, "train.arm": arm.name, "train.seed": seed,
-                       "train.runs_dir": runs_dir})
+        values = {**self.fixed, **self.overrides, **arm.scientific, **(nuisance or {}), "train.study": self.folder,
+                  "train.arm": arm.name, "train.seed": seed, "train.runs_dir": runs_dir, **(extra or {})}
         return load_config(self.base, [f"{k}={_yaml(v)}" for k, v in values.items()])
 
     def study_json(self) -> dict:

@@ -1,0 +1,335 @@
+"""The analysis layer on results trained in this test session (never on numbers typed by hand): a smoke Table 2
+study, 2 arms x 2 seeds of the tiny config for a few steps, really pretrained and fine-tuned on the Rotten Tomatoes
+stand-in, written in the grid's results format (study.json, grid.sqlite, cell.json). Checks that the table has every
+arm with medians and intervals, that the markdown puts the paper's numbers beside ours, that a missing seed fails
+naming the run, that the report's files and PNGs are written, and that the notebooks execute top to bottom.
+
+Only the fixture imports training code; analysis itself reads the folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import load, paper, plots, render, tables
+from analysis.load import load_study
+from analysis.tables import IncompleteStudyError, bootstrap_medians, judge, table2
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = "table2_nsp"
+ARMS = {"segment_pair_nsp": {"data.input_format": "segment_pair_nsp"},
+        "doc_sentences": {"data.input_format": "doc_sentences"}}
+SEEDS = [0, 1]
+TASKS = ["rt_sentiment", "mnli"]  # mnli has no data offline: its summary says so
+SMOKE = ["optim.max_steps=20", "optim.warmup_steps=5", "train.val_every=10", "train.log_every=5",
+         "train.wandb=disabled"]
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def build_smoke_study(runs_dir: Path) -> Path:
+    """Pretrain and fine-tune every cell of a 2-arm, 2-seed Table 2 study, then write the grid's bookkeeping
+    (study.json, grid.sqlite, cell.json) around the run folders as the grid runner does."""
+    import lightning
+    import torch
+
+    from harness.config import Config, load_config
+    from harness.finetune import finetune
+    from harness.pretrain import pretrain, run_dir_of
+
+    def config(arm: str, seed: int) -> Config:
+        return load_config(REPO / "configs" / "tiny.yaml", [
+            *(f"{k}={v}" for k, v in ARMS[arm].items()), *SMOKE, f"train.study={folder.name}", f"train.arm={arm}",
+            f"train.seed={seed}", f"train.runs_dir={runs_dir}"])
+
+    folder = runs_dir / f"{STUDY}-smoke"
+    resolved = config(next(iter(ARMS)), SEEDS[0]).to_dict()
+    fixed = {k: resolved[k.split(".")[0]][k.split(".")[1]]
+             for k in ("model.preset", "data.masking", "data.max_seq_len", "optim.batch_size", "optim.max_steps")}
+    meta = {"study": STUDY, "table": 2, "scale": "smoke", "experiment_file": "experiments/table2_nsp.yaml",
+            "arms": [{"name": a, "scientific": s} for a, s in ARMS.items()], "reference_arm": "segment_pair_nsp",
+            "seeds": SEEDS, "scientific": ["data.input_format"], "nuisance": {}, "fixed": fixed,
+            "finetune": {"tasks": TASKS, "protocol": "smoke"}}
+    folder.mkdir(parents=True)
+    (folder / "study.json").write_text(json.dumps(meta, indent=2))
+    db = sqlite3.connect(folder / "grid.sqlite")
+    db.execute("CREATE TABLE cells (cell_id TEXT PRIMARY KEY, study TEXT, arm TEXT, seed INTEGER, kind TEXT, "
+               "status TEXT, attempts INTEGER, worker TEXT, lease_until REAL, started REAL, finished REAL, "
+               "error TEXT, run_dir TEXT)")
+    for arm, scientific in ARMS.items():
+        for seed in SEEDS:
+            cfg = config(arm, seed)
+            started = time.time()
+            result = pretrain(cfg)
+            run_dir = run_dir_of(cfg)
+            for task in TASKS:
+                finetune(run_dir, task, protocol="smoke", progress=False)
+            cell_id = f"{arm}-seed{seed}"
+            digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+            (run_dir / "cell.json").write_text(json.dumps({
+                "study": STUDY, "table": 2, "arm": arm, "seed": seed, "scale": "smoke", "cell_id": cell_id,
+                "scientific": scientific, "nuisance": {"optim.peak_lr": cfg.optim.peak_lr}, "fixed": fixed,
+                "tuning": {}, "provenance": {"git_commit": _git_commit(), "config_hash": digest,
+                                             "packages": {"torch": torch.__version__,
+                                                          "lightning": lightning.__version__}}}, indent=2))
+            db.execute("INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (cell_id, STUDY, arm, seed, "run", result["status"], 1, "pytest", None, started,
+                        time.time(), None, str(run_dir)))
+    db.commit()
+    db.close()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory) -> Path:
+    import torch
+
+    threads = torch.get_num_threads()
+    # The tiny model's matrices are too small to share: one thread is as fast on an idle machine and several
+    # times faster on a busy one (OpenMP threads waiting on each other).
+    torch.set_num_threads(1)
+    try:
+        return build_smoke_study(tmp_path_factory.mktemp("runs"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def study_copy(smoke_study, tmp_path) -> Path:
+    """A private copy the test may damage."""
+    dst = tmp_path / smoke_study.name
+    shutil.copytree(smoke_study, dst, ignore=shutil.ignore_patterns("checkpoints", "*.ckpt"))
+    return dst
+
+
+# ---- loading -----------------------------------------------------------------------------------------------------
+
+
+def test_tidy_frame_has_a_row_per_run_and_metric(smoke_study):
+    tidy = load.load_runs(smoke_study.parent)
+    assert set(tidy["arm"]) == set(ARMS) and set(tidy["seed"]) == set(SEEDS)
+    ppl = tidy[tidy["metric"] == paper.PPL]
+    assert len(ppl) == len(ARMS) * len(SEEDS) and (ppl["value"] > 1).all()
+    assert set(ppl["status"]) == {"finished"} and set(ppl["grid_status"]) == {"finished"}
+    rt = tidy[tidy["metric"] == "finetune/rt_sentiment"]
+    assert len(rt) == 4 and rt["data_source"].str.startswith("stand-in: Rotten Tomatoes").all()
+    assert rt["value"].between(0, 100).all()
+    mnli = tidy[tidy["metric"] == "finetune/mnli"]
+    assert set(mnli["metric_status"]) == {"n/a offline"}
+    for column in ("scientific.data.input_format", "nuisance.optim.peak_lr", "fixed.model.preset", "git_commit",
+                   "config_hash", "packages", "scale", "tokens_seen"):
+        assert column in tidy, column
+    curves = load_study(smoke_study).curves
+    val = curves.dropna(subset=["val_ppl"])
+    assert set(val["step"]) == {0, 10, 20} and (val[val["step"] > 0]["tokens"] > 0).all()
+
+
+# ---- the table ---------------------------------------------------------------------------------------------------
+
+
+def test_table2_has_every_arm_with_medians_and_intervals(smoke_study):
+    t = table2(smoke_study, n_boot=500)
+    assert t.arm_rows == {"segment_pair_nsp": "SEGMENT-PAIR (+NSP)", "doc_sentences": "DOC-SENTENCES"}
+    d = t.detail
+    assert set(d["arm"]) == set(ARMS) and set(d["metric"]) == {"ppl", "finetune/rt_sentiment"}
+    assert d[["median", "ci_lo", "ci_hi", "min", "max"]].notna().all().all()
+    assert ((d["ci_lo"] <= d["median"]) & (d["median"] <= d["ci_hi"])).all()
+    assert ((d["min"] <= d["ci_lo"]) & (d["ci_hi"] <= d["max"])).all()  # a median's resamples stay in range
+    ref = d[d["arm"] == "segment_pair_nsp"]
+    assert (ref["delta"] == 0).all()
+    sst = d[(d["arm"] == "doc_sentences") & (d["metric"] == "finetune/rt_sentiment")].iloc[0]
+    assert sst["paper"] == 92.7 and math.isclose(sst["paper_delta"], 92.7 - 92.9)
+    v = t.verdicts.set_index("claim")["verdict"]
+    assert v["no_nsp_not_worse"] == "inconclusive"  # 2 seeds: an interval over two runs is only their range
+    assert v["single_sentences_hurt"] == "not tested"  # SENTENCE-PAIR is not in this study
+    assert v["doc_not_worse_than_full"] == "not tested"
+
+
+def test_markdown_shows_the_papers_numbers_beside_ours(smoke_study):
+    t = table2(smoke_study, n_boot=500)
+    md = render.markdown(t)
+    assert "SST-2 [stand-in: Rotten Tomatoes" in md  # the column says its data is a stand-in
+    header = next(line for line in md.splitlines() if line.startswith("| paper row"))
+    assert "ours" in header and "paper" in header
+    seg = next(line for line in md.splitlines() if line.startswith("| SEGMENT-PAIR (+NSP) | segment_pair_nsp"))
+    assert "| 92.9 |" in seg  # the paper's SST-2 beside our median [CI]
+    assert "| XLNet-base (K=7) | published |" in md
+    for text in ("Scientific", "Nuisance", "Fixed", "diverged", "edge of its search range", "no_nsp_not_worse"):
+        assert text in md, text
+    assert "\\begin{tabular}" in render.latex(t) and "<table" in render.html(t)
+
+
+def test_verdicts_follow_the_intervals(smoke_study, monkeypatch):
+    monkeypatch.setattr(tables, "MIN_RUNS", 2)  # let 2 seeds decide, to exercise the rule on trained numbers
+    t = table2(smoke_study, n_boot=500)
+    for r in t.claims.to_dict("records"):
+        assert r["verdict"] == judge(r["kind"], r["gain_lo"], r["gain_hi"], r["margin"]), r
+    primary = t.claims[(t.claims["claim"] == "no_nsp_not_worse") & (t.claims["role"] == "primary")]["verdict"]
+    overall = t.verdicts.set_index("claim").loc["no_nsp_not_worse", "verdict"]
+    expected = ("contradicted" if "contradicted" in set(primary) else
+                "reproduced" if set(primary) == {"reproduced"} else "inconclusive")
+    assert overall == expected
+
+
+def test_a_missing_seed_fails_naming_the_run(study_copy):
+    shutil.rmtree(study_copy / "doc_sentences" / "seed_1")
+    with pytest.raises(IncompleteStudyError, match=r"doc_sentences/seed_1: no run folder"):
+        table2(study_copy)
+
+
+def test_an_unfinished_run_and_a_missing_arm_fail_naming_them(study_copy):
+    (study_copy / "segment_pair_nsp" / "seed_0" / "result.json").unlink()
+    shutil.rmtree(study_copy / "doc_sentences")
+    with pytest.raises(IncompleteStudyError) as e:
+        table2(study_copy)
+    assert "segment_pair_nsp/seed_0: unfinished: no result.json" in str(e.value)
+    assert "grid: finished" in str(e.value)  # the grid's own status is quoted beside it
+    assert "arm 'doc_sentences': no run folder at all" in str(e.value)
+
+
+def test_a_missing_finetune_summary_fails_naming_it(study_copy):
+    (study_copy / "doc_sentences" / "seed_0" / "finetune" / "rt_sentiment" / "summary.json").unlink()
+    with pytest.raises(IncompleteStudyError, match=r"doc_sentences/seed_0/finetune/rt_sentiment/summary.json"):
+        table2(study_copy)
+
+
+def test_a_result_that_is_not_the_cells_fails(study_copy):
+    """E.g. a tuning trial's result left in the run folder: its config disagrees with the cell's tuned values."""
+    cell = study_copy / "doc_sentences" / "seed_1" / "cell.json"
+    info = json.loads(cell.read_text())
+    info["nuisance"]["optim.peak_lr"] = 3e-4
+    cell.write_text(json.dumps(info))
+    with pytest.raises(IncompleteStudyError, match=r"doc_sentences/seed_1: config.yaml has optim.peak_lr=0.001"):
+        table2(study_copy)
+
+
+def test_the_wrong_table_function_is_refused(smoke_study):
+    with pytest.raises(load.StudyError, match="a Table 2 study, not Table 1"):
+        tables.table1(smoke_study)
+
+
+# ---- statistics and verdicts (no training needed) ---------------------------------------------------------------
+
+
+def test_bootstrap_and_verdict_rules():
+    rng = np.random.default_rng(0)
+    one_level = bootstrap_medians([np.array([v]) for v in (1.0, 2.0, 3.0)], 4000, rng)
+    assert set(np.unique(one_level)) <= {1.0, 2.0, 3.0}  # medians of 3 resampled values are observed values
+    two_level = bootstrap_medians([np.array([1.0, 1.2]), np.array([5.0, 5.5, 6.0])], 4000, rng)
+    assert 1.0 <= two_level.min() and two_level.max() <= 6.0 and len(np.unique(two_level)) > 3
+    assert judge("superior", 0.1, 0.9, 0) == "reproduced" and judge("superior", -0.9, -0.1, 0) == "contradicted"
+    assert judge("superior", -0.1, 0.9, 0) == "inconclusive"
+    assert judge("noninferior", -0.3, 0.4, 0.5) == "reproduced" and judge("noninferior", -2, -0.6, 0.5) == \
+        "contradicted"
+    assert load._at_edge({"low": 1e-4, "high": 3e-3, "log": True, "best": 2.9e-3})
+    assert not load._at_edge({"low": 1e-4, "high": 3e-3, "log": True, "best": 6e-4})
+
+
+def test_arms_map_to_paper_rows_by_factor_values():
+    assert tables.ROW_MAPPINGS[1]({"s": {"data.masking": "static"}, "d": {"data.masking": "dynamic"}}) == \
+        {"s": "static", "d": "dynamic"}
+    batch = {f"b{b}": {"optim.batch_size": b} for b in (16, 128, 512)}  # the demo scale's 1 : 8 : 32
+    assert tables.ROW_MAPPINGS[3](batch) == {"b16": "bsz 256", "b128": "bsz 2K", "b512": "bsz 8K"}
+    assert tables.ROW_MAPPINGS[3]({"a": {"optim.batch_size": 8}, "b": {"optim.batch_size": 256}}) == \
+        {"a": "bsz 256", "b": "bsz 8K"}  # two arms: by the ratio to the smallest
+    data = {f"d{f}-s{s}": {"data.data_fraction": f, "optim.max_steps": s}  # the experiment file's linked rows
+            for f, s in ((0.1, 10), (1.0, 10), (1.0, 30), (1.0, 50))}
+    assert list(tables.ROW_MAPPINGS[4](data).values()) == [r.label for r in paper.TABLES[4].rows if r.ours]
+    for number, table in paper.TABLES.items():  # every claim compares rows the paper has
+        labels = {r.label for r in table.rows}
+        for claim, a, b, _, _ in tables._row_pairs(number):
+            assert claim in table.claims and {a, b} <= labels
+
+
+def test_paper_numbers_are_the_papers():
+    t2 = paper.TABLES[2]
+    assert t2.row("DOC-SENTENCES").values == {"SQuAD 1.1": 90.6, "SQuAD 2.0": 79.7, "MNLI-m": 84.7, "SST-2": 92.7,
+                                              "RACE": 65.6}
+    assert t2.row("XLNet-base (K=6)").values["SQuAD 1.1"] is None
+    assert [r.values["ppl"] for r in paper.TABLES[3].rows] == [3.99, 3.68, 3.77]
+    assert paper.TABLES[4].row("+ pretrain even longer").values["SQuAD 2.0"] == 89.4
+    assert paper.TABLES[1].row("dynamic").values == {"SQuAD 2.0": 78.7, "MNLI-m": 84.0, "SST-2": 92.9}
+
+
+# ---- report, plots, notebooks ------------------------------------------------------------------------------------
+
+
+def test_report_writes_markdown_latex_html_and_pngs(study_copy):
+    proc = subprocess.run([sys.executable, "-m", "analysis", "report", str(study_copy)], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert proc.returncode == 0, proc.stderr
+    assert "DOC-SENTENCES" in proc.stdout
+    report = study_copy / "report"
+    for name in ("table.md", "table.tex", "table.html", "runs.csv", "learning_curves.png", "downstream.png"):
+        assert (report / name).is_file() and (report / name).stat().st_size > 0, name
+    assert (report / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_on_an_incomplete_study_exits_2_naming_the_run(study_copy):
+    (study_copy / "doc_sentences" / "seed_0" / "result.json").unlink()
+    proc = subprocess.run([sys.executable, "-m", "analysis", "report", str(study_copy)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "doc_sentences/seed_0: unfinished" in proc.stderr
+
+
+def test_plots_per_table(smoke_study, tmp_path):
+    t = table2(smoke_study, n_boot=200)
+    paths = plots.plot_table(t, tmp_path)
+    assert {p.name for p in paths} == {"learning_curves.png", "downstream.png"}
+    assert all(p.stat().st_size > 5000 for p in paths)
+
+
+def test_notebooks_execute_top_to_bottom(smoke_study, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebooks = sorted((REPO / "analysis" / "notebooks").glob("*.ipynb"))
+    assert {p.stem for p in notebooks} == {"overview", "table1_masking", "table2_nsp", "table3_batch",
+                                           "table4_data"}
+    env = {"RUNS_DIR": str(smoke_study.parent), "FIGURES_DIR": str(tmp_path / "figures"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        for path in notebooks:
+            nb = nbformat.read(path, as_version=4)
+            NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+                           ).execute()
+            outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+            assert not [o for o in outputs if o["output_type"] == "error"], path.name
+            text = "".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "") for o in outputs)
+            if path.stem in ("overview", "table2_nsp"):
+                assert "DOC-SENTENCES" in text and "| 92.7 |" in text, path.name
+            if path.stem == "table1_masking":
+                assert "No complete Table 1 study" in text
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert (tmp_path / "figures" / f"{smoke_study.name}" / "learning_curves.png").is_file()
+
+
+def test_analysis_never_imports_training_code():
+    code = ("import sys, analysis.load, analysis.tables, analysis.render, analysis.plots, analysis.__main__; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('harness', 'torch', 'lightning')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
