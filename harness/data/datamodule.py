@@ -10,6 +10,8 @@ micro-batches and rank r takes its share, so every rank and worker count sees th
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import lightning.pytorch as L
 import numpy as np
 import torch
@@ -109,6 +111,8 @@ class StepSampler(Sampler):
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Called by the training layer at each epoch start (Lightning only calls it on samplers, not on a
+        batch_sampler like this one)."""
         self.epoch = epoch
 
     def set_start(self, micro_batch: int) -> None:
@@ -166,7 +170,8 @@ class PretrainDataModule(L.LightningDataModule):
             raise UserError(f"data.corpus={self.cfg.corpus}: too little text for one step of optim.batch_size="
                             f"{self.optim.batch_size} ({len(self.train_examples)} sequences); lower the batch size")
         valid = self.prepared.split("valid")
-        self.valid_examples = build_examples(valid, self.cfg, self.seed)
+        # Data size (Table 4) shrinks the training documents only: every arm is measured on the same held-out set.
+        self.valid_examples = build_examples(valid, replace(self.cfg, data_fraction=1.0, data_tokens=0), self.seed)
         self.valid_set = MaskedLMDataset(valid, self.valid_examples, self.cfg, vocab, self.seed)
 
     @property

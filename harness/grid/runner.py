@@ -153,13 +153,22 @@ def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker:
         tuning = {k: {**exp.nuisance[k], "best": (best["params"] or {}).get(k), "trials": best["trials"],
                       "at_edge": best["at_edge"].get(k)} for k in exp.nuisance}
     _write_cell_json(exp, cell, cfg, best and best["params"] or {}, tuning)
-    result = pretrain(cfg)
+    result = pretrain(cfg) if cfg.train.devices == 1 else _pretrain_ddp(cfg, Path(cell["run_dir"]))
     if result["status"] == "finished" and exp.finetune_tasks:
         from harness.finetune.runner import finetune
 
         for task in exp.finetune_tasks:
             finetune(Path(cell["run_dir"]), task, None, exp.finetune_protocol)
     return result["status"]
+
+
+def _pretrain_ddp(cfg: Config, run_dir: Path) -> dict:
+    """A multi-device cell runs as its own `python -m harness pretrain`: Lightning's DDP launcher re-runs the
+    command line for every rank, which must not be a grid worker."""
+    config = run_dir / "cell_config.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    subprocess.run([sys.executable, "-m", "harness", "pretrain", "--config", str(config)], check=True)
+    return json.loads((run_dir / "result.json").read_text())
 
 
 def work(folder: Path) -> int:

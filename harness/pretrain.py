@@ -1,0 +1,605 @@
+"""Pretraining: a thin LightningModule (loss, AdamW, schedule) and the Trainer around it (precision, DDP,
+checkpoints, loggers, exact resume), writing one run folder per (study, arm, seed).
+
+The run folder `runs/<study>/<arm>/seed_<k>/` is the data format the analysis layer reads:
+  config.yaml      the resolved Config, written before training
+  data.json        statistics of the prepared corpus
+  system.json      device, precision, and the MFU denominator with where it came from
+  tokenizer.json   copied from the prepared data
+  metrics.csv      one row per logged step: train/* every train.log_every steps, val/* every train.val_every
+  checkpoints/     last.ckpt (+ step_XXXXXXX.ckpt every train.checkpoint_every steps)
+  wandb/           the W&B run (offline unless train.wandb=online)
+  result.json      written last and atomically, only when training completed (status finished or diverged)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from harness import speed
+from harness.config import SPECIAL_TOKENS, Config, load_config
+from harness.errors import UserError
+from harness.model import MaskedLM
+
+PAD_ID = SPECIAL_TOKENS.index("<pad>")
+# Lightning warnings that do not apply here: ExactResume makes mid-epoch resume exact, and a resumed run's folder
+# holds checkpoints by design.
+for _message in ("You're resuming from a checkpoint that ended before the epoch ended",
+                 "Checkpoint directory .* exists and is not empty", "The dirpath has changed from"):
+    warnings.filterwarnings("ignore", message=_message)
+WANDB_PROJECT = "roberta-ablations"
+RESULT_STATUSES = ("finished", "diverged")  # a run folder with either needs no more training
+# Dense bf16 tensor-core peaks per GPU from NVIDIA's data sheets (FLOP/s); the first name contained in the device
+# name wins, so the specific variants come first.
+NOMINAL_BF16_PEAK = (
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("B200", 2250e12),
+    ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12),
+)
+# Fields a resumed run must share with its checkpoint: everything that shapes the loss curve, and how each step is
+# cut into micro-batches (Lightning's restored counters count micro-batches). Logging, precision and workers may change.
+RESUME_FIELDS = ("data.", "model.", "optim.", "train.seed", "train.devices")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The LightningModule: model, loss and optimiser
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Multiplier of peak_lr for optimizer step `step` (from 0): linear warmup, then linear decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+class Sums:
+    """Token-weighted metric sums on one rank: losses stay on the device (no host sync per micro-batch),
+    counts on the host. `reduce` adds them over ranks and starts again from zero."""
+
+    KEYS = ("mlm_loss", "nsp_loss", "nsp_correct", "n_predicted", "n_sequences", "n_tokens")
+
+    def __init__(self) -> None:
+        self.dev: Tensor | None = None  # (3,) mlm loss, nsp loss, nsp correct
+        self.host = [0, 0, 0]  # predicted tokens, sequences, real tokens
+
+    def add(self, dev: Tensor, host: list[int]) -> None:
+        self.dev = dev if self.dev is None else self.dev + dev
+        self.host = [a + b for a, b in zip(self.host, host)]
+
+    def reduce(self, strategy: Any, device: torch.device) -> dict[str, float]:
+        dev = self.dev if self.dev is not None else torch.zeros(3, dtype=torch.float64, device=device)
+        total = torch.cat([dev, torch.tensor(self.host, dtype=torch.float64, device=dev.device)])
+        total = strategy.reduce(total, reduce_op="sum")
+        self.__init__()
+        return dict(zip(self.KEYS, total.tolist()))
+
+
+class PretrainModule(L.LightningModule):
+    """MaskedLM + cross-entropy at the selected positions (+ NSP) + AdamW with warmup and linear decay.
+
+    Each micro-batch's loss is its own token mean; Lightning averages micro-batches and DDP averages ranks. The
+    logged metrics are exact token-weighted means over whole steps (`StepMetrics`)."""
+
+    def __init__(self, cfg: Config, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.model = MaskedLM(cfg.model, vocab_size, pad_id=PAD_ID, nsp=cfg.data.nsp)
+        self.train_sums, self.val_sums = Sums(), Sums()
+
+    def _loss(self, batch: dict, sums: Sums) -> Tensor:
+        out = self.model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"), batch["labels"])
+        mlm_sum = F.cross_entropy(out.mlm_logits.float(), out.mlm_targets, reduction="sum")  # fp32 logits
+        n_predicted = out.mlm_targets.numel()
+        loss = mlm_sum / max(n_predicted, 1)
+        nsp_sum = nsp_correct = torch.zeros((), device=mlm_sum.device)
+        if out.nsp_logits is not None:
+            nsp_logits = out.nsp_logits.float()
+            nsp_sum = F.cross_entropy(nsp_logits, batch["nsp_labels"], reduction="sum")
+            nsp_correct = (nsp_logits.argmax(-1) == batch["nsp_labels"]).sum()
+            loss = loss + nsp_sum / nsp_logits.size(0)
+        dev = torch.stack([mlm_sum, nsp_sum, nsp_correct]).detach().double()
+        sums.add(dev, [n_predicted, batch["input_ids"].size(0), int(batch["n_tokens"])])
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._loss(batch, self.train_sums)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._loss(batch, self.val_sums)
+
+    def configure_optimizers(self) -> dict:
+        o = self.cfg.optim
+        # BERT decays weights (embeddings included) but not biases or LayerNorm: exactly the parameters below 2-D.
+        params = list(self.parameters())
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=o.peak_lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                      **speed.adamw_kwargs(self.device.type))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(lr_factor, warmup=o.warmup_steps, total=o.max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["harness"] = {"config": self.cfg.to_dict(), "vocab_size": self.model.vocab_size}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Callbacks: metrics, exact resume, progress bar
+
+
+def _emit(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
+    """Straight to the loggers at our own step numbers (optimizer steps), bypassing Lightning's per-micro-batch
+    logging; loggers only act on rank zero."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)
+        logger.save()
+
+
+def _exp(x: float) -> float:
+    return math.exp(min(x, 700.0))  # no OverflowError; nan stays nan
+
+
+class StepMetrics(L.Callback):
+    """Once per optimizer step, adds the module's sums over ranks; every train.log_every steps logs the window's
+    MLM loss (train/loss, comparable across formats) and perplexity, NSP loss and accuracy (NSP formats), learning
+    rate, tokens seen, tokens/s and MFU; after each validation, the held-out perplexity. A non-finite training
+    objective stops the run as diverged."""
+
+    def __init__(self, cfg: Config, peak_flops: float):
+        self.cfg, self.peak_flops = cfg, peak_flops  # peak: FLOP/s of all devices together, the MFU denominator
+        self.tokens_seen = 0
+        self.train_time_s = 0.0  # optimizer steps only, validation excluded
+        self.wall_time_s = 0.0  # whole fit calls, over all sessions of the run
+        self.window = self._empty_window()
+        self.last_train: dict[str, float] = {}
+        self.last_val: dict[str, float] = {}
+        self.diverged_at: int | None = None
+        self.bar: dict[str, str] = {}  # shown in the progress bar
+        self._step = self._tick = self._fit_start = self._pause = None
+        self._lr = math.nan
+
+    @staticmethod
+    def _empty_window() -> dict[str, float]:
+        return dict.fromkeys((*Sums.KEYS, "time_s", "steps"), 0.0)
+
+    def state_dict(self) -> dict:
+        wall = self.wall_time_s + (time.perf_counter() - self._fit_start if self._fit_start else 0.0)
+        return {"tokens_seen": self.tokens_seen, "train_time_s": self.train_time_s, "wall_time_s": wall,
+                "window": dict(self.window), "last_train": dict(self.last_train), "last_val": dict(self.last_val),
+                "diverged_at": self.diverged_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokens_seen, self.train_time_s = int(state["tokens_seen"]), float(state["train_time_s"])
+        self.wall_time_s, self.window = float(state["wall_time_s"]), dict(state["window"])
+        self.last_train, self.last_val = dict(state["last_train"]), dict(state["last_val"])
+        self.diverged_at = state["diverged_at"]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: PretrainModule) -> None:
+        self._fit_start = time.perf_counter()
+        d = self.cfg.data
+        self.flops_per_token = pl_module.model.flops_per_token(d.max_seq_len, d.mask_prob)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: PretrainModule) -> None:
+        self.wall_time_s += time.perf_counter() - self._fit_start
+        self._fit_start = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: PretrainModule) -> None:
+        self._step, self._tick = trainer.global_step, time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: PretrainModule) -> None:
+        self._tick = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: PretrainModule) -> None:
+        self._pause = time.perf_counter()  # validation inside fit does not count as training time
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: PretrainModule) -> None:
+        if self._tick is not None:
+            self._tick += time.perf_counter() - self._pause
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: PretrainModule, optimizer: Any) -> None:
+        self._lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: PretrainModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.global_step == self._step:
+            return  # still accumulating micro-batches
+        self._step = step = trainer.global_step
+        sums = pl_module.train_sums.reduce(trainer.strategy, pl_module.device)  # identical on every rank
+        now = time.perf_counter()
+        dt, self._tick = now - self._tick, now
+        for key, value in sums.items():
+            self.window[key] += value
+        self.window["time_s"] += dt
+        self.window["steps"] += 1
+        self.train_time_s += dt
+        self.tokens_seen += int(sums["n_tokens"])
+        if step % self.cfg.train.log_every == 0 or step >= trainer.max_steps:
+            self._log_train(trainer, step)
+
+    def _log_train(self, trainer: L.Trainer, step: int) -> None:
+        w, self.window = self.window, self._empty_window()
+        mlm = w["mlm_loss"] / max(w["n_predicted"], 1)
+        tokens_per_s = w["n_tokens"] / max(w["time_s"], 1e-9)
+        m = {"train/loss": mlm, "train/mlm_ppl": _exp(mlm), "train/lr": self._lr, "train/tokens": self.tokens_seen,
+             "train/tokens_per_s": tokens_per_s, "train/mfu": self.flops_per_token * tokens_per_s / self.peak_flops}
+        objective = mlm
+        if self.cfg.data.nsp:
+            n = max(w["n_sequences"], 1)
+            m.update({"train/nsp_loss": w["nsp_loss"] / n, "train/nsp_acc": w["nsp_correct"] / n})
+            objective += m["train/nsp_loss"]
+        _emit(trainer, m, step)
+        self.last_train = {**m, "step": step}
+        self.bar.update({"loss": f"{mlm:.3f}", "tok/s": f"{tokens_per_s:,.0f}"})
+        if not math.isfinite(objective) and self.diverged_at is None:
+            self.diverged_at = step
+            trainer.should_stop = True  # same decision on every rank: the sums were reduced
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: PretrainModule) -> None:
+        sums = pl_module.val_sums.reduce(trainer.strategy, pl_module.device)
+        mlm = sums["mlm_loss"] / max(sums["n_predicted"], 1)
+        m = {"val/loss": mlm, "val/ppl": _exp(mlm)}
+        if self.cfg.data.nsp:
+            m["val/nsp_acc"] = sums["nsp_correct"] / max(sums["n_sequences"], 1)
+        _emit(trainer, m, trainer.global_step)
+        self.last_val = {**m, "step": trainer.global_step}
+        self.bar["val_ppl"] = f"{m['val/ppl']:.2f}"
+
+
+def _step_seed(*parts: int) -> int:
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # torch seeds are < 2**63
+
+
+class ExactResume(L.Callback):
+    """Makes a resumed run replay the uninterrupted one exactly.
+
+    Data: the data module's step sampler is put at the next unseen micro-batch (epoch and offset derived from the
+    checkpoint's optimizer step, since every step takes exactly `accumulate` micro-batches per rank) before
+    Lightning first iterates it, and given each new epoch. Randomness: dropout draws from a generator reseeded per
+    (seed, rank, step, micro-batch), so nothing in between (validation, data-loader start-up, a restart) shifts it.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.resume_step = 0
+        self._expect: tuple[int, int] | None = None
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.resume_step = int(checkpoint["global_step"])
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sampler = trainer.datamodule.train_sampler
+        consumed = self.resume_step * trainer.accumulate_grad_batches  # micro-batches of this rank
+        epoch, start = divmod(consumed, len(sampler))  # every epoch has the same number of steps
+        sampler.set_epoch(epoch)
+        sampler.set_start(start)
+        self._expect = (epoch, start) if self.resume_step else None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.datamodule.train_sampler.set_epoch(trainer.current_epoch)  # Lightning's own call misses it
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._expect is not None:  # first batch after a resume: Lightning's counters must agree with ours
+            if (trainer.current_epoch, batch_idx) != self._expect:
+                raise RuntimeError(f"resume position mismatch: Lightning is at (epoch, micro-batch) "
+                                   f"{(trainer.current_epoch, batch_idx)}, the sampler at {self._expect}")
+            self._expect = None
+        torch.manual_seed(_step_seed(self.seed, trainer.global_rank, trainer.global_step, batch_idx))
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar, showing the latest logged loss, tokens/s and validation perplexity."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        for cb in trainer.callbacks:
+            if isinstance(cb, StepMetrics):
+                items.update(cb.bar)
+        return items
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that it keeps an existing metrics.csv (a resumed run appends to its curve)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+
+class RunCSVLogger(CSVLogger):
+    """metrics.csv directly in the run folder, no version subfolders, appended to on resume."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(save_dir=str(run_dir), name="", version="")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.log_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Systems: device, precision, MFU denominator, Trainer
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """auto: bf16-mixed on a GPU that supports it; on CPU only where a probe finds bf16 matmuls faster (`speed`)."""
+    if precision != "auto":
+        return precision
+    return speed.auto_precision("cuda" if accelerator == "gpu" else "cpu")
+
+
+def system_info(cfg: Config, run_dir: Path, accelerator: str, precision: str) -> dict:
+    """Device description and the MFU denominator: the nominal dense bf16 peak on a known GPU (times devices), else
+    a measured matmul peak in the training dtype, kept in system.json so every session of a run uses one number."""
+    world = cfg.train.devices
+    info = {"accelerator": accelerator, "devices": world, "precision": precision, "torch": torch.__version__,
+            "lightning": L.__version__}
+    if accelerator == "gpu":
+        name = torch.cuda.get_device_name()
+        info["device"] = name
+        for key, peak in NOMINAL_BF16_PEAK:
+            if key in name:
+                info.update(peak_flops_per_device=peak, peak_source=f"nominal dense bf16 peak of {key} (data sheet)")
+                break
+    else:
+        info["device"] = f"cpu ({os.cpu_count()} cores)"
+    if "peak_flops_per_device" not in info:
+        cached = _read_json(run_dir / "system.json") or {}
+        if all(cached.get(k) == info[k] for k in ("device", "precision")) and "peak_flops_per_device" in cached:
+            info.update(peak_flops_per_device=cached["peak_flops_per_device"], peak_source=cached["peak_source"])
+        else:
+            dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
+            n = 4096 if accelerator == "gpu" else 2048
+            peak = speed.matmul_gflops(dtype, n=n, device="cuda" if accelerator == "gpu" else "cpu") * 1e9
+            info.update(peak_flops_per_device=peak, peak_source=f"measured {n}x{n} {dtype} matmul (median of 3)")
+    # CPU processes of a DDP run share one machine, whose measured peak is the whole denominator
+    info["mfu_denominator"] = info["peak_flops_per_device"] * (world if accelerator == "gpu" else 1)
+    return info
+
+
+def preflight(cfg: Config) -> str:
+    """Checks that need more than one config section, before any work starts; returns the accelerator."""
+    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+    if d.max_seq_len > m.max_positions:
+        raise UserError(f"data.max_seq_len: expected at most model.max_positions={m.max_positions} (the position "
+                        f"table), got {d.max_seq_len}")
+    per_step = o.micro_batch_size * t.devices
+    if o.batch_size % per_step:
+        raise UserError(f"optim.batch_size: expected a multiple of optim.micro_batch_size x train.devices = "
+                        f"{o.micro_batch_size} x {t.devices} = {per_step}, got {o.batch_size}")
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator == "gpu" and t.devices > torch.cuda.device_count():
+        raise UserError(f"train.devices: expected at most the {torch.cuda.device_count()} visible GPUs, "
+                        f"got {t.devices}")
+    if accelerator == "gpu" and t.precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"train.precision: this GPU has no bf16 support, got {t.precision!r}; use '32' or 'auto'")
+    return accelerator
+
+
+def build_trainer(cfg: Config, run_dir: Path, *, resuming: bool = False, callbacks: tuple = ()) -> L.Trainer:
+    """Precision, devices/DDP, accumulation, schedule of validation and checkpoints, loggers and progress bar."""
+    t, o = cfg.train, cfg.optim
+    accelerator = preflight(cfg)
+    precision = resolve_precision(t.precision, accelerator)
+    if accelerator == "gpu":
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
+    else:
+        speed.tune_cpu_allocator()  # keep large freed buffers mapped between steps
+    info = system_info(cfg, run_dir, accelerator, precision)
+    if rank_zero_only.rank == 0:
+        _write_json(run_dir / "system.json", info)
+    accumulate = o.batch_size // (o.micro_batch_size * t.devices)
+
+    strategy: Any = "auto"
+    if t.devices > 1:
+        strategy = DDPStrategy(process_group_backend="nccl" if accelerator == "gpu" else "gloo",
+                               gradient_as_bucket_view=True)
+    every = t.checkpoint_every or t.val_every
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="step_{step:07d}", auto_insert_metric_name=False,
+        every_n_train_steps=every, save_last=True, save_top_k=-1 if t.checkpoint_every else 0,
+        enable_version_counter=False)
+    loggers: list = [RunCSVLogger(run_dir)]
+    if t.wandb != "disabled":
+        loggers.append(_wandb_logger(cfg, run_dir, info))
+    return L.Trainer(
+        accelerator=accelerator, devices=t.devices, strategy=strategy, precision=precision,
+        max_steps=o.max_steps, max_epochs=-1, accumulate_grad_batches=accumulate,
+        gradient_clip_val=o.grad_clip if o.grad_clip > 0 else None, gradient_clip_algorithm="norm",
+        val_check_interval=t.val_every * accumulate, check_val_every_n_epoch=None,  # in micro-batches
+        num_sanity_val_steps=0 if resuming else -1,  # a fresh run validates once at step 0, on the whole split
+        logger=loggers, enable_autolog_hparams=False, log_every_n_steps=t.log_every,
+        callbacks=[ExactResume(t.seed), StepMetrics(cfg, info["mfu_denominator"]), checkpoint, ProgressBar(),
+                   *callbacks],
+        use_distributed_sampler=False,  # the data module splits each step across ranks itself
+        default_root_dir=run_dir, enable_model_summary=False,
+    )
+
+
+def _wandb_logger(cfg: Config, run_dir: Path, info: dict) -> Any:
+    from lightning.pytorch.loggers import WandbLogger
+
+    d, t = cfg.data, cfg.train
+    id_file = run_dir / "wandb" / "harness_run_id"  # one W&B run across resumed sessions
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = hashlib.blake2b(f"{run_dir.resolve()}:{time.time_ns()}".encode(), digest_size=6).hexdigest()
+        if rank_zero_only.rank == 0:
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(run_id)
+    size = f"data_tokens={d.data_tokens}" if d.data_tokens else f"data_fraction={d.data_fraction:g}"
+    tags = [d.input_format, d.masking, d.tokenizer, size, f"corpus={Path(d.corpus).name}"[:64]]
+    return WandbLogger(project=WANDB_PROJECT, group=t.study, job_type="pretrain", name=f"{t.arm}/seed_{t.seed}",
+                       save_dir=str(run_dir), offline=t.wandb != "online", config={**cfg.to_dict(), "system": info},
+                       tags=tags, id=run_id, resume="allow")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run folder
+
+
+def run_dir_of(cfg: Config) -> Path:
+    t = cfg.train
+    return Path(t.runs_dir) / t.study / t.arm / f"seed_{t.seed}"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomic: a reader sees the old file or the complete new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _flatten(cfg_dict: dict) -> dict[str, Any]:
+    return {f"{section}.{k}": v for section, values in cfg_dict.items() for k, v in values.items()}
+
+
+def check_checkpoint(path: Path, cfg: Config) -> int:
+    """The checkpoint's optimizer step, after checking it was made with this run's config."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # any unreadable file gets the same advice
+        raise UserError(f"{path}: cannot read this checkpoint ({type(e).__name__}); delete it to restart the run"
+                        ) from None
+    saved = (ckpt.get("harness") or {}).get("config")
+    if saved is None:
+        raise UserError(f"{path}: not a checkpoint of this harness; use a new arm or delete the run folder")
+    old, new = _flatten(saved), _flatten(cfg.to_dict())
+    for key, value in new.items():
+        if key.startswith(RESUME_FIELDS) and key in old and old[key] != value:
+            raise UserError(f"{path}: checkpoint was made with a different config ({key}: {old[key]!r} vs "
+                            f"{value!r}); use a new arm or delete the run folder")
+    return int(ckpt["global_step"])
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop rows logged after the checkpoint, which the resumed run logs again."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], [r for r in reader if int(float(r["step"])) <= last_step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _write_run_files(run_dir: Path, cfg: Config, prepared: Any) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / ".config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, run_dir / "config.yaml")
+    shutil.copyfile(prepared.tokenizer_path, run_dir / "tokenizer.json")
+    _write_json(run_dir / "data.json", {"prepared_dir": str(prepared.dir), "vocab_size": prepared.vocab_size,
+                                        "corpus_stats": prepared.corpus_stats})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
+    """Train one run into its folder (resuming from checkpoints/last.ckpt when there is one) and return the result
+    written to result.json. A folder whose result.json says finished is returned as is, without training."""
+    from harness.data.datamodule import PretrainDataModule
+    from harness.data.pipeline import prepare
+
+    preflight(cfg)
+    run_dir = run_dir_of(cfg)
+    done = _read_json(run_dir / "result.json")
+    if done is not None and done.get("status") in RESULT_STATUSES:
+        if rank_zero_only.rank == 0:
+            print(f"{run_dir}: already {done['status']} ({done.get('steps')} steps); delete the folder to retrain")
+        return done
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    resume_step = check_checkpoint(ckpt, cfg) if ckpt.is_file() else None
+
+    prepared = prepare(cfg.data, verbose=rank_zero_only.rank == 0)
+    if rank_zero_only.rank == 0:
+        _write_run_files(run_dir, cfg, prepared)
+        if resume_step is not None:
+            _truncate_metrics(run_dir / "metrics.csv", resume_step)
+            print(f"{run_dir}: resuming from step {resume_step}")
+    trainer = build_trainer(cfg, run_dir, resuming=resume_step is not None, callbacks=callbacks)
+    data = PretrainDataModule(prepared, cfg.data, cfg.optim, cfg.train.seed, cfg.train.num_workers,
+                              world_size=trainer.world_size, rank=trainer.global_rank)
+    if data.accumulate != trainer.accumulate_grad_batches:
+        raise RuntimeError(f"data module accumulates {data.accumulate} micro-batches, the trainer "
+                           f"{trainer.accumulate_grad_batches}")
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # model init
+    module = PretrainModule(cfg, prepared.vocab_size)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt if resume_step is not None else None)
+
+    metrics = next(cb for cb in trainer.callbacks if isinstance(cb, StepMetrics))
+    if metrics.diverged_at is None and trainer.global_step < cfg.optim.max_steps:
+        raise RuntimeError(f"{run_dir}: training stopped at step {trainer.global_step} of {cfg.optim.max_steps}")
+    every = cfg.train.checkpoint_every or cfg.train.val_every
+    if trainer.global_step % every:  # last.ckpt holds the final weights (export and fine-tuning read it)
+        trainer.save_checkpoint(ckpt)
+    if metrics.last_val.get("step") != trainer.global_step:
+        trainer.validate(module, datamodule=data, verbose=False)
+    result = {
+        "status": "diverged" if metrics.diverged_at is not None else "finished",
+        "steps": trainer.global_step,
+        "tokens_seen": metrics.tokens_seen,
+        "final_train_loss": metrics.last_train.get("train/loss"),
+        "final_valid_loss": metrics.last_val.get("val/loss"),
+        "final_valid_ppl": metrics.last_val.get("val/ppl"),
+        "final_valid_nsp_acc": metrics.last_val.get("val/nsp_acc"),
+        "diverged_at_step": metrics.diverged_at,
+        "train_time_s": round(metrics.train_time_s, 3),
+        "wall_time_s": round(metrics.wall_time_s, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    result = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result.items()}  # JSON
+    if trainer.is_global_zero:
+        _write_json(run_dir / "result.json", result)
+    return result
+
+
+def pretrain_from_cli(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, args.overrides)
+    result = pretrain(cfg)
+    if rank_zero_only.rank == 0:
+        print(f"{run_dir_of(cfg)}: {json.dumps(result)}")

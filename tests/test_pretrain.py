@@ -1,0 +1,175 @@
+"""Pretraining on the tiny corpus: every format x masking learns, a resumed run replays the uninterrupted loss curve
+exactly, bad input fails before any work with one line, and a finished run is not trained again."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as L
+import pytest
+import torch
+import yaml
+
+from harness import cli
+from harness.config import Config, load_config
+from harness.data.datamodule import PretrainDataModule
+from harness.data.pipeline import prepare
+from harness.pretrain import lr_factor, pretrain, run_dir_of
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+FORMATS = ["segment_pair_nsp", "sentence_pair_nsp", "full_sentences", "doc_sentences"]
+MASKINGS = ["static", "dynamic"]
+
+
+def tiny(runs_dir: Path, *overrides: str) -> Config:
+    return load_config(TINY, [f"train.runs_dir={runs_dir}", "train.wandb=disabled", *overrides])
+
+
+def column(run_dir: Path, key: str) -> dict[int, float]:
+    """step -> value of one metrics.csv column; each step must be logged once."""
+    with (run_dir / "metrics.csv").open() as f:
+        rows = [(int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
+    assert len({s for s, _ in rows}) == len(rows), f"{key}: a step logged twice"
+    return dict(rows)
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """The tiny corpus prepared once for the session (every config here shares its tokenizer settings)."""
+    return prepare(load_config(TINY).data)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from a second thread, and one thread is robust to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    f = [lr_factor(s, warmup=4, total=10) for s in range(11)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0] and f[4] == 1.0
+    assert all(a > b for a, b in zip(f[4:], f[5:])) and f[10] == 0.0
+    assert lr_factor(0, warmup=0, total=10) == 1.0
+
+
+@pytest.mark.parametrize("masking", MASKINGS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tiny_pretraining_lowers_validation_perplexity(tmp_path, tiny_data, fmt, masking):
+    wandb = "offline" if (fmt, masking) == ("full_sentences", "dynamic") else "disabled"  # one run covers W&B
+    cfg = tiny(tmp_path, f"data.input_format={fmt}", f"data.masking={masking}", f"train.wandb={wandb}")
+    result = pretrain(cfg)
+    run = run_dir_of(cfg)
+    assert result["status"] == "finished" and result["steps"] == 200
+    assert json.loads((run / "result.json").read_text()) == result
+    ppl = column(run, "val/ppl")
+    assert sorted(ppl) == [0, 50, 100, 150, 200]  # step 0, then every train.val_every
+    assert ppl[200] < ppl[0], ppl
+    assert result["final_valid_ppl"] == ppl[200]
+    assert sorted(column(run, "train/loss")) == list(range(10, 201, 10))
+    assert result["tokens_seen"] == column(run, "train/tokens")[200] > 0
+    assert 0 < column(run, "train/mfu")[200] < 1
+    if cfg.data.nsp:
+        assert 0 <= result["final_valid_nsp_acc"] <= 1 and len(column(run, "train/nsp_acc")) == 20
+    else:
+        assert result["final_valid_nsp_acc"] is None
+    assert yaml.safe_load((run / "config.yaml").read_text()) == cfg.to_dict()
+    for name in ("tokenizer.json", "data.json", "system.json", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    assert (run / "wandb").is_dir() == (wandb == "offline")
+
+
+class SaveAt(L.Callback):
+    """Checkpoints at chosen optimizer steps, the way ModelCheckpoint does (right after the step)."""
+
+    def __init__(self, steps: set[int], folder: Path):
+        self.steps, self.folder = steps, folder
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step in self.steps and not (path := self.folder / f"{step}.ckpt").exists():
+            trainer.save_checkpoint(path)
+
+
+def test_resume_replays_the_uninterrupted_loss_curve(tmp_path, tiny_data):
+    """Dropout on, gradient accumulation, padded variable-length batches, a data-loader worker, and resumes before,
+    at and after an epoch boundary: every per-step loss after the resume matches the uninterrupted run."""
+    overrides = ["data.input_format=doc_sentences", "data.data_tokens=20000", "optim.batch_size=8",
+                 "optim.micro_batch_size=4", "train.log_every=1", "train.val_every=5", "train.num_workers=1"]
+    probe = tiny(tmp_path, *overrides)
+    data = PretrainDataModule(tiny_data, probe.data, probe.optim, seed=0, num_workers=0)
+    data.setup()
+    epoch = data.steps_per_epoch
+    resume_at = {epoch - 3, epoch, epoch + 2}
+    steps = epoch + 6
+    overrides.append(f"optim.max_steps={steps}")
+
+    full = tiny(tmp_path, *overrides, "train.arm=full")
+    pretrain(full, callbacks=(SaveAt(resume_at, tmp_path),))
+    reference = column(run_dir_of(full), "train/loss")
+    assert sorted(reference) == list(range(1, steps + 1))
+
+    for step in sorted(resume_at):
+        # An interrupted run: its folder, minus result.json, with last.ckpt from `step` and metrics logged beyond it.
+        cfg = tiny(tmp_path, *overrides, f"train.arm=resumed_at_{step}")
+        run = run_dir_of(cfg)
+        shutil.copytree(run_dir_of(full), run)
+        (run / "result.json").unlink()
+        shutil.copy(tmp_path / f"{step}.ckpt", run / "checkpoints" / "last.ckpt")
+        result = pretrain(cfg)
+        assert result["steps"] == steps
+        resumed = column(run, "train/loss")  # also checks no step is logged twice
+        assert sorted(resumed) == list(range(1, steps + 1))
+        assert sorted(column(run, "val/ppl")) == [*range(0, steps, 5), steps]  # none repeated, none missing
+        worst = max(abs(resumed[s] - reference[s]) for s in range(step + 1, steps + 1))
+        assert worst < 1e-5, f"resumed at {step} (epoch has {epoch} steps): max loss difference {worst}"
+        assert result["tokens_seen"] == column(run_dir_of(full), "train/tokens")[steps]
+
+
+def test_finished_run_is_not_trained_again(tmp_path, tiny_data, capsys):
+    cfg = tiny(tmp_path, "optim.max_steps=3", "optim.warmup_steps=1")
+    first = pretrain(cfg)
+    ckpt = run_dir_of(cfg) / "checkpoints" / "last.ckpt"
+    stamp = ckpt.stat().st_mtime_ns
+    capsys.readouterr()
+    assert pretrain(cfg) == first
+    assert "already finished" in capsys.readouterr().out
+    assert ckpt.stat().st_mtime_ns == stamp
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, tiny_data, capsys):
+    # A run left with a checkpoint (not finished), then asked to continue with another peak LR.
+    cfg = tiny(tmp_path, "optim.max_steps=2", "optim.warmup_steps=1", "train.arm=half_done")
+    pretrain(cfg)
+    (run_dir_of(cfg) / "result.json").unlink()
+    mismatch = ["optim.max_steps=2", "optim.warmup_steps=1", "train.arm=half_done", "optim.peak_lr=5e-4"]
+    cases = {
+        "model.preset: expected one of": ["model.preset=huge"],
+        "model.n_heads: expected a positive divisor of model.hidden=128": ["model.n_heads=3"],
+        "data.max_seq_len: expected at most model.max_positions=64": ["data.max_seq_len=128"],
+        "optim.batch_size: expected a multiple of": ["optim.batch_size=20", "optim.micro_batch_size=8"],
+        "checkpoint was made with a different config (optim.peak_lr: 0.001 vs 0.0005)": mismatch,
+    }
+    capsys.readouterr()
+    for expected, args in cases.items():  # in-process: the same code path as the command, without importing torch
+        argv = ["pretrain", "--config", str(TINY), f"train.runs_dir={tmp_path}", "train.wandb=disabled", *args]
+        assert cli.main(argv) == 2, expected
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (expected, lines)
+    assert not (run_dir_of(cfg) / "result.json").exists()
+
+    # and once through a real process: exit status 2, one line on stderr
+    proc = subprocess.run([sys.executable, "-m", "harness", "pretrain", "--config", str(TINY),
+                           f"train.runs_dir={tmp_path}", *mismatch], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "checkpoint was made with a different config" in proc.stderr
