@@ -8,15 +8,12 @@ Only the fixture imports training code; analysis itself reads the folders."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,69 +29,25 @@ ARMS = {"segment_pair_nsp": {"data.input_format": "segment_pair_nsp"},
         "doc_sentences": {"data.input_format": "doc_sentences"}}
 SEEDS = [0, 1]
 TASKS = ["rt_sentiment", "mnli"]  # mnli has no data offline: its summary says so
-SMOKE = ["optim.max_steps=20", "optim.warmup_steps=5", "train.val_every=10", "train.log_every=5",
-         "train.wandb=disabled"]
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+SMOKE = {"optim.max_steps": 20, "optim.warmup_steps": 5, "train.val_every": 10, "train.log_every": 5,
+         "train.wandb": "disabled"}
 
 
 def build_smoke_study(runs_dir: Path) -> Path:
-    """Pretrain and fine-tune every cell of a 2-arm, 2-seed Table 2 study, then write the grid's bookkeeping
-    (study.json, grid.sqlite, cell.json) around the run folders as the grid runner does."""
-    import lightning
-    import torch
+    """Run a 2-arm, 2-seed Table 2 study through the grid runner at smoke scale: pretraining, fine-tuning and the
+    grid's bookkeeping (study.json, grid.sqlite, cell.json) exactly as `make ablation-nsp SCALE=smoke` makes them."""
+    import yaml
 
-    from harness.config import Config, load_config
-    from harness.finetune import finetune
-    from harness.pretrain import pretrain, run_dir_of
+    from harness.grid.runner import run_grid
 
-    def config(arm: str, seed: int) -> Config:
-        return load_config(REPO / "configs" / "tiny.yaml", [
-            *(f"{k}={v}" for k, v in ARMS[arm].items()), *SMOKE, f"train.study={folder.name}", f"train.arm={arm}",
-            f"train.seed={seed}", f"train.runs_dir={runs_dir}"])
-
-    folder = runs_dir / f"{STUDY}-smoke"
-    resolved = config(next(iter(ARMS)), SEEDS[0]).to_dict()
-    fixed = {k: resolved[k.split(".")[0]][k.split(".")[1]]
-             for k in ("model.preset", "data.masking", "data.max_seq_len", "optim.batch_size", "optim.max_steps")}
-    meta = {"study": STUDY, "table": 2, "scale": "smoke", "experiment_file": "experiments/table2_nsp.yaml",
-            "arms": [{"name": a, "scientific": s} for a, s in ARMS.items()], "reference_arm": "segment_pair_nsp",
-            "seeds": SEEDS, "scientific": ["data.input_format"], "nuisance": {}, "fixed": fixed,
-            "finetune": {"tasks": TASKS, "protocol": "smoke"}}
-    folder.mkdir(parents=True)
-    (folder / "study.json").write_text(json.dumps(meta, indent=2))
-    db = sqlite3.connect(folder / "grid.sqlite")
-    db.execute("CREATE TABLE cells (cell_id TEXT PRIMARY KEY, study TEXT, arm TEXT, seed INTEGER, kind TEXT, "
-               "status TEXT, attempts INTEGER, worker TEXT, lease_until REAL, started REAL, finished REAL, "
-               "error TEXT, run_dir TEXT)")
-    for arm, scientific in ARMS.items():
-        for seed in SEEDS:
-            cfg = config(arm, seed)
-            started = time.time()
-            result = pretrain(cfg)
-            run_dir = run_dir_of(cfg)
-            for task in TASKS:
-                finetune(run_dir, task, protocol="smoke", progress=False)
-            cell_id = f"{arm}-seed{seed}"
-            digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-            (run_dir / "cell.json").write_text(json.dumps({
-                "study": STUDY, "table": 2, "arm": arm, "seed": seed, "scale": "smoke", "cell_id": cell_id,
-                "scientific": scientific, "nuisance": {"optim.peak_lr": cfg.optim.peak_lr}, "fixed": fixed,
-                "tuning": {}, "provenance": {"git_commit": _git_commit(), "config_hash": digest,
-                                             "packages": {"torch": torch.__version__,
-                                                          "lightning": lightning.__version__}}}, indent=2))
-            db.execute("INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                       (cell_id, STUDY, arm, seed, "run", result["status"], 1, "pytest", None, started,
-                        time.time(), None, str(run_dir)))
-    db.commit()
-    db.close()
-    return folder
+    experiment = {
+        "study": STUDY, "table": 2, "base": str(REPO / "configs" / "tiny.yaml"),
+        "scientific": {"data.input_format": list(ARMS)}, "finetune": {"tasks": TASKS},
+        "scales": {"smoke": {"overrides": SMOKE, "seeds": SEEDS, "finetune": {"protocol": "smoke"}}},
+    }
+    path = runs_dir / f"{STUDY}.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    return run_grid(str(path), "smoke", str(runs_dir))
 
 
 @pytest.fixture(scope="session")

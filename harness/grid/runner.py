@@ -109,11 +109,14 @@ def _write_cell_json(exp: Experiment, cell: dict, cfg: Config, nuisance: dict, t
     run_dir = Path(cell["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     flat = {f"{s}.{k}": v for s, values in cfg.to_dict().items() for k, v in values.items()}
+    nuisance_keys = [*(nuisance or exp.nuisance)] or ["optim.peak_lr"]  # the LR is recorded even when not tuned
     info = {
         "study": exp.study, "table": exp.table, "arm": cell["arm"], "seed": cell["seed"], "scale": exp.scale,
         "kind": cell["kind"], "cell_id": cell["cell_id"], "scientific": arm.scientific,
-        "nuisance": {k: flat[k] for k in (nuisance or exp.nuisance)},
-        "fixed": {**exp.fixed, **exp.overrides}, "tuning": tuning,
+        "nuisance": {k: flat[k] for k in nuisance_keys},
+        "fixed": {k: v for k, v in flat.items() if k not in arm.scientific and k not in nuisance_keys
+                  and k.split(".")[0] != "train"},
+        "tuning": tuning,
         "provenance": {**provenance(), "config_hash": config_hash(cfg)},
     }
     tmp = run_dir / ".cell.json.tmp"
