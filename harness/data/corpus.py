@@ -104,9 +104,11 @@ def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = Fal
     corpus_dir = cache_root() / "corpus"
     final = corpus_dir / f"{name}-{key}"
     if (final / "stats.json").exists():
+        corpus = _load(final, key)
         if verbose:
             _log(f"corpus {name}: cached at {final}")
-        return _load(final, key)
+            _summarise(corpus)
+        return corpus
 
     corpus_dir.mkdir(parents=True, exist_ok=True)
     # Build in a private folder and rename it at the end: a crash or a concurrent prepare never leaves a
