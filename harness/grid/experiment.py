@@ -125,7 +125,13 @@ def _arms(scientific: dict, linked: dict, where: str) -> list[Arm]:
         arms = [{**a, **{k: linked[k][i] for k in linked}} for a in arms for i in range(n)]
     if arms == [{}]:
         raise UserError(f"{where}scientific: expected at least one compared factor")
-    return [Arm(_arm_name(a), a) for a in arms]
+    # Name arms by the fewest leading factors that tell them apart (Table 3: batch_size=256, not the whole triple).
+    keys = list(arms[0])
+    for k in range(1, len(keys) + 1):
+        names = [_arm_name({key: a[key] for key in keys[:k]}) for a in arms]
+        if len(set(names)) == len(names):
+            break
+    return [Arm(name, a) for name, a in zip(names, arms)]
 
 
 def load_experiment(path: str | Path, scale: str) -> Experiment:
