@@ -243,18 +243,21 @@ def build(cls: type, values: dict[str, Any], prefix: str) -> Any:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """YAML file (sections data/model/optim/train) plus `section.field=value` overrides."""
-    raw: dict[str, dict[str, Any]] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = read_yaml(Path(path), "config file") if path is not None else {}
     return with_overrides(raw, overrides)
+
+
+def read_yaml(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping; a missing file or bad YAML is a one-line UserError naming the file."""
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping, got {type(raw).__name__}")
+    return raw
 
 
 def with_overrides(raw: dict[str, dict[str, Any]], overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harness.config import Config, load_config
+from harness.config import Config, load_config, read_yaml
 from harness.errors import UserError
 
 TOP_KEYS = {"study", "table", "description", "base", "scientific", "linked", "nuisance", "fixed", "finetune", "scales"}
@@ -136,13 +134,7 @@ def _arms(scientific: dict, linked: dict, where: str) -> list[Arm]:
 
 def load_experiment(path: str | Path, scale: str) -> Experiment:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: experiment file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    raw = _mapping(raw, str(path))
+    raw = read_yaml(path, "experiment file")
     _unknown(raw, TOP_KEYS, f"{path}: ")
     for key in ("study", "table", "base", "scales"):
         if key not in raw:
