@@ -3,18 +3,22 @@
 What `harness.benchmarks.pretrain` measures is exactly what these give; the pretraining module should use them:
 
     speed.tune_cpu_allocator()                                # once, at process start (CPU runs)
+    torch.set_num_threads(speed.cpu_threads(num_workers))     # CPU runs: loader workers + threads <= cores
     precision = speed.auto_precision(device_type)             # "bf16-mixed" only where bf16 matmuls are faster
     opt = torch.optim.AdamW(groups, ..., **speed.adamw_kwargs(device_type))
     loss = F.cross_entropy(out.mlm_logits.float(), out.mlm_targets)   # logits are bf16 under autocast
 
-torch.compile is not used on CPU: it cost ~35 s of cold compilation on a 2-core box, and its dropout RNG was no
-faster than eager's; the eager model already projects only masked positions and draws cheap dropout masks.
+torch.compile is not used on CPU: compiling even a lone dropout took 35 s cold on the (loaded) 2-core dev box and
+the compiled dropout was no faster (its RNG is as slow as eager's); the eager model already projects only masked
+positions and draws cheap dropout masks. Under DDP on CPU, decide `auto_precision` once (rank 0) and pass it on:
+each process probing on its own could pick differently.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import statistics
 import sys
 import time
@@ -89,6 +93,20 @@ def _has_fused_adamw(device_type: str) -> bool:
         return False
 
 
+def cpu_threads(loader_workers: int) -> int:
+    """Intra-op threads for CPU training: the cores the data loader's worker processes leave free (at least 1).
+
+    Every op of an eager step is an OpenMP parallel region that waits for all its threads; when a loader worker
+    (or any other process) holds one of the cores, each op stalls for a scheduler slice. On a loaded 2-core box a
+    30-step tiny-model run took 28 s with 2 threads and 1 s with 1. Call torch.set_num_threads() with the result.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - loader_workers)
+
+
 def tune_cpu_allocator() -> bool:
     """Keep freed memory in the process instead of unmapping it (glibc only; a no-op elsewhere).
 
@@ -108,7 +126,6 @@ def tune_cpu_allocator() -> bool:
 
 def cpu_description() -> str:
     """'<model name>, <n> cores, AMX|AVX512-BF16|no bf16 units' from /proc/cpuinfo (Linux; else the platform)."""
-    import os
     import platform
 
     try:
