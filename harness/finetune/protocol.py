@@ -1,0 +1,127 @@
+"""Fine-tuning protocols: named, frozen settings read strictly from configs/finetune.yaml."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UserError
+
+PROTOCOLS_FILE = Path(__file__).resolve().parents[2] / "configs" / "finetune.yaml"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    """The section name in configs/finetune.yaml; recorded with every result."""
+    lrs: tuple[float, ...] = (1e-5, 2e-5, 3e-5)
+    """Peak learning rates searched (RoBERTa Table 10)."""
+    batch_sizes: tuple[int, ...] = (16, 32)
+    """Batch sizes searched (RoBERTa Table 10)."""
+    epochs: int = 10
+    """Passes over the training set; dev is scored after each and the best epoch kept (early stopping)."""
+    warmup_ratio: float = 0.06
+    """Share of steps with a linear warmup, then linear decay to 0 (RoBERTa Table 10: 6%)."""
+    seeds: int = 5
+    """Fine-tuning seeds; results are the median over them (the paper: 5)."""
+    max_seq_len: int = 512
+    """Tokens per input including special tokens (capped by the encoder's max_positions)."""
+    doc_stride: int = 128
+    """QA: tokens between the starts of consecutive context windows (BERT's SQuAD setting)."""
+    max_query_len: int = 64
+    """QA: question tokens kept (BERT's SQuAD setting)."""
+    max_answer_len: int = 30
+    """QA: longest answer span considered at prediction time, in tokens (BERT's SQuAD setting)."""
+    max_train_examples: int = 0
+    """Cap on training examples, taken as a fixed seeded sample (0 = all)."""
+    max_dev_examples: int = 0
+    """Cap on dev examples, a fixed seeded sample (0 = all); the same sample for every seed and configuration."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, not on biases or LayerNorm (RoBERTa Table 10)."""
+    beta2: float = 0.98
+    """Adam beta2 (RoBERTa Table 10); beta1 is 0.9."""
+    eps: float = 1e-6
+    """Adam epsilon (RoBERTa Table 10)."""
+
+    def __post_init__(self) -> None:
+        def check(cond: bool, field: str, expected: str) -> None:
+            if not cond:
+                raise UserError(f"{self.name}.{field}: expected {expected}, got {getattr(self, field)!r}")
+
+        check(len(self.lrs) > 0 and all(lr > 0 for lr in self.lrs), "lrs", "a non-empty list of positive numbers")
+        check(len(self.batch_sizes) > 0 and all(b >= 1 for b in self.batch_sizes), "batch_sizes",
+              "a non-empty list of integers >= 1")
+        check(self.epochs >= 1, "epochs", "an integer >= 1")
+        check(0 <= self.warmup_ratio < 1, "warmup_ratio", "a fraction in [0, 1)")
+        check(self.seeds >= 1, "seeds", "an integer >= 1")
+        check(16 <= self.max_seq_len <= 8192, "max_seq_len", "an integer in [16, 8192]")
+        check(1 <= self.max_query_len <= self.max_seq_len // 2, "max_query_len", "in [1, max_seq_len / 2]")
+        check(1 <= self.doc_stride <= self.max_seq_len - self.max_query_len - 4, "doc_stride",
+              "in [1, max_seq_len - max_query_len - 4]")
+        check(self.max_answer_len >= 1, "max_answer_len", "an integer >= 1")
+        check(self.max_train_examples >= 0, "max_train_examples", "an integer >= 0 (0 = all)")
+        check(self.max_dev_examples >= 0, "max_dev_examples", "an integer >= 0 (0 = all)")
+        check(self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        check(0 < self.beta2 < 1, "beta2", "a number in (0, 1)")
+        check(self.eps > 0, "eps", "a positive number")
+
+    def grid(self) -> list[tuple[float, int]]:
+        """Every (peak LR, batch size) configuration, in a fixed order."""
+        return [(lr, bs) for bs in self.batch_sizes for lr in self.lrs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _value(raw: Any, tp: Any, where: str) -> Any:
+    """One YAML value checked against a field type (int, float, or a tuple of either)."""
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(raw, list):
+            raise UserError(f"{where}: expected a list, got {raw!r}")
+        return tuple(_value(item, typing.get_args(tp)[0], where) for item in raw)
+    if tp is float and isinstance(raw, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+        try:
+            raw = float(raw)
+        except ValueError:
+            pass
+    ok = isinstance(raw, int if tp is int else (int, float)) and not isinstance(raw, bool)
+    if not ok:
+        raise UserError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {raw!r}")
+    return tp(raw)
+
+
+def parse_protocol(name: str, values: dict[str, Any]) -> Protocol:
+    hints = typing.get_type_hints(Protocol)
+    fields = [f.name for f in dataclasses.fields(Protocol) if f.name != "name"]
+    if not isinstance(values, dict):
+        raise UserError(f"{name}: expected a mapping of protocol settings, got {values!r}")
+    kwargs = {}
+    for key, raw in values.items():
+        if key not in fields:
+            raise UserError(f"{name}.{key}: unknown protocol key; expected one of {sorted(fields)}")
+        kwargs[key] = _value(raw, hints[key], f"{name}.{key}")
+    return Protocol(name=name, **kwargs)
+
+
+def load_protocols(path: Path = PROTOCOLS_FILE) -> dict[str, Protocol]:
+    if not path.is_file():
+        raise UserError(f"{path}: protocol file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of protocol names, got {type(raw).__name__}")
+    return {name: parse_protocol(name, values) for name, values in raw.items()}
+
+
+def load_protocol(name: str, path: Path = PROTOCOLS_FILE) -> Protocol:
+    protocols = load_protocols(path)
+    if name not in protocols:
+        raise UserError(f"--protocol {name}: unknown protocol; expected one of {sorted(protocols)} (in {path})")
+    return protocols[name]
