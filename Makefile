@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv with every dependency
 
-test: $(STAMP)  ## the default test suite (CPU, ~10 min on 2 cores)
+test: $(STAMP)  ## the default test suite (CPU, 2 cores)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)  ## only the tests marked slow
@@ -50,7 +50,7 @@ tables: $(STAMP)  ## render every study in runs/ into runs/<study>/report/
 
 notebook: $(STAMP)  ## Jupyter on the analysis notebooks
 	$(VENV)/bin/pip install -q -e '.[notebook]'
-	$(VENV)/bin/jupyter lab analysis/notebooks
+	RUNS_DIR=$(abspath runs) $(VENV)/bin/jupyter lab --notebook-dir=analysis/notebooks
 
 clean:  ## remove the venv and local caches (not runs/)
 	rm -rf $(VENV) .cache .pytest_cache
