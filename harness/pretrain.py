@@ -510,6 +510,20 @@ def check_checkpoint(path: Path, cfg: Config) -> int:
     return int(ckpt["global_step"])
 
 
+def _newest_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint with the most steps: a kill between writing step_N.ckpt and last.ckpt leaves last.ckpt older.
+    A file that cannot be read (killed mid-write) is passed over."""
+    best, best_step = None, -1
+    for path in folder.glob("*.ckpt"):
+        try:
+            step = int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
+        except Exception:  # noqa: BLE001 - a torn file is simply not a candidate
+            continue
+        if step > best_step:
+            best, best_step = path, step
+    return best
+
+
 def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop rows logged after the checkpoint, which the resumed run logs again."""
     if not path.is_file():
@@ -553,14 +567,17 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
             print(f"{run_dir}: already {done['status']} ({done.get('steps')} steps); delete the folder to retrain")
         return done
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    resume_step = check_checkpoint(ckpt, cfg) if ckpt.is_file() else None
+    resume_from = _newest_checkpoint(ckpt.parent)
+    resume_step = check_checkpoint(resume_from, cfg) if resume_from else None
 
     prepared = prepare(cfg.data, verbose=rank_zero_only.rank == 0)
     if rank_zero_only.rank == 0:
         _write_run_files(run_dir, cfg, prepared)
         if resume_step is not None:
             _truncate_metrics(run_dir / "metrics.csv", resume_step)
-            print(f"{run_dir}: resuming from step {resume_step}")
+            print(f"{run_dir}: resuming from step {resume_step} ({resume_from.name})")
+        else:  # a run killed before its first checkpoint starts over: its partial curve goes too
+            (run_dir / "metrics.csv").unlink(missing_ok=True)
     trainer = build_trainer(cfg, run_dir, resuming=resume_step is not None, callbacks=callbacks)
     data = PretrainDataModule(prepared, cfg.data, cfg.optim, cfg.train.seed, cfg.train.num_workers,
                               world_size=trainer.world_size, rank=trainer.global_rank)
@@ -569,7 +586,7 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
                            f"{trainer.accumulate_grad_batches}")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # model init
     module = PretrainModule(cfg, prepared.vocab_size)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt if resume_step is not None else None)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
 
     metrics = next(cb for cb in trainer.callbacks if isinstance(cb, StepMetrics))
     if metrics.diverged_at is None and trainer.global_step < cfg.optim.max_steps:
