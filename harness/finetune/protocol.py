@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from harness.config import read_yaml
 from harness.errors import UserError
 
 PROTOCOLS_FILE = Path(__file__).resolve().parents[2] / "configs" / "finetune.yaml"
@@ -109,14 +108,7 @@ def parse_protocol(name: str, values: dict[str, Any]) -> Protocol:
 
 
 def load_protocols(path: Path = PROTOCOLS_FILE) -> dict[str, Protocol]:
-    if not path.is_file():
-        raise UserError(f"{path}: protocol file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of protocol names, got {type(raw).__name__}")
+    raw = read_yaml(path, "protocol file")
     return {name: parse_protocol(name, values) for name, values in raw.items()}
 
 
