@@ -612,6 +612,10 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
     result = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result.items()}  # JSON
     if trainer.is_global_zero:
         _write_json(run_dir / "result.json", result)
+    if cfg.train.wandb != "disabled":  # close this run's W&B run, so the next run in this process gets its own
+        import wandb
+
+        wandb.finish()
     return result
 
 
