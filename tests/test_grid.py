@@ -95,8 +95,8 @@ def test_smoke_table_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
         assert cell["scientific"] == arm["scientific"] and cell["provenance"]["packages"]["torch"]
         assert json.loads((run / "result.json").read_text())["status"] == "finished"
         assert json.loads((run / "finetune" / "rt_sentiment" / "summary.json").read_text())["median"] is not None
-    run_ids = {(folder / a["name"] / "seed_0" / "wandb" / "harness_run_id").read_text() for a in info["arms"]}
-    assert len(run_ids) == 4  # one W&B run per cell, although one worker process ran them all
+    for arm in info["arms"]:  # one W&B run per cell, in the cell's folder, although one worker ran them all
+        assert list((folder / arm["name"] / "seed_0" / "wandb").glob("offline-run-*")), arm["name"]
     again = cli("grid", "run", "experiments/table2_nsp.yaml", "--scale", "smoke", "--runs-dir", str(tmp_path))
     assert again.returncode == 0 and all(s[3] == 1 for s in statuses(folder))  # nothing ran twice
 
