@@ -40,6 +40,7 @@ from analysis.paper import PPL, TABLES, TASK_COLUMN, PaperTable
 N_BOOT = 2000
 MARGIN_POINTS = 0.5  # "comparable": within half an accuracy/F1 point (the paper's rows differ by 0.2-0.7 points)
 MARGIN_PPL = 0.01  # ... or within 1% of the other arm's perplexity
+FLAT = "every run of both arms scored the same: a degenerate classifier, not evidence"
 MIN_RUNS = 3  # below this many finished runs per arm a bootstrap "interval" is just the range: no verdict
 REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "reproduced", "contradicted", "inconclusive", "not tested"
 
@@ -458,13 +459,16 @@ def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], met
             pa, pb = _paper_value(paper, row_a, m.paper_column), _paper_value(paper, row_b, m.paper_column)
             decides = (primary == "downstream") == m.downstream
             few = min(n_runs[a, m.key], n_runs[b, m.key]) < MIN_RUNS
+            # Every run of both arms scoring exactly the same is a degenerate classifier (e.g. the majority class),
+            # not evidence that the arms are comparable.
+            flat = m.downstream and np.ptp(boots[a, m.key]) == 0 and np.ptp(boots[b, m.key]) == 0 and gain == 0
             rows.append({
                 "claim": claim, "comparison": f"{row_a} vs {row_b}", "arm_a": a, "arm_b": b, "kind": kind,
                 "metric": m.key, "header": m.header, "role": "primary" if decides else "supporting",
                 "gain": gain, "gain_lo": lo, "gain_hi": hi, "margin": margin if kind == "noninferior" else 0.0,
                 "paper_gain": sign * (pa - pb) if pa is not None and pb is not None else None,
-                "verdict": INCONCLUSIVE if few else judge(kind, lo, hi, margin),
-                "why": f"fewer than {MIN_RUNS} runs per arm" if few else "",
+                "verdict": INCONCLUSIVE if few or flat else judge(kind, lo, hi, margin),
+                "why": f"fewer than {MIN_RUNS} runs per arm" if few else FLAT if flat else "",
             })
     claims = pd.DataFrame(rows, columns=["claim", "comparison", "arm_a", "arm_b", "kind", "metric", "header",
                                          "role", "gain", "gain_lo", "gain_hi", "margin", "paper_gain", "verdict",
@@ -485,7 +489,9 @@ def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], met
             verdict = CONTRADICTED if CONTRADICTED in v else REPRODUCED if set(v) == {REPRODUCED} else INCONCLUSIVE
             why = f"{len(deciding)} comparison(s) on {basis}: " + ", ".join(
                 f"{n} {k}" for k, n in pd.Series(v).value_counts().items())
-            if (deciding["why"] != "").any():
+            if (deciding["why"] == FLAT).any():
+                why += f" ({FLAT})"
+            elif (deciding["why"] != "").any():
                 why += f" (fewer than {MIN_RUNS} finished runs per arm: no verdict from a range)"
             if claim in untested:
                 why += f"; not run: {'; '.join(untested[claim])}"
