@@ -109,6 +109,8 @@ class StepSampler(Sampler):
         self.batch_size, self.token_budget = batch_size, token_budget
         self.chunks, self.rank, self.accumulate = accumulate * world_size, rank, accumulate
         self.epoch, self.start = 0, 0
+        self._plan: list[np.ndarray] = []
+        self._plan_epoch: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the training layer at each epoch start (Lightning only calls it on samplers, not on a
@@ -120,7 +122,11 @@ class StepSampler(Sampler):
         self.start = micro_batch
 
     def steps(self) -> list[np.ndarray]:
-        return plan_epoch(self.lengths, self.seed, self.epoch, self.batch_size, self.token_budget)
+        """This epoch's plan, computed once per epoch (len() and iteration both read it)."""
+        if self._plan_epoch != self.epoch:
+            self._plan = plan_epoch(self.lengths, self.seed, self.epoch, self.batch_size, self.token_budget)
+            self._plan_epoch = self.epoch
+        return self._plan
 
     def __len__(self) -> int:
         return len(self.steps()) * self.accumulate
