@@ -31,8 +31,8 @@ test-slow: $(STAMP)  ## only the tests marked slow
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check harness analysis tests
 
-data: $(STAMP)  ## fetch and prepare the demo corpus (cached)
-	$(PY) -m harness data prepare --corpus demo
+data: $(STAMP)  ## fetch and prepare the demo corpus as configs/demo.yaml uses it (cached)
+	$(PY) -m harness data prepare --config configs/demo.yaml
 
 bench: $(STAMP)  ## benchmarks -> runs/bench/latest.json
 	$(PY) -m harness bench

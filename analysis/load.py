@@ -306,6 +306,19 @@ def _interp(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
     return out
 
 
+def random_init_scores(study: Study, arm: str, task: str) -> list[np.ndarray]:
+    """The fine-tuning scores of `arm`'s encoder from random weights (no pretraining), one array per run folder
+    that has them (runs/<study>/<arm>/seed_<k>/finetune-random-init/<task>/summary.json; the grid writes them for
+    the reference arm). Empty when none exist."""
+    out = []
+    for run in study.runs[(study.runs["arm"] == arm) & study.runs["expected"]].to_dict("records"):
+        summary = read_json(Path(run["run_dir"]) / "finetune-random-init" / task / "summary.json")
+        values = [_float(v) for v in (summary or {}).get("values") or []]
+        if any(math.isfinite(v) for v in values):
+            out.append(np.array([v for v in values if math.isfinite(v)]))
+    return out
+
+
 def load_curves(study: Study) -> pd.DataFrame:
     """Every run's learning curve with arm and seed: a row per (run, logged step). Runs without metrics.csv are
     skipped (the tables report them)."""

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.load import DONE, NA_OFFLINE, Study, StudyError, load_study
+from analysis.load import DONE, NA_OFFLINE, Study, StudyError, load_study, random_init_scores
 from analysis.paper import PPL, TABLES, TASK_COLUMN, PaperTable
 
 N_BOOT = 2000
@@ -42,6 +42,7 @@ MARGIN_POINTS = 0.5  # "comparable": within half an accuracy/F1 point (the paper
 MARGIN_PPL = 0.01  # ... or within 1% of the other arm's perplexity
 FLAT = "every run of both arms scored the same: a degenerate classifier, not evidence"
 MIN_RUNS = 3  # below this many finished runs per arm a bootstrap "interval" is just the range: no verdict
+RANDOM_INIT_ROW = "no pretraining (random init)"
 REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "reproduced", "contradicted", "inconclusive", "not tested"
 
 
@@ -102,6 +103,9 @@ class TableResult:
     settings: dict[str, Any]
     """scientific / nuisance / fixed settings, divergences, tuned values at the edge of their search range."""
     notes: list[str] = field(default_factory=list)
+    random_init: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    """Downstream metric key -> (median, 95% CI low, high) of the reference arm's encoder fine-tuned from random
+    weights: the score pretraining has to beat. Empty when the study has no such runs."""
 
     @property
     def wide(self) -> pd.DataFrame:
@@ -422,6 +426,16 @@ def make_table(study: Study | str | Path, number: int | None = None, n_boot: int
     detail["paper"] = pd.to_numeric(detail["paper"])
     detail["paper_delta"] = pd.to_numeric(detail["paper_delta"])
 
+    random_init = {}
+    for m in metrics:
+        groups = random_init_scores(study, reference, m.task) if m.downstream else []
+        if groups:
+            random_init[m.key] = (float(np.median(np.concatenate(groups))),
+                                  *interval(bootstrap_medians(groups, n_boot, _rng(seed, "random-init", m.key))))
+    if random_init:
+        notes.append(f"'{RANDOM_INIT_ROW}': the reference arm's encoder ({reference}) fine-tuned from random "
+                     f"weights under the same protocol, one run per pretraining seed. An arm below it gained nothing "
+                     f"downstream from its pretraining.")
     claims, verdicts = _claims(number, paper, arm_rows, metrics, boots, medians, n_runs, margin_points, margin_ppl)
     settings = _settings(study, runs, factors, arm_rows)
     notes += _run_notes(study, runs, settings)
@@ -432,7 +446,7 @@ def make_table(study: Study | str | Path, number: int | None = None, n_boot: int
         notes.append(f"Only {len(study.seeds)} pretraining seed(s): the intervals are the range of too few runs to "
                      f"carry a verdict; expect 'inconclusive'.")
     return TableResult(number, paper.title, study, paper, reference, arm_rows, metrics, detail, claims, verdicts,
-                       settings, notes)
+                       settings, notes, random_init)
 
 
 def _paper_value(paper: PaperTable, row: str | None, column: str | None) -> float | None:
@@ -616,4 +630,8 @@ def wide_frame(t: TableResult) -> pd.DataFrame:
             if m.paper_column is not None:  # the paper's number is on the real task, whatever data ours used
                 row[f"{m.paper_column} paper"] = m.fmt(p) if p is not None else "–"
         out.append(row)
-    return pd.DataFrame(out)
+    if t.random_init:
+        out.append({"paper row": RANDOM_INIT_ROW, "arm": f"{t.reference_arm}, random init",
+                    **{f"{m.header} ours": ci_text(m, *t.random_init[m.key]) for m in t.metrics
+                       if m.key in t.random_init}})
+    return pd.DataFrame(out).fillna("")
