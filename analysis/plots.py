@@ -4,7 +4,8 @@ a headless cluster node, a test, or a notebook that shows the saved file).
   learning_curves.png   validation perplexity vs tokens seen per arm: median over seeds, band min-max
   ppl_vs_batch.png      Table 3: final perplexity vs batch size at equal compute, ours and the paper's
   downstream.png        a panel per fine-tuning task: a bar per arm (median, 95% interval, every seed as a dot) and
-                        the paper's number as a red dash on the same 0-100 scale
+                        the paper's number as a red dash on the same 0-100 scale; a dashed line where the study has the
+                        random-init baseline
 """
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ def downstream(t: TableResult, path: Path) -> Path | None:
         if np.isfinite(paper).any():  # the paper's number on the same points scale, as a red dash per bar
             ax.scatter(x, paper, marker="_", s=900, linewidths=2.5, color="tab:red", zorder=4,
                        label="paper (BERT-base, real task)")
+        if m.key in t.random_init:  # what the same encoder scores without pretraining
+            med, lo, hi = t.random_init[m.key]
+            ax.axhspan(lo, hi, color="grey", alpha=0.2)
+            ax.axhline(med, color="grey", linestyle="--", label="no pretraining (random init): median, 95% CI")
         ax.set_xticks(x, [_label(t, a).replace(" (", "\n(") for a in d.index], fontsize=7)
         ax.set_title(textwrap.fill(m.header, 40), fontsize=9)
         ax.set_ylabel(f"{m.task} dev score (points)")
@@ -132,8 +137,8 @@ def downstream(t: TableResult, path: Path) -> Path | None:
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(textwrap.fill(f"Table {t.number} ({t.settings['scale']}): downstream scores per arm, bars from 0",
                                70), fontsize=10)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, frameon=False)
-    return _save(fig, path, rect=(0, 0.06, 1, 1))  # room for the legend below the panels
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    return _save(fig, path, rect=(0, 0.1, 1, 1))  # room for the legend below the panels
 
 
 def _save(fig: Figure, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:

@@ -435,6 +435,23 @@ def test_finetune_nsp_encoder_and_random_init(tmp_path, data_dir):
         finetune(nsp_run, "mnli", data_dir, "smoke", progress=False)
 
 
+def test_random_init_differs_per_pretraining_seed_and_finetuning_seed(tmp_path):
+    from dataclasses import replace
+
+    from harness.config import with_overrides
+    from harness.finetune.runner import build_model, load_run
+
+    run = load_run(make_run(tmp_path, checkpoint=False), "random")
+    other = replace(run, config=with_overrides(run.config.to_dict(), ["train.seed=1"]))
+
+    def weights(r, seed):
+        return build_model(r, seed).encoder.embed.word.weight
+
+    assert torch.equal(weights(run, 0), weights(run, 0))
+    assert not torch.equal(weights(run, 0), weights(other, 0))  # the grid's baseline: one encoder per run
+    assert not torch.equal(weights(run, 0), weights(run, 1))
+
+
 def test_cli(run_dir, data_dir, capsys):
     assert main(["finetune", str(run_dir), "--task", "mnli", "--protocol", "smoke"]) == 0
     summary = json.loads((run_dir / "finetune" / "mnli" / "summary.json").read_text())

@@ -80,7 +80,9 @@ def load_run(run_dir: Path, init: str = "pretrained") -> PretrainedRun:
 
 
 def build_model(run: PretrainedRun, seed: int) -> MaskedLM:
-    torch.manual_seed(seed)  # a random init differs per fine-tuning seed, as the head's does
+    # A random init differs per fine-tuning seed, as the head's does, and per pretraining run (its train.seed), so
+    # the random-init baselines of an arm's seeds are as many different encoders as its pretrained runs.
+    torch.manual_seed(seed if run.weights is not None else 1_000_003 * run.config.train.seed + seed)
     model = MaskedLM(run.config.model, run.vocab_size, pad_id=PAD_ID, nsp=run.config.data.nsp)
     if run.weights is not None:
         model.load_state_dict(run.weights)
