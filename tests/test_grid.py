@@ -14,6 +14,7 @@ import optuna
 import pytest
 import yaml
 
+from analysis.tables import RANDOM_INIT_ROW, make_table
 from harness.grid.experiment import load_experiment
 from harness.grid.runner import prepare_study, run_grid, work
 from harness.grid.store import CellStore
@@ -97,9 +98,7 @@ def test_smoke_table_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
         assert json.loads((run / "finetune" / "rt_sentiment" / "summary.json").read_text())["median"] is not None
         baseline = run / "finetune-random-init" / "rt_sentiment" / "summary.json"  # the reference arm's only
         assert baseline.is_file() == (arm is info["arms"][0]), arm["name"]
-    from analysis.tables import make_table
-
-    assert "no pretraining (random init)" in set(make_table(folder).wide["paper row"])  # the baseline's row
+    assert RANDOM_INIT_ROW in set(make_table(folder).wide["paper row"])  # the baseline's row
     for arm in info["arms"]:  # one W&B run per cell, in the cell's folder, although one worker ran them all
         assert list((folder / arm["name"] / "seed_0" / "wandb").glob("offline-run-*")), arm["name"]
     again = cli("grid", "run", "experiments/table2_nsp.yaml", "--scale", "smoke", "--runs-dir", str(tmp_path))

@@ -57,6 +57,11 @@ class Experiment:
         """runs/<folder>: one per (study, scale), so smoke results never mix with demo ones."""
         return f"{self.study}-{self.scale}"
 
+    @property
+    def reference_arm(self) -> str:
+        """The arm deltas are taken against, and whose encoder the grid also fine-tunes from random weights."""
+        return self.arms[0].name
+
     def config(self, arm: Arm, seed: int, runs_dir: str, nuisance: dict[str, Any] | None = None,
                extra: dict[str, Any] | None = None) -> Config:
         """The resolved config of one cell: base < fixed < scale overrides < arm < tuned nuisance < extra."""
@@ -68,7 +73,7 @@ class Experiment:
         return {
             "study": self.study, "table": self.table, "scale": self.scale, "experiment_file": str(self.path),
             "arms": [{"name": a.name, "scientific": a.scientific} for a in self.arms],
-            "reference_arm": self.arms[0].name, "seeds": list(self.seeds),
+            "reference_arm": self.reference_arm, "seeds": list(self.seeds),
             "scientific": sorted({k for a in self.arms for k in a.scientific}),
             "nuisance": self.nuisance if self.tune.trials else {},
             "fixed": {**self.fixed, **self.overrides},
