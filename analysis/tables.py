@@ -1,22 +1,7 @@
 """One function per paper table: our medians over seeds beside the paper's numbers, with spread, bootstrap 95%
 intervals, deltas against the table's reference arm, and a verdict per paper claim.
 
-Statistics. A cell's number is the median of every value behind it: one perplexity per pretraining seed, or every
-fine-tuning score of every pretraining seed (each run's summary holds its fine-tuning seeds). Its 95% interval is a
-percentile bootstrap of that median that resamples pretraining runs, then fine-tuning seeds within each run (a
-two-level bootstrap: the pretraining seed is the larger source of variance). A delta's interval resamples both arms
-independently.
-
-Verdicts. A claim compares pairs of arms on its primary metric (downstream scores; perplexity for Table 3). Per
-pair and metric, with `gain` = how much better arm A is than arm B (sign flipped for perplexity) and its interval:
-  "A better than B" (superiority):  reproduced if the interval lies above 0, contradicted if below 0;
-  "A not worse than B" (comparable or better, within a margin m): reproduced if the interval lies above -m,
-                                     contradicted if it lies below -m;
-otherwise inconclusive, and always inconclusive when either arm has fewer than MIN_RUNS finished pretraining
-runs (an interval over two runs is their range, not a 95% interval). A claim is contradicted if any pair
-contradicts it, reproduced if every pair reproduces it, else inconclusive; "not tested" when the study lacks the
-arms. Perplexity rows of downstream claims are shown as supporting evidence and decide only when no downstream
-score exists (the verdict then says so).
+Statistics and verdicts: analysis.stats. Arms map to the paper's rows by their factor values (analysis.rows).
 
 Every function fails loudly (IncompleteStudyError, naming each run folder or summary) on a missing arm, seed or
 fine-tuning summary, or an unfinished run: a half-empty table would read as a result.
@@ -25,8 +10,6 @@ fine-tuning summary, or an unfinished run: a half-empty table would read as a re
 from __future__ import annotations
 
 import math
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,20 +17,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.complete import check_complete
 from analysis.load import DONE, NA_OFFLINE, Study, StudyError, load_study, random_init_scores
 from analysis.paper import PPL, TABLES, TASK_COLUMN, PaperTable
+from analysis.rows import ROW_MAPPINGS, arm_factors, row_pairs
+from analysis.stats import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    MARGIN_POINTS,
+    MARGIN_PPL,
+    MIN_RUNS,
+    N_BOOT,
+    NOT_TESTED,
+    REPRODUCED,
+    bootstrap_medians,
+    interval,
+    judge,
+    rng_for,
+)
 
-N_BOOT = 2000
-MARGIN_POINTS = 0.5  # "comparable": within half an accuracy/F1 point (the paper's rows differ by 0.2-0.7 points)
-MARGIN_PPL = 0.01  # ... or within 1% of the other arm's perplexity
 FLAT = "every run of both arms scored the same: a degenerate classifier, not evidence"
-MIN_RUNS = 3  # below this many finished runs per arm a bootstrap "interval" is just the range: no verdict
 RANDOM_INIT_ROW = "no pretraining (random init)"
-REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "reproduced", "contradicted", "inconclusive", "not tested"
-
-
-class IncompleteStudyError(StudyError):
-    """An expected run, arm or fine-tuning summary is missing or unfinished; the message lists every one."""
 
 
 @dataclass(frozen=True)
@@ -111,200 +101,6 @@ class TableResult:
     def wide(self) -> pd.DataFrame:
         """The paper's layout: a row per paper row (then arms with no paper row), per metric ours and the paper's."""
         return wide_frame(self)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Statistics
-
-
-def bootstrap_medians(groups: list[np.ndarray], n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot,) medians of two-level resamples: groups (runs) with replacement, then values within each group."""
-    groups = [np.asarray(g, dtype=float) for g in groups if len(g)]
-    if not groups:
-        return np.full(n_boot, np.nan)
-    k = len(groups)
-    lens = np.array([len(g) for g in groups])
-    m = int(lens.max())
-    mat = np.full((k, m), np.nan)
-    for i, g in enumerate(groups):
-        mat[i, : len(g)] = g
-    pick = rng.integers(0, k, size=(n_boot, k))  # (B, k) which run fills each slot
-    if m == 1:
-        return np.median(mat[pick, 0], axis=1)
-    n = lens[pick]  # (B, k) that run's number of values
-    within = np.minimum((rng.random((n_boot, k, m)) * n[..., None]).astype(int), m - 1)  # (B, k, m)
-    vals = np.where(np.arange(m) < n[..., None], mat[pick[..., None], within], np.nan)
-    return np.nanmedian(vals.reshape(n_boot, -1), axis=1)
-
-
-def interval(boot: np.ndarray) -> tuple[float, float]:
-    """Percentile 95% interval; 'inverted_cdf' takes observed values, so an infinite (diverged) one stays inf."""
-    finite_or_inf = boot[~np.isnan(boot)]
-    if not len(finite_or_inf):
-        return math.nan, math.nan
-    lo, hi = np.quantile(finite_or_inf, [0.025, 0.975], method="inverted_cdf")
-    return float(lo), float(hi)
-
-
-def _rng(seed: int, *names: str) -> np.random.Generator:
-    """Independent, reproducible draws per (arm, metric)."""
-    return np.random.default_rng([seed, *(zlib.crc32(n.encode()) for n in names)])
-
-
-def judge(kind: str, lo: float, hi: float, margin: float) -> str:
-    if any(math.isnan(x) for x in (lo, hi)):
-        return INCONCLUSIVE
-    if kind == "superior":
-        return REPRODUCED if lo > 0 else CONTRADICTED if hi < 0 else INCONCLUSIVE
-    return REPRODUCED if lo > -margin else CONTRADICTED if hi < -margin else INCONCLUSIVE
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Completeness: every arm x seed finished, every expected fine-tuning summary present
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9)
-    return a == b
-
-
-def _foreign_result(run: dict) -> list[str]:
-    """A finished run whose config.yaml or step count disagrees with its cell (cell.json's factor and nuisance
-    values): the folder holds some other training's result."""
-    where = f"(arm {run['arm']!r}, seed {run['seed']}); not this cell's result"
-    config, out = run["config"], []
-    for key, want in {**run["scientific"], **run["nuisance"]}.items():
-        if key in config and not _same(config[key], want):
-            out.append(f"{run['run_dir']}: config.yaml has {key}={config[key]!r}, cell.json {want!r} {where}")
-    want, got = config.get("optim.max_steps"), run["result"].get("steps")
-    if want is not None and got is not None and int(got) != int(want):
-        out.append(f"{run['run_dir']}: result.json has {got} steps, config.yaml optim.max_steps={want} {where}")
-    return out
-
-
-def check_complete(study: Study) -> None:
-    runs = study.runs[study.runs["expected"]]
-    problems = []
-    for arm in study.arms:
-        arm_dir = study.dir / arm
-        if not arm_dir.is_dir():
-            problems.append(f"arm {arm!r}: no run folder at all ({arm_dir}/seed_<k>/ for seeds {study.seeds})")
-    missing_arms = {a for a in study.arms if not (study.dir / a).is_dir()}
-    for run in runs.to_dict("records"):
-        if run["status"] == "finished":  # a result that is not this cell's (e.g. a tuning trial left in the folder)
-            problems += _foreign_result(run)
-        if run["status"] in DONE or run["arm"] in missing_arms:
-            continue
-        grid = f"; grid: {run['grid_status']}" if run["grid_status"] else ""
-        if run["grid_error"]:
-            grid += f" ({str(run['grid_error']).strip().splitlines()[-1][:200]})"
-        what = "no run folder" if run["status"] == "missing" else f"unfinished: {run['status_detail']}"
-        problems.append(f"{run['run_dir']}: {what} (arm {run['arm']!r}, seed {run['seed']}{grid})")
-    tidy = study.tidy
-    missing_ft = tidy[(tidy["metric_status"] == "missing") & tidy["expected"]]
-    for row in missing_ft.to_dict("records"):
-        if row["status"] == "finished":  # a diverged run may have no fine-tuning
-            problems.append(f"{row['summary_path']}: missing (task {row['task']!r} of arm {row['arm']!r}, "
-                            f"seed {row['seed']})")
-    if problems:
-        n_runs = len(study.arms) * len(study.seeds)
-        raise IncompleteStudyError(
-            f"{study.dir} (Table {study.table}): incomplete; the table needs every arm x seed "
-            f"({len(study.arms)} arms x {len(study.seeds)} seeds = {n_runs} runs) finished and fine-tuned:\n  "
-            + "\n  ".join(problems))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Arms -> the paper's rows, by factor values
-
-
-def arm_factors(study: Study) -> dict[str, dict[str, Any]]:
-    """Each arm's resolved settings: its first run's config.yaml, overridden by the arm's scientific values."""
-    out = {}
-    arm_meta = {a["name"]: a.get("scientific", {}) for a in study.meta["arms"]}
-    for arm in study.arms:
-        runs = study.runs[(study.runs["arm"] == arm) & study.runs["expected"]]
-        config = next((c for c in runs["config"] if c), {})
-        out[arm] = {**config, **arm_meta.get(arm, {})}
-    return out
-
-
-def _by_value(key: str, rows: dict[Any, str]) -> Callable[[dict[str, dict]], dict[str, str | None]]:
-    def mapping(factors: dict[str, dict]) -> dict[str, str | None]:
-        return {arm: rows.get(f.get(key)) for arm, f in factors.items()}
-
-    return mapping
-
-
-def _batch_rows(factors: dict[str, dict]) -> dict[str, str | None]:
-    """Table 3: three batch sizes map by rank (small/medium/large -> 256/2K/8K); other counts by the ratio to the
-    smallest, nearest on a log scale to the paper's 1 : 8 : 32."""
-    labels = ["bsz 256", "bsz 2K", "bsz 8K"]
-    sizes = {arm: f.get("optim.batch_size") for arm, f in factors.items()}
-    distinct = sorted({s for s in sizes.values() if s is not None})
-    if len(distinct) == 3:
-        return {arm: labels[distinct.index(s)] if s is not None else None for arm, s in sizes.items()}
-    out: dict[str, str | None] = {}
-    for arm, s in sizes.items():
-        if s is None:
-            out[arm] = None
-            continue
-        ratio = math.log(s / distinct[0])
-        out[arm] = labels[int(np.argmin([abs(ratio - math.log(r)) for r in (1, 8, 32)]))]
-    return out
-
-
-def _data_steps_rows(factors: dict[str, dict]) -> dict[str, str | None]:
-    """Table 4: the smallest data at the fewest steps is 'Books+Wiki'; the largest data by increasing steps is
-    '+ additional data', '+ pretrain longer', '+ pretrain even longer'."""
-    labels = ["+ additional data", "+ pretrain longer", "+ pretrain even longer"]
-    use_tokens = any((f.get("data.data_tokens") or 0) > 0 for f in factors.values())
-
-    def size(f: dict) -> float:
-        return float(f.get("data.data_tokens") or 0) if use_tokens else float(f.get("data.data_fraction", 1.0))
-
-    sizes = {arm: size(f) for arm, f in factors.items()}
-    steps = {arm: f.get("optim.max_steps") for arm, f in factors.items()}
-    small, large = min(sizes.values()), max(sizes.values())
-    out: dict[str, str | None] = dict.fromkeys(factors)
-    fewest = min(steps[a] for a in factors if sizes[a] == small)
-    first = [a for a in factors if sizes[a] == small and steps[a] == fewest]
-    if small < large and len(first) == 1:
-        out[first[0]] = "RoBERTa, Books+Wiki"
-    big = sorted((a for a in factors if sizes[a] == large and small < large), key=lambda a: steps[a])
-    for arm, label in zip(big, labels):
-        out[arm] = label
-    return out
-
-
-ROW_MAPPINGS: dict[int, Callable[[dict[str, dict]], dict[str, str | None]]] = {
-    1: _by_value("data.masking", {"static": "static", "dynamic": "dynamic"}),
-    2: _by_value("data.input_format", {"segment_pair_nsp": "SEGMENT-PAIR (+NSP)",
-                                       "sentence_pair_nsp": "SENTENCE-PAIR (+NSP)",
-                                       "full_sentences": "FULL-SENTENCES", "doc_sentences": "DOC-SENTENCES"}),
-    3: _batch_rows,
-    4: _data_steps_rows,
-}
-
-
-def _row_pairs(number: int) -> list[tuple[str, str, str, str, str]]:
-    """(claim, row A, row B, kind, primary metric) in the paper's rows."""
-    seg, sent, full, doc = "SEGMENT-PAIR (+NSP)", "SENTENCE-PAIR (+NSP)", "FULL-SENTENCES", "DOC-SENTENCES"
-    return {
-        1: [("dynamic_not_worse", "dynamic", "static", "noninferior", "downstream")],
-        2: [("no_nsp_not_worse", doc, seg, "noninferior", "downstream"),
-            ("no_nsp_not_worse", full, seg, "noninferior", "downstream"),
-            ("single_sentences_hurt", seg, sent, "superior", "downstream"),
-            ("doc_not_worse_than_full", doc, full, "noninferior", "downstream")],
-        3: [("medium_batch_lowest_ppl", "bsz 2K", "bsz 256", "superior", "ppl"),
-            ("medium_batch_lowest_ppl", "bsz 2K", "bsz 8K", "superior", "ppl"),
-            ("bigger_batch_lower_ppl", "bsz 2K", "bsz 256", "superior", "ppl"),
-            ("bigger_batch_lower_ppl", "bsz 8K", "bsz 256", "superior", "ppl")],
-        4: [("more_data_helps", "+ additional data", "RoBERTa, Books+Wiki", "superior", "downstream"),
-            ("longer_helps", "+ pretrain longer", "+ additional data", "superior", "downstream"),
-            ("longer_helps", "+ pretrain even longer", "+ pretrain longer", "superior", "downstream")],
-    }[number]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -400,7 +196,7 @@ def make_table(study: Study | str | Path, number: int | None = None, n_boot: int
         for m in metrics:
             groups = _groups(tidy, arm, m.key)
             values = np.concatenate(groups) if groups else np.array([])
-            boots[arm, m.key] = boot = bootstrap_medians(groups, n_boot, _rng(seed, arm, m.key))
+            boots[arm, m.key] = boot = bootstrap_medians(groups, n_boot, rng_for(seed, arm, m.key))
             n_runs[arm, m.key] = len(groups)
             medians[arm, m.key] = med = float(np.median(values)) if len(values) else math.nan
             lo, hi = interval(boot)
@@ -431,7 +227,7 @@ def make_table(study: Study | str | Path, number: int | None = None, n_boot: int
         groups = random_init_scores(study, reference, m.task) if m.downstream else []
         if groups:
             random_init[m.key] = (float(np.median(np.concatenate(groups))),
-                                  *interval(bootstrap_medians(groups, n_boot, _rng(seed, "random-init", m.key))))
+                                  *interval(bootstrap_medians(groups, n_boot, rng_for(seed, "random-init", m.key))))
     if random_init:
         notes.append(f"'{RANDOM_INIT_ROW}': the reference arm's encoder ({reference}) fine-tuned from random "
                      f"weights under the same protocol, one run per pretraining seed. An arm below it gained nothing "
@@ -460,7 +256,7 @@ def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], met
             margin_ppl: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     arm_of = {row: arm for arm, row in arm_rows.items() if row is not None}
     rows, untested = [], {}
-    for claim, row_a, row_b, kind, primary in _row_pairs(number):
+    for claim, row_a, row_b, kind, primary in row_pairs(number):
         if row_a not in arm_of or row_b not in arm_of:
             untested.setdefault(claim, []).append(f"{row_a} vs {row_b}")
             continue

@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import load, paper, plots, render, tables
+from analysis import load, paper, plots, render, rows, tables
+from analysis.complete import IncompleteStudyError
 from analysis.load import load_study
-from analysis.tables import IncompleteStudyError, bootstrap_medians, judge, table2
+from analysis.stats import bootstrap_medians, judge
+from analysis.tables import table2
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "table2_nsp"
@@ -209,18 +211,18 @@ def test_bootstrap_and_verdict_rules():
 
 
 def test_arms_map_to_paper_rows_by_factor_values():
-    assert tables.ROW_MAPPINGS[1]({"s": {"data.masking": "static"}, "d": {"data.masking": "dynamic"}}) == \
+    assert rows.ROW_MAPPINGS[1]({"s": {"data.masking": "static"}, "d": {"data.masking": "dynamic"}}) == \
         {"s": "static", "d": "dynamic"}
     batch = {f"b{b}": {"optim.batch_size": b} for b in (16, 128, 512)}  # the demo scale's 1 : 8 : 32
-    assert tables.ROW_MAPPINGS[3](batch) == {"b16": "bsz 256", "b128": "bsz 2K", "b512": "bsz 8K"}
-    assert tables.ROW_MAPPINGS[3]({"a": {"optim.batch_size": 8}, "b": {"optim.batch_size": 256}}) == \
+    assert rows.ROW_MAPPINGS[3](batch) == {"b16": "bsz 256", "b128": "bsz 2K", "b512": "bsz 8K"}
+    assert rows.ROW_MAPPINGS[3]({"a": {"optim.batch_size": 8}, "b": {"optim.batch_size": 256}}) == \
         {"a": "bsz 256", "b": "bsz 8K"}  # two arms: by the ratio to the smallest
     data = {f"d{f}-s{s}": {"data.data_fraction": f, "optim.max_steps": s}  # the experiment file's linked rows
             for f, s in ((0.1, 10), (1.0, 10), (1.0, 30), (1.0, 50))}
-    assert list(tables.ROW_MAPPINGS[4](data).values()) == [r.label for r in paper.TABLES[4].rows if r.ours]
+    assert list(rows.ROW_MAPPINGS[4](data).values()) == [r.label for r in paper.TABLES[4].rows if r.ours]
     for number, table in paper.TABLES.items():  # every claim compares rows the paper has
         labels = {r.label for r in table.rows}
-        for claim, a, b, _, _ in tables._row_pairs(number):
+        for claim, a, b, _, _ in rows.row_pairs(number):
             assert claim in table.claims and {a, b} <= labels
 
 
