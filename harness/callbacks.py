@@ -1,0 +1,240 @@
+"""What the pretraining Trainer runs beside the module: exact metrics per optimizer step, exact resume, the
+progress bar, and the run folder's metrics.csv logger."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from torch import Tensor
+
+from harness.config import Config
+
+
+class Sums:
+    """Token-weighted metric sums on one rank: losses stay on the device (no host sync per micro-batch),
+    counts on the host. `reduce` adds them over ranks and starts again from zero."""
+
+    KEYS = ("mlm_loss", "nsp_loss", "nsp_correct", "n_predicted", "n_sequences", "n_tokens")
+
+    def __init__(self) -> None:
+        self.dev: Tensor | None = None  # (3,) mlm loss, nsp loss, nsp correct
+        self.host = [0, 0, 0]  # predicted tokens, sequences, real tokens
+
+    def add(self, dev: Tensor, host: list[int]) -> None:
+        self.dev = dev if self.dev is None else self.dev + dev
+        self.host = [a + b for a, b in zip(self.host, host)]
+
+    def reduce(self, strategy: Any, device: torch.device) -> dict[str, float]:
+        dev = self.dev if self.dev is not None else torch.zeros(3, dtype=torch.float64, device=device)
+        total = torch.cat([dev, torch.tensor(self.host, dtype=torch.float64, device=dev.device)])
+        total = strategy.reduce(total, reduce_op="sum")
+        self.__init__()
+        return dict(zip(self.KEYS, total.tolist()))
+
+
+def _emit(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
+    """Straight to the loggers at our own step numbers (optimizer steps), bypassing Lightning's per-micro-batch
+    logging; loggers only act on rank zero."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)
+        logger.save()
+
+
+def _exp(x: float) -> float:
+    return math.exp(min(x, 700.0))  # no OverflowError; nan stays nan
+
+
+class StepMetrics(L.Callback):
+    """Once per optimizer step, adds the module's sums over ranks; every train.log_every steps logs the window's
+    MLM loss (train/loss, comparable across formats) and perplexity, NSP loss and accuracy (NSP formats), learning
+    rate, tokens seen, tokens/s and MFU; after each validation, the held-out perplexity. A non-finite training
+    objective stops the run as diverged."""
+
+    def __init__(self, cfg: Config, peak_flops: float):
+        self.cfg, self.peak_flops = cfg, peak_flops  # peak: FLOP/s of all devices together, the MFU denominator
+        self.tokens_seen = 0
+        self.train_time_s = 0.0  # optimizer steps only, validation excluded
+        self.wall_time_s = 0.0  # whole fit calls, over all sessions of the run
+        self.window = self._empty_window()
+        self.last_train: dict[str, float] = {}
+        self.last_val: dict[str, float] = {}
+        self.diverged_at: int | None = None
+        self.bar: dict[str, str] = {}  # shown in the progress bar
+        self._step = self._tick = self._fit_start = self._pause = None
+        self._lr = math.nan
+
+    @staticmethod
+    def _empty_window() -> dict[str, float]:
+        return dict.fromkeys((*Sums.KEYS, "time_s", "steps"), 0.0)
+
+    def state_dict(self) -> dict:
+        wall = self.wall_time_s + (time.perf_counter() - self._fit_start if self._fit_start else 0.0)
+        return {"tokens_seen": self.tokens_seen, "train_time_s": self.train_time_s, "wall_time_s": wall,
+                "window": dict(self.window), "last_train": dict(self.last_train), "last_val": dict(self.last_val),
+                "diverged_at": self.diverged_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokens_seen, self.train_time_s = int(state["tokens_seen"]), float(state["train_time_s"])
+        self.wall_time_s, self.window = float(state["wall_time_s"]), dict(state["window"])
+        self.last_train, self.last_val = dict(state["last_train"]), dict(state["last_val"])
+        self.diverged_at = state["diverged_at"]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+        d = self.cfg.data
+        self.flops_per_token = pl_module.model.flops_per_token(d.max_seq_len, d.mask_prob)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.wall_time_s += time.perf_counter() - self._fit_start
+        self._fit_start = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._step, self._tick = trainer.global_step, time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._tick = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pause = time.perf_counter()  # validation inside fit does not count as training time
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._tick is not None:
+            self._tick += time.perf_counter() - self._pause
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        self._lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.global_step == self._step:
+            return  # still accumulating micro-batches
+        self._step = step = trainer.global_step
+        sums = pl_module.train_sums.reduce(trainer.strategy, pl_module.device)  # identical on every rank
+        now = time.perf_counter()
+        dt, self._tick = now - self._tick, now
+        for key, value in sums.items():
+            self.window[key] += value
+        self.window["time_s"] += dt
+        self.window["steps"] += 1
+        self.train_time_s += dt
+        self.tokens_seen += int(sums["n_tokens"])
+        if step % self.cfg.train.log_every == 0 or step >= trainer.max_steps:
+            self._log_train(trainer, step)
+
+    def _log_train(self, trainer: L.Trainer, step: int) -> None:
+        w, self.window = self.window, self._empty_window()
+        mlm = w["mlm_loss"] / max(w["n_predicted"], 1)
+        tokens_per_s = w["n_tokens"] / max(w["time_s"], 1e-9)
+        m = {"train/loss": mlm, "train/mlm_ppl": _exp(mlm), "train/lr": self._lr, "train/tokens": self.tokens_seen,
+             "train/tokens_per_s": tokens_per_s, "train/mfu": self.flops_per_token * tokens_per_s / self.peak_flops}
+        objective = mlm
+        if self.cfg.data.nsp:
+            n = max(w["n_sequences"], 1)
+            m.update({"train/nsp_loss": w["nsp_loss"] / n, "train/nsp_acc": w["nsp_correct"] / n})
+            objective += m["train/nsp_loss"]
+        _emit(trainer, m, step)
+        self.last_train = {**m, "step": step}
+        self.bar.update({"loss": f"{mlm:.3f}", "tok/s": f"{tokens_per_s:,.0f}"})
+        if not math.isfinite(objective) and self.diverged_at is None:
+            self.diverged_at = step
+            trainer.should_stop = True  # same decision on every rank: the sums were reduced
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sums = pl_module.val_sums.reduce(trainer.strategy, pl_module.device)
+        mlm = sums["mlm_loss"] / max(sums["n_predicted"], 1)
+        m = {"val/loss": mlm, "val/ppl": _exp(mlm)}
+        if self.cfg.data.nsp:
+            m["val/nsp_acc"] = sums["nsp_correct"] / max(sums["n_sequences"], 1)
+        _emit(trainer, m, trainer.global_step)
+        self.last_val = {**m, "step": trainer.global_step}
+        self.bar["val_ppl"] = f"{m['val/ppl']:.2f}"
+
+
+def _step_seed(*parts: int) -> int:
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # torch seeds are < 2**63
+
+
+class ExactResume(L.Callback):
+    """Makes a resumed run replay the uninterrupted one exactly.
+
+    Data: the data module's step sampler is put at the next unseen micro-batch (epoch and offset derived from the
+    checkpoint's optimizer step, since every step takes exactly `accumulate` micro-batches per rank) before
+    Lightning first iterates it, and given each new epoch. Randomness: dropout draws from a generator reseeded per
+    (seed, rank, step, micro-batch), so nothing in between (validation, data-loader start-up, a restart) shifts it.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.resume_step = 0
+        self._expect: tuple[int, int] | None = None
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.resume_step = int(checkpoint["global_step"])
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sampler = trainer.datamodule.train_sampler
+        consumed = self.resume_step * trainer.accumulate_grad_batches  # micro-batches of this rank
+        epoch, start = divmod(consumed, len(sampler))  # every epoch has the same number of steps
+        sampler.set_epoch(epoch)
+        sampler.set_start(start)
+        self._expect = (epoch, start) if self.resume_step else None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.datamodule.train_sampler.set_epoch(trainer.current_epoch)  # Lightning's own call misses it
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._expect is not None:  # first batch after a resume: Lightning's counters must agree with ours
+            if (trainer.current_epoch, batch_idx) != self._expect:
+                raise RuntimeError(f"resume position mismatch: Lightning is at (epoch, micro-batch) "
+                                   f"{(trainer.current_epoch, batch_idx)}, the sampler at {self._expect}")
+            self._expect = None
+        torch.manual_seed(_step_seed(self.seed, trainer.global_rank, trainer.global_step, batch_idx))
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar, showing the latest logged loss, tokens/s and validation perplexity."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        for cb in trainer.callbacks:
+            if isinstance(cb, StepMetrics):
+                items.update(cb.bar)
+        return items
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that it keeps an existing metrics.csv (a resumed run appends to its curve)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+
+class RunCSVLogger(CSVLogger):
+    """metrics.csv directly in the run folder, no version subfolders, appended to on resume."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(save_dir=str(run_dir), name="", version="")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.log_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
