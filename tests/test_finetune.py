@@ -337,7 +337,9 @@ def test_protocols_parse_strictly(tmp_path):
     paper = protocols["paper"]
     assert paper.lrs == (1e-5, 2e-5, 3e-5) and paper.batch_sizes == (16, 32) and paper.epochs == 10
     assert paper.warmup_ratio == 0.06 and paper.seeds == 5 and len(paper.grid()) == 6
-    assert protocols["demo"].seeds == 3
+    assert protocols["demo"].seeds == 3 and paper.dropout == 0.1
+    with pytest.raises(UserError, match=r"demo.dropout: expected a fraction in \[0, 1\)"):
+        parse_protocol("demo", {"dropout": 1.5})
     with pytest.raises(UserError, match="demo.lr: unknown protocol key"):
         parse_protocol("demo", {"lr": 1e-4})
     with pytest.raises(UserError, match="demo.epochs: expected an integer"):
@@ -445,11 +447,25 @@ def test_random_init_differs_per_pretraining_seed_and_finetuning_seed(tmp_path):
     other = replace(run, config=with_overrides(run.config.to_dict(), ["train.seed=1"]))
 
     def weights(r, seed):
-        return build_model(r, seed).encoder.embed.word.weight
+        return build_model(r, seed, 0.1).encoder.embed.word.weight
 
     assert torch.equal(weights(run, 0), weights(run, 0))
     assert not torch.equal(weights(run, 0), weights(other, 0))  # the grid's baseline: one encoder per run
     assert not torch.equal(weights(run, 0), weights(run, 1))
+
+
+def test_finetuning_dropout_comes_from_the_protocol_not_the_pretraining_run(tmp_path):
+    from dataclasses import replace
+
+    from harness.config import with_overrides
+    from harness.finetune.runner import build_model, load_run
+    from harness.model import Dropout
+
+    run = load_run(make_run(tmp_path, checkpoint=False), "random")
+    run = replace(run, config=with_overrides(run.config.to_dict(), ["model.dropout=0"]))
+    model = build_model(run, 0, 0.1)
+    assert {m.p for m in model.modules() if isinstance(m, Dropout)} == {0.1}
+    assert {block.attn.dropout for block in model.encoder.blocks} == {0.1}
 
 
 def test_cli(run_dir, data_dir, capsys):

@@ -46,6 +46,9 @@ class Protocol:
     """Adam beta2 (RoBERTa Table 10); beta1 is 0.9."""
     eps: float = 1e-6
     """Adam epsilon (RoBERTa Table 10)."""
+    dropout: float = 0.1
+    """Dropout in the encoder and the head while fine-tuning (BERT/RoBERTa fine-tune with 0.1), whatever the
+    pretraining run used."""
 
     def __post_init__(self) -> None:
         def check(cond: bool, field: str, expected: str) -> None:
@@ -68,6 +71,7 @@ class Protocol:
         check(self.weight_decay >= 0, "weight_decay", "a number >= 0")
         check(0 < self.beta2 < 1, "beta2", "a number in (0, 1)")
         check(self.eps > 0, "eps", "a positive number")
+        check(0 <= self.dropout < 1, "dropout", "a fraction in [0, 1)")
 
     def grid(self) -> list[tuple[float, int]]:
         """Every (peak LR, batch size) configuration, in a fixed order."""

@@ -11,6 +11,7 @@ Each file is written atomically when complete; a seed already on disk under the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -79,11 +80,12 @@ def load_run(run_dir: Path, init: str = "pretrained") -> PretrainedRun:
     return PretrainedRun(run_dir, config, run_dir / "tokenizer.json", weights, vocab_size, status)
 
 
-def build_model(run: PretrainedRun, seed: int) -> MaskedLM:
+def build_model(run: PretrainedRun, seed: int, dropout: float) -> MaskedLM:
     # A random init differs per fine-tuning seed, as the head's does, and per pretraining run (its train.seed), so
     # the random-init baselines of an arm's seeds are as many different encoders as its pretrained runs.
     torch.manual_seed(seed if run.weights is not None else 1_000_003 * run.config.train.seed + seed)
-    model = MaskedLM(run.config.model, run.vocab_size, pad_id=PAD_ID, nsp=run.config.data.nsp)
+    cfg = dataclasses.replace(run.config.model, dropout=dropout)  # fine-tuning's dropout, not pretraining's
+    model = MaskedLM(cfg, run.vocab_size, pad_id=PAD_ID, nsp=run.config.data.nsp)
     if run.weights is not None:
         model.load_state_dict(run.weights)
     return model
@@ -164,8 +166,8 @@ def train_one(task: Task, prepared: Prepared, run: PretrainedRun, protocol: Prot
     """One configuration, one seed: fine-tune for protocol.epochs, score dev after each epoch, keep the best."""
     start = time.time()
     L.seed_everything(seed, verbose=False)
-    model = build_model(run, seed)
-    head = make_head(task.kind, run.config.model.hidden, task.n_outputs, run.config.model.dropout)
+    model = build_model(run, seed, protocol.dropout)
+    head = make_head(task.kind, run.config.model.hidden, task.n_outputs, protocol.dropout)
     module = FinetuneModule(model, head, task.kind, lr, protocol.warmup_ratio, protocol.weight_decay,
                             protocol.beta2, protocol.eps, prepared.score)
     batches = feats.LengthGroupedBatches(prepared.train, batch_size, seed)
