@@ -126,10 +126,13 @@ def downstream(t: TableResult, path: Path) -> Path | None:
         if np.isfinite(paper).any():  # the paper's number on the same points scale, as a red dash per bar
             ax.scatter(x, paper, marker="_", s=900, linewidths=2.5, color="tab:red", zorder=4,
                        label="paper (BERT-base, real task)")
-        if m.key in t.random_init:  # what the same encoder scores without pretraining
-            med, lo, hi = t.random_init[m.key]
-            ax.axhspan(lo, hi, color="grey", alpha=0.2)
-            ax.axhline(med, color="grey", linestyle="--", label="no pretraining (random init): median, 95% CI")
+        baselines = [(arm, scores[m.key]) for arm, scores in t.random_init.items() if m.key in scores]
+        for arm, (med, lo, hi) in baselines:  # what the encoder scores without pretraining, per encoder shape
+            color = "grey" if len(baselines) == 1 else colors[arm]
+            ax.axhspan(lo, hi, color=color, alpha=0.15)
+            ax.axhline(med, color=color, linestyle="--",
+                       label="no pretraining (random init): median, 95% CI" if len(baselines) == 1
+                       else f"{_label(t, arm)} from random init: median, 95% CI")
         ax.set_xticks(x, [_label(t, a).replace(" (", "\n(") for a in d.index], fontsize=7)
         ax.set_title(textwrap.fill(m.header, 40), fontsize=9)
         ax.set_ylabel(f"{m.task} dev score (points)")

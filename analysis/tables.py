@@ -93,9 +93,10 @@ class TableResult:
     settings: dict[str, Any]
     """scientific / nuisance / fixed settings, divergences, tuned values at the edge of their search range."""
     notes: list[str] = field(default_factory=list)
-    random_init: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-    """Downstream metric key -> (median, 95% CI low, high) of the reference arm's encoder fine-tuned from random
-    weights: the score pretraining has to beat. Empty when the study has no such runs."""
+    random_init: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
+    """Arm -> downstream metric key -> (median, 95% CI low, high) of that arm's encoder fine-tuned from random
+    weights: the score pretraining has to beat. The grid runs it for one arm per encoder shape (an NSP encoder has
+    segment embeddings); empty when the study has no such runs."""
 
     @property
     def wide(self) -> pd.DataFrame:
@@ -222,16 +223,17 @@ def make_table(study: Study | str | Path, number: int | None = None, n_boot: int
     detail["paper"] = pd.to_numeric(detail["paper"])
     detail["paper_delta"] = pd.to_numeric(detail["paper_delta"])
 
-    random_init = {}
-    for m in metrics:
-        groups = random_init_scores(study, reference, m.task) if m.downstream else []
-        if groups:
-            random_init[m.key] = (float(np.median(np.concatenate(groups))),
-                                  *interval(bootstrap_medians(groups, n_boot, rng_for(seed, "random-init", m.key))))
+    random_init: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for arm in study.arms:
+        for m in metrics:
+            groups = random_init_scores(study, arm, m.task) if m.downstream else []
+            if groups:
+                boot = bootstrap_medians(groups, n_boot, rng_for(seed, "random-init", arm, m.key))
+                random_init.setdefault(arm, {})[m.key] = (float(np.median(np.concatenate(groups))), *interval(boot))
     if random_init:
-        notes.append(f"'{RANDOM_INIT_ROW}': the reference arm's encoder ({reference}) fine-tuned from random "
-                     f"weights under the same protocol, one run per pretraining seed. An arm below it gained nothing "
-                     f"downstream from its pretraining.")
+        notes.append(f"'{RANDOM_INIT_ROW}': the encoder of {', '.join(random_init)} fine-tuned from random weights "
+                     f"under the same protocol, one run per pretraining seed; arms that share an encoder shape share "
+                     f"it. An arm below the baseline of its own shape gained nothing downstream from pretraining.")
     claims, verdicts = _claims(number, paper, arm_rows, metrics, boots, medians, n_runs, margin_points, margin_ppl)
     settings = _settings(study, runs, factors, arm_rows)
     notes += _run_notes(study, runs, settings)
@@ -426,8 +428,7 @@ def wide_frame(t: TableResult) -> pd.DataFrame:
             if m.paper_column is not None:  # the paper's number is on the real task, whatever data ours used
                 row[f"{m.paper_column} paper"] = m.fmt(p) if p is not None else "–"
         out.append(row)
-    if t.random_init:
-        out.append({"paper row": RANDOM_INIT_ROW, "arm": f"{t.reference_arm}, random init",
-                    **{f"{m.header} ours": ci_text(m, *t.random_init[m.key]) for m in t.metrics
-                       if m.key in t.random_init}})
+    for arm, scores in t.random_init.items():
+        out.append({"paper row": RANDOM_INIT_ROW, "arm": f"{arm}, random init",
+                    **{f"{m.header} ours": ci_text(m, *scores[m.key]) for m in t.metrics if m.key in scores}})
     return pd.DataFrame(out).fillna("")

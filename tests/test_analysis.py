@@ -117,16 +117,18 @@ def test_table2_has_every_arm_with_medians_and_intervals(smoke_study):
     assert v["doc_not_worse_than_full"] == "not tested"
 
 
-def test_random_init_row_is_the_median_of_the_reference_arms_random_init_runs(smoke_study):
+def test_random_init_rows_are_the_medians_of_each_encoder_shapes_random_init_runs(smoke_study):
     t = table2(smoke_study, n_boot=500)
-    values = [v for seed in SEEDS for v in json.loads((smoke_study / "segment_pair_nsp" / f"seed_{seed}" /
-              "finetune-random-init" / "rt_sentiment" / "summary.json").read_text())["values"]]
-    med, lo, hi = t.random_init["finetune/rt_sentiment"]
-    assert med == float(np.median(values)) and min(values) <= lo <= med <= hi <= max(values)
-    assert set(t.random_init) == {"finetune/rt_sentiment"}  # mnli: n/a offline, no row value; ppl: not a score
-    row = t.wide[t.wide["paper row"] == tables.RANDOM_INIT_ROW].iloc[0]
-    assert row["arm"] == "segment_pair_nsp, random init" and row["SST-2 paper"] == ""
-    assert row.filter(like="SST-2 [stand-in").iloc[0].startswith(f"{med:.1f} [")
+    assert list(t.random_init) == list(ARMS)  # an NSP encoder (segment embeddings) and one without: a row each
+    for arm in ARMS:
+        values = [v for seed in SEEDS for v in json.loads((smoke_study / arm / f"seed_{seed}" / "finetune-random-init"
+                  / "rt_sentiment" / "summary.json").read_text())["values"]]
+        med, lo, hi = t.random_init[arm]["finetune/rt_sentiment"]
+        assert med == float(np.median(values)) and min(values) <= lo <= med <= hi <= max(values)
+        assert set(t.random_init[arm]) == {"finetune/rt_sentiment"}  # mnli: n/a offline, no value; ppl: not a score
+        row = t.wide[t.wide["arm"] == f"{arm}, random init"].iloc[0]
+        assert row["paper row"] == tables.RANDOM_INIT_ROW and row["SST-2 paper"] == ""
+        assert row.filter(like="SST-2 [stand-in").iloc[0].startswith(f"{med:.1f} [")
 
 
 def test_markdown_shows_the_papers_numbers_beside_ours(smoke_study):

@@ -49,6 +49,9 @@ def test_every_experiment_file_validates_at_every_scale(path):
         assert len(exp.arms) >= 2 and exp.seeds
         for arm in exp.arms:  # every cell resolves to a valid config
             exp.config(arm, exp.seeds[0], "runs")
+        # A random-init baseline per encoder shape: Table 2's NSP arms have segment embeddings, the others not.
+        shapes = ["segment_pair_nsp", "full_sentences"] if exp.table == 2 else [exp.reference_arm]
+        assert list(exp.baseline_arms) == shapes
 
 
 @pytest.mark.parametrize(
@@ -96,9 +99,12 @@ def test_smoke_table_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
         assert cell["scientific"] == arm["scientific"] and cell["provenance"]["packages"]["torch"]
         assert json.loads((run / "result.json").read_text())["status"] == "finished"
         assert json.loads((run / "finetune" / "rt_sentiment" / "summary.json").read_text())["median"] is not None
-        baseline = run / "finetune-random-init" / "rt_sentiment" / "summary.json"  # the reference arm's only
-        assert baseline.is_file() == (arm is info["arms"][0]), arm["name"]
-    assert RANDOM_INIT_ROW in set(make_table(folder).wide["paper row"])  # the baseline's row
+        baseline = run / "finetune-random-init" / "rt_sentiment" / "summary.json"  # one arm per encoder shape
+        assert baseline.is_file() == (arm["name"] in info["random_init_arms"]), arm["name"]
+    assert info["random_init_arms"] == ["segment_pair_nsp", "full_sentences"]  # with and without segment embeddings
+    wide = make_table(folder).wide
+    assert list(wide[wide["paper row"] == RANDOM_INIT_ROW]["arm"]) == [f"{a}, random init" for a in
+                                                                       info["random_init_arms"]]
     for arm in info["arms"]:  # one W&B run per cell, in the cell's folder, although one worker ran them all
         assert list((folder / arm["name"] / "seed_0" / "wandb").glob("offline-run-*")), arm["name"]
     again = cli("grid", "run", "experiments/table2_nsp.yaml", "--scale", "smoke", "--runs-dir", str(tmp_path))

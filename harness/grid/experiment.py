@@ -59,8 +59,25 @@ class Experiment:
 
     @property
     def reference_arm(self) -> str:
-        """The arm deltas are taken against, and whose encoder the grid also fine-tunes from random weights."""
+        """The arm deltas are taken against (the first)."""
         return self.arms[0].name
+
+    @property
+    def baseline_arms(self) -> tuple[str, ...]:
+        """The arms whose encoders the grid also fine-tunes from random weights (no pretraining): the first arm of
+        each encoder shape. A random init depends only on the shape (model settings, tokenizer, NSP's segment
+        embeddings), so arms that share one share the baseline; Table 2's NSP and no-NSP arms get one each."""
+        seen: set[str] = set()
+        out = []
+        for arm in self.arms:
+            cfg = self.config(arm, self.seeds[0], "runs")
+            d = cfg.data
+            shape = json.dumps([cfg.to_dict()["model"], d.nsp, d.corpus, d.tokenizer, d.vocab_size, d.lowercase,
+                                d.valid_fraction], sort_keys=True)
+            if shape not in seen:
+                seen.add(shape)
+                out.append(arm.name)
+        return tuple(out)
 
     def config(self, arm: Arm, seed: int, runs_dir: str, nuisance: dict[str, Any] | None = None,
                extra: dict[str, Any] | None = None) -> Config:
@@ -73,7 +90,8 @@ class Experiment:
         return {
             "study": self.study, "table": self.table, "scale": self.scale, "experiment_file": str(self.path),
             "arms": [{"name": a.name, "scientific": a.scientific} for a in self.arms],
-            "reference_arm": self.reference_arm, "seeds": list(self.seeds),
+            "reference_arm": self.reference_arm, "random_init_arms": list(self.baseline_arms),
+            "seeds": list(self.seeds),
             "scientific": sorted({k for a in self.arms for k in a.scientific}),
             "nuisance": self.nuisance if self.tune.trials else {},
             "fixed": {**self.fixed, **self.overrides},

@@ -160,8 +160,8 @@ def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker:
     if result["status"] == "finished" and exp.finetune_tasks:
         from harness.finetune.runner import finetune
 
-        # The reference arm's encoder is also fine-tuned from random weights: the score pretraining has to beat.
-        inits = ("pretrained", "random") if cell["arm"] == exp.reference_arm else ("pretrained",)
+        # One arm per encoder shape is also fine-tuned from random weights: the score pretraining has to beat.
+        inits = ("pretrained", "random") if cell["arm"] in exp.baseline_arms else ("pretrained",)
         for task in exp.finetune_tasks:
             for init in inits:
                 finetune(Path(cell["run_dir"]), task, None, exp.finetune_protocol, init=init)
