@@ -233,7 +233,8 @@ def make_table(study: Study | str | Path, number: int | None = None, n_boot: int
     if random_init:
         notes.append(f"'{RANDOM_INIT_ROW}': the encoder of {', '.join(random_init)} fine-tuned from random weights "
                      f"under the same protocol, one run per pretraining seed; arms that share an encoder shape share "
-                     f"it. An arm below the baseline of its own shape gained nothing downstream from pretraining.")
+                     f"it.")
+    notes += _not_above_random_init(study, metrics, medians, random_init)
     claims, verdicts = _claims(number, paper, arm_rows, metrics, boots, medians, n_runs, margin_points, margin_ppl)
     settings = _settings(study, runs, factors, arm_rows)
     notes += _run_notes(study, runs, settings)
@@ -245,6 +246,24 @@ def make_table(study: Study | str | Path, number: int | None = None, n_boot: int
                      f"carry a verdict; expect 'inconclusive'.")
     return TableResult(number, paper.title, study, paper, reference, arm_rows, metrics, detail, claims, verdicts,
                        settings, notes, random_init)
+
+
+def _not_above_random_init(study: Study, metrics: list[Metric], medians: dict, random_init: dict) -> list[str]:
+    """A note per downstream metric naming the arms whose median is not above the random-init baseline of their
+    own encoder shape (study.json's random_init_baseline): their scores there are not effects of pretraining."""
+    baseline_of = study.meta.get("random_init_baseline") or {}
+    notes = []
+    for m in metrics:
+        below = []
+        for arm in study.arms:
+            base = random_init.get(baseline_of.get(arm), {}).get(m.key)
+            ours = medians.get((arm, m.key), math.nan)
+            if base is not None and not math.isnan(ours) and not ours > base[0]:
+                below.append(f"{arm} ({m.fmt(ours)} vs {m.fmt(base[0])})")
+        if below:
+            notes.append(f"{m.header}: not above the no-pretraining baseline of their own encoder shape: "
+                         f"{', '.join(below)}. There, these arms' scores are not effects of pretraining.")
+    return notes
 
 
 def _paper_value(paper: PaperTable, row: str | None, column: str | None) -> float | None:

@@ -129,6 +129,25 @@ def test_random_init_rows_are_the_medians_of_each_encoder_shapes_random_init_run
         row = t.wide[t.wide["arm"] == f"{arm}, random init"].iloc[0]
         assert row["paper row"] == tables.RANDOM_INIT_ROW and row["SST-2 paper"] == ""
         assert row.filter(like="SST-2 [stand-in").iloc[0].startswith(f"{med:.1f} [")
+    # Each arm is its own shape's baseline here; the table names every arm whose median does not beat it.
+    d = t.detail.set_index(["arm", "metric"])["median"]
+    below = [a for a in ARMS if not d[a, "finetune/rt_sentiment"] > t.random_init[a]["finetune/rt_sentiment"][0]]
+    flagged = [n for n in t.notes if "not above the no-pretraining baseline" in n]
+    assert len(flagged) == (1 if below else 0) and all(f"{a} (" in flagged[0] for a in below)
+    assert not any(f"{a} (" in "".join(flagged) for a in set(ARMS) - set(below))
+
+
+def test_arms_not_above_their_shapes_random_init_baseline_are_named():
+    from types import SimpleNamespace
+
+    m = tables.Metric("finetune/t", "t", "T", None, True, "real")
+    study = SimpleNamespace(arms=["a", "b", "c"], meta={"random_init_baseline": {"a": "a", "b": "a", "c": "c"}})
+    medians = {("a", m.key): 70.0, ("b", m.key): 68.0, ("c", m.key): 60.0}
+    random_init = {"a": {m.key: (69.0, 68.0, 70.0)}, "c": {m.key: (60.0, 59.0, 61.0)}}
+    (note,) = tables._not_above_random_init(study, [m], medians, random_init)
+    assert "b (68.0 vs 69.0)" in note and "c (60.0 vs 60.0)" in note and "a (" not in note
+    assert tables._not_above_random_init(study, [m], {**medians, ("b", m.key): 69.5, ("c", m.key): 61.0},
+                                         random_init) == []
 
 
 def test_markdown_shows_the_papers_numbers_beside_ours(smoke_study):

@@ -51,7 +51,7 @@ def test_every_experiment_file_validates_at_every_scale(path):
             exp.config(arm, exp.seeds[0], "runs")
         # A random-init baseline per encoder shape: Table 2's NSP arms have segment embeddings, the others not.
         shapes = ["segment_pair_nsp", "full_sentences"] if exp.table == 2 else [exp.reference_arm]
-        assert list(exp.baseline_arms) == shapes
+        assert list(dict.fromkeys(exp.random_init_baselines.values())) == shapes
 
 
 @pytest.mark.parametrize(
@@ -100,11 +100,13 @@ def test_smoke_table_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
         assert json.loads((run / "result.json").read_text())["status"] == "finished"
         assert json.loads((run / "finetune" / "rt_sentiment" / "summary.json").read_text())["median"] is not None
         baseline = run / "finetune-random-init" / "rt_sentiment" / "summary.json"  # one arm per encoder shape
-        assert baseline.is_file() == (arm["name"] in info["random_init_arms"]), arm["name"]
-    assert info["random_init_arms"] == ["segment_pair_nsp", "full_sentences"]  # with and without segment embeddings
+        assert baseline.is_file() == (arm["name"] in info["random_init_baseline"].values()), arm["name"]
+    nsp, no_nsp = "segment_pair_nsp", "full_sentences"  # the first arm with segment embeddings, the first without
+    assert info["random_init_baseline"] == {"segment_pair_nsp": nsp, "sentence_pair_nsp": nsp,
+                                            "full_sentences": no_nsp, "doc_sentences": no_nsp}
     wide = make_table(folder).wide
-    assert list(wide[wide["paper row"] == RANDOM_INIT_ROW]["arm"]) == [f"{a}, random init" for a in
-                                                                       info["random_init_arms"]]
+    assert list(wide[wide["paper row"] == RANDOM_INIT_ROW]["arm"]) == ["segment_pair_nsp, random init",
+                                                                       "full_sentences, random init"]
     for arm in info["arms"]:  # one W&B run per cell, in the cell's folder, although one worker ran them all
         assert list((folder / arm["name"] / "seed_0" / "wandb").glob("offline-run-*")), arm["name"]
     again = cli("grid", "run", "experiments/table2_nsp.yaml", "--scale", "smoke", "--runs-dir", str(tmp_path))

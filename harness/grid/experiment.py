@@ -63,21 +63,19 @@ class Experiment:
         return self.arms[0].name
 
     @property
-    def baseline_arms(self) -> tuple[str, ...]:
-        """The arms whose encoders the grid also fine-tunes from random weights (no pretraining): the first arm of
-        each encoder shape. A random init depends only on the shape (model settings, tokenizer, NSP's segment
-        embeddings), so arms that share one share the baseline; Table 2's NSP and no-NSP arms get one each."""
-        seen: set[str] = set()
-        out = []
+    def random_init_baselines(self) -> dict[str, str]:
+        """Arm -> the arm whose encoder the grid also fine-tunes from random weights as its no-pretraining baseline:
+        the first arm of its encoder shape. A random init depends only on the shape (model settings, tokenizer, NSP's
+        segment embeddings), so arms that share one share the baseline; Table 2's NSP and no-NSP arms get one each."""
+        first: dict[str, str] = {}
+        out = {}
         for arm in self.arms:
             cfg = self.config(arm, self.seeds[0], "runs")
             d = cfg.data
             shape = json.dumps([cfg.to_dict()["model"], d.nsp, d.corpus, d.tokenizer, d.vocab_size, d.lowercase,
                                 d.valid_fraction], sort_keys=True)
-            if shape not in seen:
-                seen.add(shape)
-                out.append(arm.name)
-        return tuple(out)
+            out[arm.name] = first.setdefault(shape, arm.name)
+        return out
 
     def config(self, arm: Arm, seed: int, runs_dir: str, nuisance: dict[str, Any] | None = None,
                extra: dict[str, Any] | None = None) -> Config:
@@ -90,7 +88,7 @@ class Experiment:
         return {
             "study": self.study, "table": self.table, "scale": self.scale, "experiment_file": str(self.path),
             "arms": [{"name": a.name, "scientific": a.scientific} for a in self.arms],
-            "reference_arm": self.reference_arm, "random_init_arms": list(self.baseline_arms),
+            "reference_arm": self.reference_arm, "random_init_baseline": self.random_init_baselines,
             "seeds": list(self.seeds),
             "scientific": sorted({k for a in self.arms for k in a.scientific}),
             "nuisance": self.nuisance if self.tune.trials else {},

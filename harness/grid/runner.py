@@ -161,7 +161,7 @@ def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker:
         from harness.finetune.runner import finetune
 
         # One arm per encoder shape is also fine-tuned from random weights: the score pretraining has to beat.
-        inits = ("pretrained", "random") if cell["arm"] in exp.baseline_arms else ("pretrained",)
+        inits = ("pretrained", "random") if cell["arm"] in exp.random_init_baselines.values() else ("pretrained",)
         for task in exp.finetune_tasks:
             for init in inits:
                 finetune(Path(cell["run_dir"]), task, None, exp.finetune_protocol, init=init)
