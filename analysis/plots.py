@@ -107,7 +107,7 @@ def downstream(t: TableResult, path: Path) -> Path | None:
     metrics = [m for m in t.metrics if m.downstream]
     if not metrics:
         return None
-    fig = Figure(figsize=(max(6.0, 3.4 * len(metrics) + 1), 5.0))
+    fig = Figure(figsize=(max(8.0, 3.4 * len(metrics) + 1), 5.0))
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     colors = _colors(t)
     tidy = t.study.tidy
@@ -132,7 +132,7 @@ def downstream(t: TableResult, path: Path) -> Path | None:
             ax.axhspan(lo, hi, color=color, alpha=0.15)
             ax.axhline(med, color=color, linestyle="--",
                        label="no pretraining (random init): median, 95% CI" if len(baselines) == 1
-                       else f"{_label(t, arm)} from random init: median, 95% CI")
+                       else f"no pretraining, {arm}'s encoder: median, 95% CI")
         ax.set_xticks(x, [_label(t, a).replace(" (", "\n(") for a in d.index], fontsize=7)
         ax.set_title(textwrap.fill(m.header, 40), fontsize=9)
         ax.set_ylabel(f"{m.task} dev score (points)")
