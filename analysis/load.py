@@ -309,7 +309,7 @@ def _interp(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
 def random_init_scores(study: Study, arm: str, task: str) -> list[np.ndarray]:
     """The fine-tuning scores of `arm`'s encoder from random weights (no pretraining), one array per run folder
     that has them (runs/<study>/<arm>/seed_<k>/finetune-random-init/<task>/summary.json; the grid writes them for
-    the reference arm). Empty when none exist."""
+    the first arm of each encoder shape). Empty when none exist."""
     out = []
     for run in study.runs[(study.runs["arm"] == arm) & study.runs["expected"]].to_dict("records"):
         summary = read_json(Path(run["run_dir"]) / "finetune-random-init" / task / "summary.json")

@@ -4,8 +4,8 @@ a headless cluster node, a test, or a notebook that shows the saved file).
   learning_curves.png   validation perplexity vs tokens seen per arm: median over seeds, band min-max
   ppl_vs_batch.png      Table 3: final perplexity vs batch size at equal compute, ours and the paper's
   downstream.png        a panel per fine-tuning task: a bar per arm (median, 95% interval, every seed as a dot) and
-                        the paper's number as a red dash on the same 0-100 scale; a dashed line where the study has the
-                        random-init baseline
+                        the paper's number as a red dash on the same 0-100 scale; a dashed line per random-init
+                        baseline the study has (one per encoder shape)
 """
 
 from __future__ import annotations

@@ -89,6 +89,12 @@ class DataConfig:
     def nsp(self) -> bool:
         return self.input_format in NSP_FORMATS
 
+    @property
+    def tokenizer_settings(self) -> tuple:
+        """What the tokenizer and the train/valid split depend on besides the corpus: runs that share these and the
+        corpus share the prepared data (its cache key) and the token ids."""
+        return (self.tokenizer, self.vocab_size, self.lowercase, self.valid_fraction)
+
 
 @dataclass(frozen=True)
 class ModelConfig:

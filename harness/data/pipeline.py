@@ -76,7 +76,7 @@ def doc_hash(sentences: list[str], salt: str) -> float:
 
 
 def _key(corpus_key: str, cfg: DataConfig) -> str:
-    settings = [VERSION, corpus_key, cfg.tokenizer, cfg.vocab_size, cfg.lowercase, cfg.valid_fraction]
+    settings = [VERSION, corpus_key, *cfg.tokenizer_settings]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
 
 

@@ -72,8 +72,7 @@ class Experiment:
         for arm in self.arms:
             cfg = self.config(arm, self.seeds[0], "runs")
             d = cfg.data
-            shape = json.dumps([cfg.to_dict()["model"], d.nsp, d.corpus, d.tokenizer, d.vocab_size, d.lowercase,
-                                d.valid_fraction], sort_keys=True)
+            shape = json.dumps([cfg.to_dict()["model"], d.nsp, d.corpus, *d.tokenizer_settings], sort_keys=True)
             out[arm.name] = first.setdefault(shape, arm.name)
         return out
 
