@@ -2,7 +2,7 @@
 
     load.py      runs/<study>/ (study.json, grid.sqlite, run folders) -> a tidy DataFrame, a row per run x metric
     paper.py     the paper's Tables 1-4, the one place its numbers live
-    tables.py    one function per paper table: medians, spread, bootstrap intervals, deltas, verdicts per claim
+    tables.py    one function per paper table: medians, ranges, paired deltas, verdicts per claim
     render.py    markdown (terminal), LaTeX, HTML
     plots.py     learning curves, perplexity vs batch size, downstream bars (PNG)
     notebooks/   one notebook per table and an overview, on $RUNS_DIR

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from analysis.load import StudyError, find_studies, load_runs, load_study
-from analysis.tables import N_BOOT, make_table
+from analysis.tables import make_table
 
 
 def _studies(paths: list[str]) -> list[Path]:
@@ -29,12 +29,12 @@ def _studies(paths: list[str]) -> list[Path]:
     return out
 
 
-def report(study_dir: Path, out: Path | None = None, n_boot: int = N_BOOT, quiet: bool = False) -> Path:
+def report(study_dir: Path, out: Path | None = None, quiet: bool = False) -> Path:
     """Render one study: table.md / .tex / .html, detail.csv, claims.csv, runs.csv (tidy) and the PNGs."""
     from analysis import plots, render  # matplotlib only when rendering
 
     study = load_study(study_dir)
-    t = make_table(study, n_boot=n_boot)
+    t = make_table(study)
     out = out or study_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     images = plots.plot_table(t, out)
@@ -56,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("report", help="render each study's table, plots and CSVs into <study>/report/")
     rep.add_argument("paths", nargs="+", help="study folders or runs folders")
-    rep.add_argument("--n-boot", type=int, default=N_BOOT, help=f"bootstrap resamples (default {N_BOOT})")
     rep.add_argument("--quiet", action="store_true", help="do not print the markdown")
     tidy = sub.add_parser("tidy", help="the tidy frame (a row per run x metric) as CSV")
     tidy.add_argument("path", help="a study folder or a runs folder")
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     for study_dir in studies:
         try:
-            report(study_dir, n_boot=args.n_boot, quiet=args.quiet)
+            report(study_dir, quiet=args.quiet)
         except StudyError as e:
             print(f"error: {e}", file=sys.stderr)
             code = 2

@@ -32,11 +32,13 @@ from analysis.paper import HIGHER_IS_BETTER, PPL
 
 DONE = ("finished", "diverged")  # a result.json with either status is a complete run
 PRETRAIN_SOURCE = "held-out pretraining split"
+OWN_PPL = "own_ppl"  # perplexity on the held-out split in the arm's own input format (PPL is the yardstick's)
 NA_OFFLINE = "n/a offline"
 # metrics.csv column -> curve column; any may be missing (older runs, train-only or val-only rows)
 CURVE_COLUMNS = {"train/loss": "train_loss", "train/mlm_ppl": "train_ppl", "train/lr": "lr",
                  "train/tokens": "tokens", "train/tokens_per_s": "tokens_per_s", "train/mfu": "mfu",
-                 "val/loss": "val_loss", "val/ppl": "val_ppl", "val/nsp_acc": "val_nsp_acc"}
+                 "val/loss": "val_loss", "val/ppl": "val_own_ppl", "val/nsp_acc": "val_nsp_acc",
+                 "val/yardstick_ppl": "val_ppl"}
 
 
 class StudyError(Exception):
@@ -206,11 +208,14 @@ def _float(x: Any) -> float:
 
 
 def tidy_frame(study: Study) -> pd.DataFrame:
-    """A row per run x metric: valid_ppl / valid_loss / valid_nsp_acc (pretraining) and one per fine-tuning task.
+    """A row per run x metric: ppl (the yardstick's), own_ppl, valid_loss, valid_nsp_acc (pretraining) and one per
+    fine-tuning task.
 
-    value: the run's number (for a task, the median over its fine-tuning seeds); values: every number behind it.
-    A diverged run's perplexity is +inf (worse than any finished run), so medians and verdicts count it.
-    status: the run's; metric_status: 'ok', 'missing' (an expected summary is absent), 'n/a offline'."""
+    value: the run's number (for a task, the mean over its fine-tuning seeds: one number per pretraining seed for
+    the paired statistics); values: every number behind it. A diverged run's perplexity is +inf and its downstream
+    scores -inf (it is never fine-tuned): worse than any finished run, so medians and verdicts count it.
+    status: the run's; metric_status: 'ok', 'missing' (an expected summary is absent), 'n/a offline', 'diverged',
+    'no yardstick' (a run made before the yardstick existed)."""
     rows = []
     for run in study.runs.to_dict("records"):
         base = {k: run[k] for k in ("study", "table", "scale", "arm", "seed", "run_dir", "expected", "status",
@@ -218,7 +223,8 @@ def tidy_frame(study: Study) -> pd.DataFrame:
                                     "config_hash", "packages")}
         res = run["result"]
         base.update({k: res.get(k) for k in ("steps", "tokens_seen", "train_time_s", "wall_time_s",
-                                             "diverged_at_step")})
+                                             "diverged_at_step", "epochs", "steps_per_epoch",
+                                             "yardstick_unigram_ppl")})
         base["tuned_at_edge"] = ",".join(run["at_edge"])
         for prefix in ("scientific", "nuisance", "fixed"):
             base.update({f"{prefix}.{k}": v for k, v in run[prefix].items()})
@@ -233,9 +239,14 @@ def tidy_frame(study: Study) -> pd.DataFrame:
             add(PPL, math.nan, [], metric_status=run["status"], data_source=PRETRAIN_SOURCE)
             continue
         diverged = run["status"] == "diverged"
-        ppl = _float(res.get("final_valid_ppl"))
-        ppl = math.inf if diverged or not math.isfinite(ppl) else ppl
-        add(PPL, ppl, [ppl], metric_status="ok", data_source=PRETRAIN_SOURCE)
+        for metric, key in ((PPL, "final_yardstick_ppl"), (OWN_PPL, "final_valid_ppl")):
+            ppl = _float(res.get(key))
+            if diverged or math.isinf(ppl):
+                add(metric, math.inf, [math.inf], metric_status="ok", data_source=PRETRAIN_SOURCE)
+            elif math.isnan(ppl):
+                add(metric, ppl, [], metric_status="no yardstick", data_source=PRETRAIN_SOURCE)
+            else:
+                add(metric, ppl, [ppl], metric_status="ok", data_source=PRETRAIN_SOURCE)
         add("valid_loss", _float(res.get("final_valid_loss")), [], metric_status="ok", data_source=PRETRAIN_SOURCE,
             higher_is_better=False)
         if res.get("final_valid_nsp_acc") is not None:
@@ -243,6 +254,10 @@ def tidy_frame(study: Study) -> pd.DataFrame:
             add("valid_nsp_acc", acc, [acc], metric_status="ok", data_source=PRETRAIN_SOURCE)
         run_dir = Path(run["run_dir"])
         tasks = dict.fromkeys([*study.tasks, *sorted(p.parent.name for p in run_dir.glob("finetune/*/summary.json"))])
+        if diverged:  # never fine-tuned: the worst score there is, counted, not dropped
+            for task in tasks:
+                add(f"finetune/{task}", -math.inf, [], task=task, metric_status="diverged", data_source=None)
+            continue
         for task in tasks:
             path = run_dir / "finetune" / task / "summary.json"
             summary = read_json(path)
@@ -252,7 +267,8 @@ def tidy_frame(study: Study) -> pd.DataFrame:
             values = [_float(v) for v in summary.get("values") or []]
             source = summary.get("data_source") or "unknown"
             na = summary.get("median") is None
-            add(f"finetune/{task}", _float(summary.get("median")), values, task=task,
+            finite = [v for v in values if math.isfinite(v)]
+            add(f"finetune/{task}", float(np.mean(finite)) if finite and not na else math.nan, values, task=task,
                 metric_status=NA_OFFLINE if na else "ok", data_source=source, protocol=summary.get("protocol"),
                 task_metric=summary.get("metric"), summary_path=str(path),
                 ft_lr_on_edge=summary.get("lr_on_edge"), ft_n_diverged=summary.get("n_diverged"))
@@ -306,16 +322,16 @@ def _interp(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
     return out
 
 
-def random_init_scores(study: Study, arm: str, task: str) -> list[np.ndarray]:
-    """The fine-tuning scores of `arm`'s encoder from random weights (no pretraining), one array per run folder
+def random_init_scores(study: Study, arm: str, task: str) -> dict[int, float]:
+    """Seed -> the mean fine-tuning score of `arm`'s encoder from random weights (no pretraining), for each run folder
     that has them (runs/<study>/<arm>/seed_<k>/finetune-random-init/<task>/summary.json; the grid writes them for
     the first arm of each encoder shape). Empty when none exist."""
-    out = []
+    out = {}
     for run in study.runs[(study.runs["arm"] == arm) & study.runs["expected"]].to_dict("records"):
         summary = read_json(Path(run["run_dir"]) / "finetune-random-init" / task / "summary.json")
-        values = [_float(v) for v in (summary or {}).get("values") or []]
-        if any(math.isfinite(v) for v in values):
-            out.append(np.array([v for v in values if math.isfinite(v)]))
+        values = [v for v in (_float(v) for v in (summary or {}).get("values") or []) if math.isfinite(v)]
+        if values:
+            out[int(run["seed"])] = float(np.mean(values))
     return out
 
 

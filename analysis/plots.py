@@ -37,8 +37,9 @@ def _colors(t: TableResult) -> dict[str, tuple]:
 
 
 def learning_curves(t: TableResult, path: Path) -> Path | None:
-    """Validation perplexity vs tokens seen; x is the median over seeds of the tokens seen at each validation step
-    (the formats that raise the batch size see more sequences per step)."""
+    """Yardstick perplexity vs tokens seen, with the yardstick's unigram perplexity (no context) as a dashed line; x is
+    the median over seeds of the tokens seen at each validation step (the formats that raise the batch size see more
+    sequences per step)."""
     curves = t.study.curves
     curves = curves[curves["arm"].isin(t.study.arms)].dropna(subset=["val_ppl"])
     if curves.empty:
@@ -55,9 +56,13 @@ def learning_curves(t: TableResult, path: Path) -> Path | None:
         x = by_step["tokens"].fillna(pd.Series(by_step.index, index=by_step.index)).to_numpy(float)
         ax.plot(x, by_step["med"], marker="o", ms=3, color=colors[arm], label=f"{_label(t, arm)}")
         ax.fill_between(x, by_step["lo"], by_step["hi"], color=colors[arm], alpha=0.2, lw=0)
+    tidy = t.study.tidy
+    unigram = pd.to_numeric(tidy.get("yardstick_unigram_ppl", pd.Series(dtype=float)), errors="coerce").median()
+    if math.isfinite(unigram):
+        ax.axhline(unigram, color="grey", linestyle="--", label="unigram (no context)")
     ax.set_yscale("log")
     ax.set_xlabel("tokens seen (training)")
-    ax.set_ylabel("validation MLM perplexity (log)")
+    ax.set_ylabel("yardstick MLM perplexity (log)")
     n = len(t.study.seeds)
     ax.set_title(f"Table {t.number} ({t.settings['scale']}): learning curves, median over {n} seed(s), band min–max",
                  fontsize=10)
@@ -76,9 +81,9 @@ def ppl_vs_batch(t: TableResult, path: Path) -> Path | None:
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.subplots()
     finite = d[np.isfinite(d["median"])]
-    ax.errorbar(finite["bsz"], finite["median"], yerr=[finite["median"] - finite["ci_lo"],
-                                                       finite["ci_hi"] - finite["median"]],
-                marker="o", capsize=4, color="tab:blue", label="ours (median, 95% CI)")
+    ax.errorbar(finite["bsz"], finite["median"], yerr=[finite["median"] - finite["min"],
+                                                       finite["max"] - finite["median"]],
+                marker="o", capsize=4, color="tab:blue", label="ours (median, min–max over seeds)")
     for r in d.itertuples():
         steps = t.settings["scientific"][r.arm].get("optim.max_steps")
         label = f"paper row: {r.paper_row or '–'}" + (f"\nours: {steps} steps" if steps else "")
@@ -114,9 +119,9 @@ def downstream(t: TableResult, path: Path) -> Path | None:
     for ax, m in zip(axes, metrics):
         d = t.detail[t.detail["metric"] == m.key].set_index("arm").loc[t.study.arms]
         x = np.arange(len(d))
-        err = np.array([d["median"] - d["ci_lo"], d["ci_hi"] - d["median"]])
+        err = np.array([d["median"] - d["min"], d["max"] - d["median"]])
         ax.bar(x, d["median"], yerr=err, capsize=5, color=[colors[a] for a in d.index], alpha=0.85,
-               label="ours: median, 95% CI")
+               label="ours: median, min–max over seeds")
         for i, arm in enumerate(d.index):
             runs = tidy[(tidy["arm"] == arm) & (tidy["metric"] == m.key) & tidy["expected"]]
             values = [v for vs in runs["values"] for v in (vs or [])]
@@ -131,8 +136,8 @@ def downstream(t: TableResult, path: Path) -> Path | None:
             color = "grey" if len(baselines) == 1 else colors[arm]
             ax.axhspan(lo, hi, color=color, alpha=0.15)
             ax.axhline(med, color=color, linestyle="--",
-                       label="no pretraining (random init): median, 95% CI" if len(baselines) == 1
-                       else f"no pretraining, {arm}'s encoder: median, 95% CI")
+                       label="no pretraining (random init): median, min–max" if len(baselines) == 1
+                       else f"no pretraining, {arm}'s encoder: median, min–max")
         ax.set_xticks(x, [_label(t, a).replace(" (", "\n(") for a in d.index], fontsize=7)
         ax.set_title(textwrap.fill(m.header, 40), fontsize=9)
         ax.set_ylabel(f"{m.task} dev score (points)")

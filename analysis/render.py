@@ -1,6 +1,6 @@
 """A TableResult as markdown (the terminal: what `make ablation-*` prints), LaTeX (booktabs) and HTML.
 
-Every rendering carries the same four parts: the table in the paper's layout (ours as median [95% CI] beside the
+Every rendering carries the same four parts: the table in the paper's layout (ours as median [min, max] beside the
 paper's number), the per-arm detail (spread, interval, delta against the reference arm, the paper's delta), the
 verdict per paper claim with the comparisons behind it, and the settings (scientific / nuisance / fixed, divergences,
 tuned values at the edge of their search range) with the notes. Written by hand rather than through pandas' Styler,
@@ -18,7 +18,7 @@ import pandas as pd
 from analysis.tables import Metric, TableResult
 
 VERDICT_MARK = {"reproduced": "reproduced", "contradicted": "CONTRADICTED", "inconclusive": "inconclusive",
-                "not tested": "not tested"}
+                "no signal": "no signal", "not tested": "not tested"}
 
 
 def _num(m: Metric, x: float | None, signed: bool = False) -> str:
@@ -38,12 +38,14 @@ def detail_frame(t: TableResult) -> pd.DataFrame:
         m = metric[r["metric"]]
         delta = "reference" if r["arm"] == t.reference_arm else (
             f"{_num(m, r['delta'], True)} [{_num(m, r['delta_lo'], True)}, {_num(m, r['delta_hi'], True)}]")
+        level = r["range_level"]
         rows.append({
             "paper row": r["paper_row"] or "(no paper row)", "arm": r["arm"], "metric": m.header,
             "runs (diverged)": f"{r['n_runs']} ({r['n_diverged']})", "values": r["n_values"],
-            "median": _num(m, r["median"]), "min–max": f"{_num(m, r['min'])}–{_num(m, r['max'])}",
-            "95% CI": f"[{_num(m, r['ci_lo'])}, {_num(m, r['ci_hi'])}]",
-            f"Δ vs {t.reference_arm} [95% CI]": delta,
+            "median": _num(m, r["median"]),
+            "min–max (covers the median with)": f"{_num(m, r['min'])}–{_num(m, r['max'])}"
+            + (f" ({level:.0%})" if level == level else ""),
+            f"Δ vs {t.reference_arm}, paired [95% CI]": delta,
             "paper": _num(m, r["paper"]),
             "paper Δ": "reference" if r["arm"] == t.reference_arm and not math.isnan(r["paper"])
             else _num(m, r["paper_delta"], True),
@@ -56,19 +58,21 @@ def claims_frame(t: TableResult) -> pd.DataFrame:
     rows = []
     for r in t.claims.to_dict("records"):
         m = metric[r["metric"]]
+        level = f"{r['level']:.1%}" if r["level"] == r["level"] else "none"
         rows.append({
             "claim": r["claim"], "comparison (A vs B)": f"{r['comparison']} ({r['arm_a']} vs {r['arm_b']})",
             "test": "A better" if r["kind"] == "superior" else f"A not worse (margin {_num(m, r['margin'])})",
-            "metric": m.header, "role": r["role"],
-            "our gain of A [95% CI]": f"{_num(m, r['gain'], True)} [{_num(m, r['gain_lo'], True)}, "
-                                      f"{_num(m, r['gain_hi'], True)}]",
+            "metric": m.header, "role": r["role"], "paired seeds": r["n"],
+            "our gain of A [interval]": f"{_num(m, r['gain'], True)} [{_num(m, r['gain_lo'], True)}, "
+                                        f"{_num(m, r['gain_hi'], True)}]",
+            "interval": f"{r['method'].split(':')[0]}, {level}",
             "paper gain": _num(m, r["paper_gain"], True),
             # a supporting row does not decide the claim: its verdict is shown in brackets
             "verdict": VERDICT_MARK[r["verdict"]] if r["role"] == "primary" else f"({r['verdict']})",
             "note": r["why"],
         })
-    return pd.DataFrame(rows, columns=["claim", "comparison (A vs B)", "test", "metric", "role",
-                                       "our gain of A [95% CI]", "paper gain", "verdict", "note"])
+    return pd.DataFrame(rows, columns=["claim", "comparison (A vs B)", "test", "metric", "role", "paired seeds",
+                                       "our gain of A [interval]", "interval", "paper gain", "verdict", "note"])
 
 
 def verdicts_frame(t: TableResult) -> pd.DataFrame:
@@ -140,13 +144,14 @@ def markdown(t: TableResult) -> str:
     title, sub = _title(t)
     parts = [
         f"## {title}", sub, "",
-        "Ours: median over seeds [bootstrap 95% interval]; paper: the paper's number for that row.", "",
+        "Ours: median over seeds [min, max]; tokens, steps and epochs: what each arm trained (median over seeds); "
+        "paper: the paper's number for that row.", "",
         md_table(t.wide), "",
         "### The paper's claims", "", md_table(verdicts_frame(t)), "",
     ]
     if len(t.claims):
-        parts += ["Comparisons behind the verdicts (gain: how much better A is than B; for perplexity, lower is "
-                  "better):", "", md_table(claims_frame(t)), ""]
+        parts += ["Comparisons behind the verdicts (gain: how much better A is than B, paired by seed; for "
+                  "perplexity, lower is better):", "", md_table(claims_frame(t)), ""]
     parts += ["### Per arm and metric", "", md_table(detail_frame(t)), "",
               "### Settings", "", *[f"- {line}" for line in settings_lines(t)], "",
               "### Notes", "", *[f"- {n}" for n in t.notes], ""]
@@ -188,7 +193,7 @@ def latex(t: TableResult) -> str:
     title, sub = _title(t)
     return "\n\n".join([
         f"% {title}\n% {sub}\n% needs \\usepackage{{booktabs}}",
-        latex_table(t.wide, f"{title}. Ours: median over seeds [bootstrap 95% interval]; paper: the paper's number."),
+        latex_table(t.wide, f"{title}. Ours: median over seeds [min, max]; paper: the paper's number."),
         latex_table(verdicts_frame(t), "The paper's claims."),
         latex_table(detail_frame(t), "Per arm and metric."),
         _itemize(settings_lines(t)), _itemize(t.notes),
@@ -215,7 +220,7 @@ def html(t: TableResult, images: Iterable[str] = ()) -> str:
 
     body = [
         f"<h1>{html_lib.escape(title)}</h1><p>{html_lib.escape(sub)}</p>",
-        "<p>Ours: median over seeds [bootstrap 95% interval]; paper: the paper's number for that row.</p>",
+        "<p>Ours: median over seeds [min, max]; paper: the paper's number for that row.</p>",
         table(t.wide), "<h2>The paper's claims</h2>", table(verdicts_frame(t)), table(claims_frame(t)),
         "<h2>Per arm and metric</h2>", table(detail_frame(t)),
         "<h2>Settings</h2>", items(settings_lines(t)), "<h2>Notes</h2>", items(t.notes),

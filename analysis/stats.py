@@ -1,74 +1,171 @@
-"""The numbers behind every table cell and verdict.
+"""The statistics behind every table cell and verdict, stated here once.
 
-Statistics. A cell's number is the median of every value behind it: one perplexity per pretraining seed, or every
-fine-tuning score of every pretraining seed (each run's summary holds its fine-tuning seeds). Its 95% interval is a
-percentile bootstrap of that median that resamples pretraining runs, then fine-tuning seeds within each run (a
-two-level bootstrap: the pretraining seed is the larger source of variance). A delta's interval resamples both arms
-independently.
+Units. A pretraining seed is the unit: arms share their seeds (init, data order, masks), so a run of arm A and the
+run of arm B with the same seed are a pair. A run's downstream score is the mean over its fine-tuning seeds, so the
+two sources of variance are taken together, as MultiBERTs' multi-bootstrap resamples them together (Sellam et al.
+2021); few-seed reporting follows rliable (Agarwal et al. 2021): say what the seeds can and cannot show. A diverged run
+counts as the worst possible result: perplexity +inf, downstream score -inf (it was never fine-tuned). It is never
+dropped.
 
-Verdicts. A claim compares pairs of arms on its primary metric (downstream scores; perplexity for Table 3). Per
-pair and metric, with `gain` = how much better arm A is than arm B (sign flipped for perplexity) and its interval:
-  "A better than B" (superiority):  reproduced if the interval lies above 0, contradicted if below 0;
-  "A not worse than B" (comparable or better, within a margin m): reproduced if the interval lies above -m,
-                                     contradicted if it lies below -m;
-otherwise inconclusive, and always inconclusive when either arm has fewer than MIN_RUNS finished pretraining
-runs (an interval over two runs is their range, not a 95% interval). A claim is contradicted if any pair
-contradicts it, reproduced if every pair reproduces it, else inconclusive; "not tested" when the study lacks the
-arms. Perplexity rows of downstream claims are shown as supporting evidence and decide only when no downstream
-score exists (the verdict then says so).
+A table cell: the median over runs and their range [min, max]. The range of n runs covers the median of the
+population of runs with probability 1 - 2 * 0.5^n (75% at n = 3, 94% at n = 5): it is printed as the range it is,
+never as a 95% interval.
+
+A comparison (claim "A better than B", or "A not worse than B within a margin m"): d_s = the gain of A over B on
+seed s (score difference; for perplexity, B's minus A's, so a positive gain is always "A better").
+  - Every d_s finite: the paired t-interval mean(d) +- t(n-1) sd(d) / sqrt(n), exact under normal noise and
+    conservative under heavier symmetric tails (tests/test_verdict_simulation.py measures both).
+  - A run diverged (an infinite d_s; both arms diverged on a seed: a tie, d_s = 0): the order-statistic (sign-test)
+    interval [d_(k), d_(n+1-k)] for the median of d, whose level 1 - 2 P(Binomial(n, 1/2) < k) needs no
+    assumption about the noise. Below 6 seeds no k reaches 95% (n = 5: 93.8%, n = 3: 75%): no interval, no verdict,
+    and the table says so.
+  - boundary b = 0 (superiority) or -m (non-inferiority). Reproduced: the 95% interval lies above b. Contradicted:
+    the interval lies below b at the Holm-adjusted level (next paragraph). Else inconclusive, printed with the
+    number of seeds that would resolve it at the observed mean and spread.
+
+A claim. Its comparisons are every compared pair of rows on every metric of the paper's headline kind (downstream
+scores; perplexity for Table 3, or where a study has no downstream scores). Reproduced when every comparison is
+(an intersection-union test: no adjustment needed). Contradicted when any is, judged at the Holm-adjusted level
+1 - 0.05 / k for k comparisons (for "any", Holm's first step; so a claim of 10 comparisons is not contradicted by
+one that crosses at 95%).
+
+No signal. A comparison means nothing where the arms did not learn what the metric measures:
+  - downstream: each compared arm must be above its own encoder from random weights (the random-init baseline of its
+    shape), by the paired interval of its per-seed gain over that baseline (lower bound > 0);
+  - perplexity: each compared arm's ratio to the yardstick's unigram perplexity (the no-context reference) must lie
+    below RATIO_SIGNAL, by the upper bound of the t-interval of its mean log ratio.
+
+Precedence: not tested (the study lacks the arms) > fewer than MIN_RUNS paired runs > no signal > the interval rule.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
+from scipy import stats as sp
 
-N_BOOT = 2000
+LEVEL = 0.95  # every printed interval's level; the simulation test checks the coverage it has
 MARGIN_POINTS = 0.5  # "comparable": within half an accuracy/F1 point (the paper's rows differ by 0.2-0.7 points)
 MARGIN_PPL = 0.01  # ... or within 1% of the other arm's perplexity
-MIN_RUNS = 3  # below this many finished runs per arm a bootstrap "interval" is just the range: no verdict
-REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "reproduced", "contradicted", "inconclusive", "not tested"
+MIN_RUNS = 2  # paired runs below which there is no interval at all (a t-interval needs a spread)
+RATIO_SIGNAL = 0.9  # ppl / unigram ppl must lie below this for a perplexity claim to carry signal
+MAX_SEEDS = 10_000  # "seeds needed" beyond this is printed as more than it
+REPRODUCED, CONTRADICTED, INCONCLUSIVE, NO_SIGNAL, NOT_TESTED = (
+    "reproduced", "contradicted", "inconclusive", "no signal", "not tested")
 
 
-def bootstrap_medians(groups: list[np.ndarray], n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot,) medians of two-level resamples: groups (runs) with replacement, then values within each group."""
-    groups = [np.asarray(g, dtype=float) for g in groups if len(g)]
-    if not groups:
-        return np.full(n_boot, np.nan)
-    k = len(groups)
-    lens = np.array([len(g) for g in groups])
-    m = int(lens.max())
-    mat = np.full((k, m), np.nan)
-    for i, g in enumerate(groups):
-        mat[i, : len(g)] = g
-    pick = rng.integers(0, k, size=(n_boot, k))  # (B, k) which run fills each slot
-    if m == 1:
-        return np.median(mat[pick, 0], axis=1)
-    n = lens[pick]  # (B, k) that run's number of values
-    within = np.minimum((rng.random((n_boot, k, m)) * n[..., None]).astype(int), m - 1)  # (B, k, m)
-    vals = np.where(np.arange(m) < n[..., None], mat[pick[..., None], within], np.nan)
-    return np.nanmedian(vals.reshape(n_boot, -1), axis=1)
+@dataclass(frozen=True)
+class Interval:
+    """A two-sided interval for the gain; `method` says which rule made it, `level` the coverage it has."""
+
+    estimate: float  # mean (t) or median (rank) of the gains
+    lo: float
+    hi: float
+    level: float
+    method: str  # "paired t", "sign (order statistics)", or "none: <why>"
+    n: int
+    sd: float  # spread of the gains (nan when a run diverged)
+
+    @property
+    def exists(self) -> bool:
+        return not math.isnan(self.lo)
 
 
-def interval(boot: np.ndarray) -> tuple[float, float]:
-    """Percentile 95% interval; 'inverted_cdf' takes observed values, so an infinite (diverged) one stays inf."""
-    finite_or_inf = boot[~np.isnan(boot)]
-    if not len(finite_or_inf):
-        return math.nan, math.nan
-    lo, hi = np.quantile(finite_or_inf, [0.025, 0.975], method="inverted_cdf")
-    return float(lo), float(hi)
+@lru_cache(maxsize=4096)
+def _t(level: float, df: int) -> float:
+    """The two-sided t quantile for `level` with `df` degrees of freedom."""
+    return float(sp.t.ppf(0.5 + level / 2, df))
 
 
-def rng_for(seed: int, *names: str) -> np.random.Generator:
-    """Independent, reproducible draws per (arm, metric)."""
-    return np.random.default_rng([seed, *(zlib.crc32(n.encode()) for n in names)])
+def _none(d: np.ndarray, why: str) -> Interval:
+    finite = d[np.isfinite(d)]
+    est = float(np.median(d)) if len(d) else math.nan
+    return Interval(est, math.nan, math.nan, math.nan, f"none: {why}", len(d),
+                    float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan)
 
 
-def judge(kind: str, lo: float, hi: float, margin: float) -> str:
-    if any(math.isnan(x) for x in (lo, hi)):
-        return INCONCLUSIVE
-    if kind == "superior":
-        return REPRODUCED if lo > 0 else CONTRADICTED if hi < 0 else INCONCLUSIVE
-    return REPRODUCED if lo > -margin else CONTRADICTED if hi < -margin else INCONCLUSIVE
+def sign_level(n: int, k: int) -> float:
+    """Coverage of [d_(k), d_(n+1-k)] for the median of n continuous values."""
+    return 1.0 - 2.0 * float(sp.binom.cdf(k - 1, n, 0.5))
+
+
+def paired_interval(d: np.ndarray, level: float = LEVEL) -> Interval:
+    """The interval for the gain from per-seed paired gains `d` (see the module docstring)."""
+    d = np.asarray(d, dtype=float)
+    d = d[~np.isnan(d)]
+    n = len(d)
+    if n < MIN_RUNS:
+        return _none(d, f"{n} paired run(s), fewer than {MIN_RUNS}")
+    if np.isfinite(d).all():
+        mean, sd = float(d.mean()), float(d.std(ddof=1))
+        half = _t(level, n - 1) * sd / math.sqrt(n)
+        return Interval(mean, mean - half, mean + half, level, "paired t", n, sd)
+    ks = [k for k in range(1, n // 2 + 1) if sign_level(n, k) >= level]
+    if not ks:
+        return _none(d, f"a run diverged; with {n} paired runs a rank interval reaches at most "
+                        f"{sign_level(n, 1):.1%}, not {level:.0%}")
+    k = max(ks)
+    s = np.sort(d)
+    return Interval(float(np.median(d)), float(s[k - 1]), float(s[n - k]), sign_level(n, k),
+                    "sign (order statistics)", n, math.nan)
+
+
+def holm_level(k: int) -> float:
+    """The level at which one of k comparisons is judged for "any contradicts" (Holm's first step)."""
+    return 1.0 - (1.0 - LEVEL) / max(k, 1)
+
+
+def judge(d: np.ndarray, boundary: float, k: int = 1) -> tuple[str, Interval]:
+    """Verdict of one comparison among k of its claim, and the 95% interval it rests on."""
+    shown = paired_interval(d)
+    if not shown.exists:
+        return INCONCLUSIVE, shown
+    if shown.lo > boundary:
+        return REPRODUCED, shown
+    strict = paired_interval(d, holm_level(k))
+    if strict.exists and strict.hi < boundary:
+        return CONTRADICTED, shown
+    return INCONCLUSIVE, shown
+
+
+def combine(verdicts: list[str]) -> str:
+    """A claim from its comparisons' verdicts (already judged at the claim's Holm level)."""
+    if verdicts and all(v == REPRODUCED for v in verdicts):
+        return REPRODUCED
+    return CONTRADICTED if CONTRADICTED in verdicts else INCONCLUSIVE
+
+
+def seeds_to_resolve(iv: Interval, boundary: float, k: int = 1) -> int | None:
+    """Paired seeds at which an inconclusive t-interval of the same mean and spread would clear the boundary
+    (None: not a t-interval, or the mean sits on the boundary; MAX_SEEDS + 1: more than MAX_SEEDS)."""
+    if iv.method != "paired t" or iv.estimate == boundary:
+        return None
+    gap = abs(iv.estimate - boundary)
+    level = LEVEL if iv.estimate > boundary else holm_level(k)
+    if iv.sd == 0:
+        return MIN_RUNS
+    for n in range(MIN_RUNS, MAX_SEEDS + 1):
+        if _t(level, n - 1) * iv.sd / math.sqrt(n) < gap:
+            return n
+    return MAX_SEEDS + 1
+
+
+def above_baseline(d: np.ndarray) -> bool:
+    """Whether an arm's per-seed gains over its random-init baseline show it learned something: interval above 0."""
+    iv = paired_interval(d)
+    return iv.exists and iv.lo > 0
+
+
+def ratio_upper(log_ratios: np.ndarray) -> float:
+    """Upper 95% bound of an arm's ppl / unigram ppl: the t-interval of its mean log ratio, exponentiated (inf when
+    a run diverged or there are too few runs)."""
+    iv = paired_interval(log_ratios)
+    return math.exp(iv.hi) if iv.exists and iv.method == "paired t" else math.inf
+
+
+def range_level(n: int) -> float:
+    """Coverage of the range [min, max] of n runs for the median of runs."""
+    return sign_level(n, 1) if n >= 2 else math.nan

@@ -1,7 +1,8 @@
-"""One function per paper table: our medians over seeds beside the paper's numbers, with spread, bootstrap 95%
-intervals, deltas against the table's reference arm, and a verdict per paper claim.
+"""One function per paper table: our medians over seeds beside the paper's numbers, with their range, paired deltas
+against the table's reference arm, the tokens, steps and epochs each arm trained, and a verdict per paper claim.
 
-Statistics and verdicts: analysis.stats. Arms map to the paper's rows by their factor values (analysis.rows).
+Statistics and verdicts (paired by seed, "no signal" where the arms did not learn what the metric measures):
+analysis.stats. Arms map to the paper's rows by their factor values (analysis.rows).
 
 Every function fails loudly (IncompleteStudyError, naming each run folder or summary) on a missing arm, seed or
 fine-tuning summary, or an unfinished run: a half-empty table would read as a result.
@@ -18,25 +19,29 @@ import numpy as np
 import pandas as pd
 
 from analysis.complete import check_complete
-from analysis.load import DONE, NA_OFFLINE, Study, StudyError, load_study, random_init_scores
+from analysis.load import DONE, NA_OFFLINE, OWN_PPL, Study, StudyError, load_study, random_init_scores
 from analysis.paper import PPL, TABLES, TASK_COLUMN, PaperTable
 from analysis.rows import ROW_MAPPINGS, arm_factors, row_pairs
 from analysis.stats import (
-    CONTRADICTED,
     INCONCLUSIVE,
+    LEVEL,
     MARGIN_POINTS,
     MARGIN_PPL,
+    MAX_SEEDS,
     MIN_RUNS,
-    N_BOOT,
+    NO_SIGNAL,
     NOT_TESTED,
-    REPRODUCED,
-    bootstrap_medians,
-    interval,
+    RATIO_SIGNAL,
+    above_baseline,
+    combine,
+    holm_level,
     judge,
-    rng_for,
+    paired_interval,
+    range_level,
+    ratio_upper,
+    seeds_to_resolve,
 )
 
-FLAT = "every run of both arms scored the same: a degenerate classifier, not evidence"
 RANDOM_INIT_ROW = "no pretraining (random init)"
 
 
@@ -85,16 +90,17 @@ class TableResult:
     """Arm -> the paper row it re-runs (None: no paper row)."""
     metrics: list[Metric]
     detail: pd.DataFrame
-    """A row per arm x metric: median, min, max, 95% CI, delta vs the reference arm and its CI, paper, paper delta."""
+    """A row per arm x metric: median, min, max, the paired delta vs the reference arm and its 95% interval, the
+    paper's number and delta, tokens / steps / epochs trained, and for ppl the ratio to the unigram reference."""
     claims: pd.DataFrame
-    """A row per claim x compared pair x metric: our gain and its CI, the paper's gain, the verdict."""
+    """A row per claim x compared pair x metric: our paired gain and its interval, the paper's gain, the verdict."""
     verdicts: pd.DataFrame
     """A row per paper claim: the overall verdict and why."""
     settings: dict[str, Any]
     """scientific / nuisance / fixed settings, divergences, tuned values at the edge of their search range."""
     notes: list[str] = field(default_factory=list)
     random_init: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
-    """Arm -> downstream metric key -> (median, 95% CI low, high) of that arm's encoder fine-tuned from random
+    """Arm -> downstream metric key -> (median, min, max) over runs of that arm's encoder fine-tuned from random
     weights: the score pretraining has to beat. The grid runs it for one arm per encoder shape (an NSP encoder has
     segment embeddings); empty when the study has no such runs."""
 
@@ -116,8 +122,9 @@ def _short_source(source: str) -> str:
 
 def _metrics(study: Study, paper: PaperTable, notes: list[str]) -> list[Metric]:
     tidy = study.tidy[study.tidy["expected"]]
-    out = [Metric(PPL, None, "ppl (held-out)", PPL if PPL in paper.columns else None, False,
-                  "held-out pretraining split")]
+    out = [Metric(PPL, None, "ppl (yardstick)", PPL if PPL in paper.columns else None, False,
+                  "held-out yardstick"),
+           Metric(OWN_PPL, None, "ppl (own format)", None, False, "held-out split in the arm's own input format")]
     tasks = [t for t in dict.fromkeys(tidy["task"].dropna()) if t]
     for task in tasks:
         rows = tidy[(tidy["task"] == task) & (tidy["metric_status"] == "ok")]
@@ -148,20 +155,34 @@ def _metrics(study: Study, paper: PaperTable, notes: list[str]) -> list[Metric]:
     return out
 
 
-def _groups(tidy: pd.DataFrame, arm: str, metric: str) -> list[np.ndarray]:
-    rows = tidy[(tidy["arm"] == arm) & (tidy["metric"] == metric) & tidy["status"].isin(DONE)]
-    groups = []
+def _by_seed(tidy: pd.DataFrame, arm: str, m: Metric) -> dict[int, float]:
+    """Seed -> the run's number: perplexity, or the mean over its fine-tuning seeds. A diverged run is the worst
+    result there is (ppl +inf, score -inf), never dropped."""
+    rows = tidy[(tidy["arm"] == arm) & (tidy["metric"] == m.key) & tidy["status"].isin(DONE)]
+    out = {}
     for r in rows.to_dict("records"):
-        values = [v for v in (r["values"] or []) if not math.isnan(v)]
-        if not values and not math.isnan(r["value"]):
-            values = [r["value"]]
-        groups.append(np.array(values, dtype=float))
-    return [g for g in groups if len(g)]
+        value = (-math.inf if m.higher_is_better else math.inf) if r["status"] == "diverged" else r["value"]
+        if not math.isnan(value):
+            out[int(r["seed"])] = float(value)
+    return out
 
 
-def make_table(study: Study | str | Path, number: int | None = None, n_boot: int = N_BOOT, seed: int = 0,
-               margin_points: float = MARGIN_POINTS, margin_ppl: float = MARGIN_PPL) -> TableResult:
-    """The paper's Table `number` (default: the study's own) over a study folder; see the module docstring."""
+def paired_gains(a: dict[int, float], b: dict[int, float], higher_is_better: bool) -> np.ndarray:
+    """Per shared seed, how much better A is than B (a tie between two diverged runs is 0)."""
+    sign = 1.0 if higher_is_better else -1.0
+    seeds = sorted(set(a) & set(b))
+    return np.array([0.0 if a[s] == b[s] else sign * (a[s] - b[s]) for s in seeds], dtype=float)
+
+
+def _run_figure(runs: pd.DataFrame, key: str) -> float:
+    """Median over an arm's runs of a result.json figure (tokens seen, steps, epochs)."""
+    values = pd.to_numeric(runs[key], errors="coerce").dropna() if key in runs else pd.Series(dtype=float)
+    return float(values.median()) if len(values) else math.nan
+
+
+def make_table(study: Study | str | Path, number: int | None = None, margin_points: float = MARGIN_POINTS,
+               margin_ppl: float = MARGIN_PPL) -> TableResult:
+    """The paper's Table `number` (default: the study's own) over a study folder; see analysis.stats."""
     study = study if isinstance(study, Study) else load_study(study)
     number = number or study.table
     if number not in TABLES:
@@ -187,83 +208,115 @@ def make_table(study: Study | str | Path, number: int | None = None, n_boot: int
     metrics = _metrics(study, paper, notes)
     tidy = study.tidy[study.tidy["expected"]]
     runs = study.runs[study.runs["expected"]]
+    scores = {(arm, m.key): _by_seed(tidy, arm, m) for arm in study.arms for m in metrics}
+    unigram = _unigram(tidy)
 
-    boots: dict[tuple[str, str], np.ndarray] = {}
-    medians: dict[tuple[str, str], float] = {}
-    n_runs: dict[tuple[str, str], int] = {}
     detail = []
     for arm in study.arms:
         arm_runs = runs[runs["arm"] == arm]
+        arm_tidy = tidy[(tidy["arm"] == arm) & (tidy["metric"] == PPL)]
         for m in metrics:
-            groups = _groups(tidy, arm, m.key)
-            values = np.concatenate(groups) if groups else np.array([])
-            boots[arm, m.key] = boot = bootstrap_medians(groups, n_boot, rng_for(seed, arm, m.key))
-            n_runs[arm, m.key] = len(groups)
-            medians[arm, m.key] = med = float(np.median(values)) if len(values) else math.nan
-            lo, hi = interval(boot)
-            detail.append({
+            values = np.array(list(scores[arm, m.key].values()), dtype=float)
+            gains = paired_gains(scores[arm, m.key], scores[reference, m.key], True)  # arm minus reference
+            iv = paired_interval(gains)
+            row = {
                 "paper_row": arm_rows[arm], "arm": arm, "metric": m.key, "header": m.header,
                 "n_runs": len(arm_runs), "n_diverged": int((arm_runs["status"] == "diverged").sum()),
-                "n_values": len(values), "median": med,
+                "n_values": len(values), "median": float(np.median(values)) if len(values) else math.nan,
                 "min": float(values.min()) if len(values) else math.nan,
-                "max": float(values.max()) if len(values) else math.nan, "ci_lo": lo, "ci_hi": hi,
-                "data_source": m.source,
+                "max": float(values.max()) if len(values) else math.nan, "range_level": range_level(len(values)),
+                "delta": iv.estimate, "delta_lo": iv.lo, "delta_hi": iv.hi, "data_source": m.source,
                 "paper": _paper_value(paper, arm_rows[arm], m.paper_column),
-            })
+                "tokens": _run_figure(arm_tidy, "tokens_seen"), "steps": _run_figure(arm_tidy, "steps"),
+                "epochs": _run_figure(arm_tidy, "epochs"),
+            }
+            if m.key == PPL:
+                log_ratio = _log_ratios(scores[arm, PPL], unigram)
+                row["unigram_ratio"] = math.exp(float(np.median(log_ratio))) if len(log_ratio) else math.nan
+                row["unigram_ratio_hi"] = ratio_upper(log_ratio)
+            detail.append(row)
     detail = pd.DataFrame(detail)
-    # deltas against the reference arm, ours and the paper's
     ref_row = arm_rows.get(reference)
     for i, r in detail.iterrows():
-        d = boots[r["arm"], r["metric"]] - boots[reference, r["metric"]]
-        lo, hi = interval(d)
-        detail.loc[i, ["delta", "delta_lo", "delta_hi"]] = [
-            medians[r["arm"], r["metric"]] - medians[reference, r["metric"]], lo, hi]
         p_ref = _paper_value(paper, ref_row, next(m.paper_column for m in metrics if m.key == r["metric"]))
         detail.loc[i, "paper_delta"] = r["paper"] - p_ref if r["paper"] is not None and p_ref is not None else None
     detail["paper"] = pd.to_numeric(detail["paper"])
     detail["paper_delta"] = pd.to_numeric(detail["paper_delta"])
 
+    baseline_of = study.meta.get("random_init_baseline") or {}
     random_init: dict[str, dict[str, tuple[float, float, float]]] = {}
+    baseline_scores: dict[tuple[str, str], dict[int, float]] = {}
     for arm in study.arms:
         for m in metrics:
-            groups = random_init_scores(study, arm, m.task) if m.downstream else []
-            if groups:
-                boot = bootstrap_medians(groups, n_boot, rng_for(seed, "random-init", arm, m.key))
-                random_init.setdefault(arm, {})[m.key] = (float(np.median(np.concatenate(groups))), *interval(boot))
+            by_seed = random_init_scores(study, arm, m.task) if m.downstream else {}
+            if by_seed:
+                values = np.array(list(by_seed.values()))
+                baseline_scores[arm, m.key] = by_seed
+                random_init.setdefault(arm, {})[m.key] = (float(np.median(values)), float(values.min()),
+                                                          float(values.max()))
     if random_init:
         notes.append(f"'{RANDOM_INIT_ROW}': the encoder of {', '.join(random_init)} fine-tuned from random weights "
                      f"under the same protocol, one run per pretraining seed; arms that share an encoder shape share "
                      f"it.")
-    notes += _not_above_random_init(study, metrics, medians, random_init)
-    claims, verdicts = _claims(number, paper, arm_rows, metrics, boots, medians, n_runs, margin_points, margin_ppl)
+    signal = _signal(study, metrics, scores, baseline_scores, baseline_of, unigram)
+    notes += [f"{m.header}: no signal from {', '.join(why for (a, k), why in signal.items() if k == m.key)}."
+              for m in metrics if any(k == m.key for _, k in signal)]
+    claims, verdicts = _claims(number, paper, arm_rows, metrics, scores, signal, margin_points, margin_ppl)
     settings = _settings(study, runs, factors, arm_rows)
     notes += _run_notes(study, runs, settings)
-    notes.append(f"Medians over {len(study.seeds)} pretraining seed(s) x the fine-tuning seeds of each run; "
-                 f"95% intervals: two-level bootstrap of the median ({n_boot} resamples). 'Comparable' means within "
-                 f"{margin_points:g} points (downstream) or {margin_ppl:.0%} (perplexity).")
-    if len(study.seeds) < 3:
-        notes.append(f"Only {len(study.seeds)} pretraining seed(s): the intervals are the range of too few runs to "
-                     f"carry a verdict; expect 'inconclusive'.")
+    n_seeds = len(study.seeds)
+    notes.append(f"Cells: median over {n_seeds} pretraining seed(s) [min, max] (a run's downstream number is the "
+                 f"mean over its fine-tuning seeds); the range of {n_seeds} runs covers the median of runs with "
+                 f"probability {range_level(n_seeds):.0%}, so it is printed as a range, not as a 95% interval. "
+                 f"Comparisons pair runs by seed: {LEVEL:.0%} paired t-interval of the per-seed gain (a sign interval "
+                 f"where a run diverged). 'Comparable' means within {margin_points:g} points (downstream) or "
+                 f"{margin_ppl:.0%} (perplexity). See analysis/stats.py.")
+    ratio = f" (ppl / unigram: perplexity claims need every compared arm's upper bound below {RATIO_SIGNAL:g})"
+    u = [v for v in unigram.values() if math.isfinite(v)]
+    notes.append("ppl (yardstick): every arm scored on the same held-out FULL-SENTENCES windows with the same "
+                 "positions, all shown as <mask>; its no-context reference, the unigram perplexity of the training "
+                 f"split at those positions, is {np.median(u):.1f}" + ratio + "." if u else
+                 "ppl (yardstick): these runs recorded no yardstick (made before it existed); perplexity claims "
+                 "cannot be judged.")
     return TableResult(number, paper.title, study, paper, reference, arm_rows, metrics, detail, claims, verdicts,
                        settings, notes, random_init)
 
 
-def _not_above_random_init(study: Study, metrics: list[Metric], medians: dict, random_init: dict) -> list[str]:
-    """A note per downstream metric naming the arms whose median is not above the random-init baseline of their
-    own encoder shape (study.json's random_init_baseline): their scores there are not effects of pretraining."""
-    baseline_of = study.meta.get("random_init_baseline") or {}
-    notes = []
-    for m in metrics:
-        below = []
-        for arm in study.arms:
-            base = random_init.get(baseline_of.get(arm), {}).get(m.key)
-            ours = medians.get((arm, m.key), math.nan)
-            if base is not None and not math.isnan(ours) and not ours > base[0]:
-                below.append(f"{arm} ({m.fmt(ours)} vs {m.fmt(base[0])})")
-        if below:
-            notes.append(f"{m.header}: not above the no-pretraining baseline of their own encoder shape: "
-                         f"{', '.join(below)}. There, these arms' scores are not effects of pretraining.")
-    return notes
+def _unigram(tidy: pd.DataFrame) -> dict[int, float]:
+    """Seed -> the yardstick's unigram perplexity (the same for every arm of a study: one training split)."""
+    rows = tidy[(tidy["metric"] == PPL) & tidy["yardstick_unigram_ppl"].notna()] if "yardstick_unigram_ppl" in tidy \
+        else tidy.iloc[:0]
+    return {int(r["seed"]): float(r["yardstick_unigram_ppl"]) for r in rows.to_dict("records")}
+
+
+def _log_ratios(ppl: dict[int, float], unigram: dict[int, float]) -> np.ndarray:
+    return np.array([math.log(v / unigram[s]) for s, v in ppl.items() if s in unigram], dtype=float)
+
+
+def _signal(study: Study, metrics: list[Metric], scores: dict, baseline_scores: dict, baseline_of: dict,
+            unigram: dict[int, float]) -> dict[tuple[str, str], str]:
+    """(arm, metric) -> why the arm shows no signal on that metric; absent when it does (analysis.stats)."""
+    out = {}
+    for arm in study.arms:
+        for m in metrics:
+            ours = scores[arm, m.key]
+            if m.key == PPL:
+                hi = ratio_upper(_log_ratios(ours, unigram))
+                if not hi < RATIO_SIGNAL:
+                    out[arm, m.key] = (f"{arm} (ppl / unigram up to {m.fmt(hi)}, not below {RATIO_SIGNAL:g})"
+                                       if math.isfinite(hi) else f"{arm} (no ppl / unigram ratio below "
+                                                                 f"{RATIO_SIGNAL:g} shown)")
+            elif m.downstream:
+                base = baseline_scores.get((baseline_of.get(arm, arm), m.key))
+                if base is None:
+                    out[arm, m.key] = f"{arm} (no random-init baseline to beat)"
+                    continue
+                gains = paired_gains(ours, base, True)
+                if not above_baseline(gains):
+                    iv = paired_interval(gains)
+                    out[arm, m.key] = (f"{arm} (not above its random-init baseline: gain "
+                                       f"{m.fmt(iv.estimate)} [{m.fmt(iv.lo)}, {m.fmt(iv.hi)}])")
+    return out
 
 
 def _paper_value(paper: PaperTable, row: str | None, column: str | None) -> float | None:
@@ -272,58 +325,76 @@ def _paper_value(paper: PaperTable, row: str | None, column: str | None) -> floa
     return paper.row(row).values.get(column)
 
 
-def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], metrics: list[Metric],
-            boots: dict, medians: dict, n_runs: dict, margin_points: float,
-            margin_ppl: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], metrics: list[Metric], scores: dict,
+            signal: dict, margin_points: float, margin_ppl: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every comparison of every claim, and a verdict per claim, by the precedence in analysis.stats."""
     arm_of = {row: arm for arm, row in arm_rows.items() if row is not None}
+    pairs = row_pairs(number)
+    has_downstream = any(m.downstream for m in metrics)
+    claimable = [m for m in metrics if m.key == PPL or m.downstream]
     rows, untested = [], {}
-    for claim, row_a, row_b, kind, primary in row_pairs(number):
+    for claim, row_a, row_b, *_ in pairs:
         if row_a not in arm_of or row_b not in arm_of:
             untested.setdefault(claim, []).append(f"{row_a} vs {row_b}")
+    for claim, row_a, row_b, kind, primary in pairs:
+        if claim in untested and len(untested[claim]) == sum(p[0] == claim for p in pairs):
+            continue
+        if row_a not in arm_of or row_b not in arm_of:
             continue
         a, b = arm_of[row_a], arm_of[row_b]
-        for m in metrics:
-            sign = 1.0 if m.higher_is_better else -1.0
-            gain = sign * (medians[a, m.key] - medians[b, m.key])
-            lo, hi = interval(sign * (boots[a, m.key] - boots[b, m.key]))
-            margin = margin_points if m.downstream else margin_ppl * abs(medians[b, m.key])
+        deciding = [m for m in claimable if (m.downstream if primary == "downstream" and has_downstream
+                                             else m.key == PPL)]
+        k = sum(1 for c, ra, rb, _, _ in pairs if c == claim and ra in arm_of and rb in arm_of) * len(deciding)
+        for m in claimable:
+            role = "primary" if m in deciding else "supporting"
+            gains = paired_gains(scores[a, m.key], scores[b, m.key], m.higher_is_better)
+            b_median = float(np.median(list(scores[b, m.key].values()))) if scores[b, m.key] else math.nan
+            margin = (margin_points if m.downstream else margin_ppl * abs(b_median)) if kind == "noninferior" else 0.0
+            boundary = -margin
+            verdict, iv = judge(gains, boundary, k if role == "primary" else 1)
+            why, needed = "", None
+            no_signal = [signal[x, m.key] for x in (a, b) if (x, m.key) in signal]
+            if len(gains) < MIN_RUNS:
+                verdict, why = INCONCLUSIVE, f"{len(gains)} paired run(s), fewer than {MIN_RUNS}"
+            elif no_signal:
+                verdict, why = NO_SIGNAL, "; ".join(no_signal)
+            elif verdict == INCONCLUSIVE:
+                needed = seeds_to_resolve(iv, boundary, k if role == "primary" else 1)
+                why = iv.method.removeprefix("none: ") if not iv.exists else (
+                    f"~{needed} paired seeds would resolve it at this mean and spread" if needed and needed <= MAX_SEEDS
+                    else f"more than {MAX_SEEDS} seeds at this mean and spread" if needed else "")
             pa, pb = _paper_value(paper, row_a, m.paper_column), _paper_value(paper, row_b, m.paper_column)
-            decides = (primary == "downstream") == m.downstream
-            few = min(n_runs[a, m.key], n_runs[b, m.key]) < MIN_RUNS
-            # Every run of both arms scoring exactly the same is a degenerate classifier (e.g. the majority class),
-            # not evidence that the arms are comparable.
-            flat = m.downstream and np.ptp(boots[a, m.key]) == 0 and np.ptp(boots[b, m.key]) == 0 and gain == 0
+            sign = 1.0 if m.higher_is_better else -1.0
             rows.append({
                 "claim": claim, "comparison": f"{row_a} vs {row_b}", "arm_a": a, "arm_b": b, "kind": kind,
-                "metric": m.key, "header": m.header, "role": "primary" if decides else "supporting",
-                "gain": gain, "gain_lo": lo, "gain_hi": hi, "margin": margin if kind == "noninferior" else 0.0,
-                "paper_gain": sign * (pa - pb) if pa is not None and pb is not None else None,
-                "verdict": INCONCLUSIVE if few or flat else judge(kind, lo, hi, margin),
-                "why": f"fewer than {MIN_RUNS} runs per arm" if few else FLAT if flat else "",
+                "metric": m.key, "header": m.header, "role": role, "n": len(gains), "gain": iv.estimate,
+                "gain_lo": iv.lo, "gain_hi": iv.hi, "level": iv.level, "method": iv.method, "margin": margin,
+                "comparisons": k, "paper_gain": sign * (pa - pb) if pa is not None and pb is not None else None,
+                "verdict": verdict, "why": why, "seeds_needed": needed,
             })
-    claims = pd.DataFrame(rows, columns=["claim", "comparison", "arm_a", "arm_b", "kind", "metric", "header",
-                                         "role", "gain", "gain_lo", "gain_hi", "margin", "paper_gain", "verdict",
-                                         "why"])
+    columns = ["claim", "comparison", "arm_a", "arm_b", "kind", "metric", "header", "role", "n", "gain", "gain_lo",
+               "gain_hi", "level", "method", "margin", "comparisons", "paper_gain", "verdict", "why", "seeds_needed"]
+    claims = pd.DataFrame(rows, columns=columns)
     claims["paper_gain"] = pd.to_numeric(claims["paper_gain"])
     verdicts = []
     for claim, text in paper.claims.items():
-        mine = claims[claims["claim"] == claim]
-        deciding = mine[mine["role"] == "primary"]
-        basis = "downstream scores" if number != 3 else "perplexity"
-        if deciding.empty and not mine.empty:
-            deciding, basis = mine, "perplexity only (no downstream scores in this study)"
+        deciding = claims[(claims["claim"] == claim) & (claims["role"] == "primary")]
         if deciding.empty:
             verdict = NOT_TESTED
             why = f"the study lacks the arms for {'; '.join(untested.get(claim, []))}"
         else:
             v = list(deciding["verdict"])
-            verdict = CONTRADICTED if CONTRADICTED in v else REPRODUCED if set(v) == {REPRODUCED} else INCONCLUSIVE
-            why = f"{len(deciding)} comparison(s) on {basis}: " + ", ".join(
-                f"{n} {k}" for k, n in pd.Series(v).value_counts().items())
-            if (deciding["why"] == FLAT).any():
-                why += f" ({FLAT})"
-            elif (deciding["why"] != "").any():
-                why += f" (fewer than {MIN_RUNS} finished runs per arm: no verdict from a range)"
+            basis = "downstream scores" if deciding["metric"].str.startswith("finetune/").all() else (
+                "perplexity (yardstick)" if number == 3 or has_downstream else
+                "perplexity (yardstick) only: no downstream scores in this study")
+            adjust = (f"Holm across {len(deciding)} comparisons (contradicted at {holm_level(len(deciding)):.1%} "
+                      f"each)" if len(deciding) > 1 else "one comparison")
+            few = (deciding["n"] < MIN_RUNS).any()
+            verdict = (INCONCLUSIVE if few else NO_SIGNAL if NO_SIGNAL in v else combine(v))
+            why = f"{basis}; {adjust}: " + ", ".join(f"{n} {k}" for k, n in pd.Series(v).value_counts().items())
+            reasons = [r for r in dict.fromkeys(deciding["why"]) if r]
+            if reasons:
+                why += " (" + "; ".join(reasons) + ")"
             if claim in untested:
                 why += f"; not run: {'; '.join(untested[claim])}"
         verdicts.append({"claim": claim, "text": text, "verdict": verdict, "why": why})
@@ -414,20 +485,26 @@ TABLE_FUNCTIONS = {1: table1, 2: table2, 3: table3, 4: table4}
 # The paper's layout
 
 
-def ci_text(m: Metric, med: float, lo: float, hi: float) -> str:
+def range_text(m: Metric, med: float, lo: float, hi: float) -> str:
     if math.isnan(med):
         return "–"
     return f"{m.fmt(med)} [{m.fmt(lo)}, {m.fmt(hi)}]"
 
 
+def _count(x: float) -> str:
+    if math.isnan(x):
+        return "–"
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x:,.0f}"
+
+
 def wide_frame(t: TableResult) -> pd.DataFrame:
-    """Display strings: 'median [95% CI]' for ours, the paper's number beside it; paper rows no arm re-runs are
-    listed with their numbers only ('not run' / 'published'), arms with no paper row at the end."""
+    """Display strings: 'median [min, max]' for ours, the paper's number beside it, and what each arm trained
+    (tokens, optimizer steps, epochs over its data); paper rows no arm re-runs are listed with their numbers only
+    ('not run' / 'published'), arms with no paper row at the end, then one random-init row per encoder shape."""
     arm_of = {row: arm for arm, row in t.arm_rows.items() if row is not None}
     order = [(r.label, arm_of.get(r.label), r.ours) for r in t.paper.rows]
     order += [(None, arm, True) for arm in t.study.arms if t.arm_rows[arm] is None]
-    # Tables 3 and 4 vary several settings per row: print the paper's and ours side by side
-    show_setting = t.number in (3, 4)
+    show_setting = any(len(v) > 1 for v in t.settings["scientific"].values())  # linked factors: print them all
     out = []
     for label, arm, ours in order:
         row: dict[str, str] = {"paper row": label or "(no paper row)",
@@ -437,17 +514,28 @@ def wide_frame(t: TableResult) -> pd.DataFrame:
             row["paper setting"] = ", ".join(f"{k} {v}" for k, v in setting.items())
             ours_setting = t.settings["scientific"].get(arm, {}) if arm else {}
             row["our setting"] = ", ".join(f"{k.split('.')[-1]}={_fmt_value(v)}" for k, v in ours_setting.items())
+        d = t.detail[t.detail["arm"] == arm].set_index("metric") if arm is not None else None
+        if d is not None:
+            first = d.iloc[0]
+            row.update({"tokens": _count(first["tokens"]), "steps": _count(first["steps"]),
+                        "epochs": f"{first['epochs']:.1f}" if math.isfinite(first["epochs"]) else "–"})
+        else:
+            row.update(dict.fromkeys(("tokens", "steps", "epochs"), ""))
         for m in t.metrics:
-            if arm is not None:
-                d = t.detail[(t.detail["arm"] == arm) & (t.detail["metric"] == m.key)].iloc[0]
-                row[f"{m.header} ours"] = ci_text(m, d["median"], d["ci_lo"], d["ci_hi"])
+            if d is not None:
+                r = d.loc[m.key]
+                row[f"{m.header} ours"] = range_text(m, r["median"], r["min"], r["max"])
+                if m.key == PPL:
+                    row["ppl / unigram"] = f"{r['unigram_ratio']:.2f}" if math.isfinite(r["unigram_ratio"]) else "–"
             else:
                 row[f"{m.header} ours"] = ""
+                if m.key == PPL:
+                    row["ppl / unigram"] = ""
             p = _paper_value(t.paper, label, m.paper_column)
             if m.paper_column is not None:  # the paper's number is on the real task, whatever data ours used
                 row[f"{m.paper_column} paper"] = m.fmt(p) if p is not None else "–"
         out.append(row)
     for arm, scores in t.random_init.items():
         out.append({"paper row": RANDOM_INIT_ROW, "arm": f"{arm}, random init",
-                    **{f"{m.header} ours": ci_text(m, *scores[m.key]) for m in t.metrics if m.key in scores}})
+                    **{f"{m.header} ours": range_text(m, *scores[m.key]) for m in t.metrics if m.key in scores}})
     return pd.DataFrame(out).fillna("")
