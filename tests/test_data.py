@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from harness.config import DataConfig, OptimConfig
-from harness.data.datamodule import MaskedLMDataset, PretrainDataModule, plan_epoch
+from harness.data.datamodule import MaskedLMDataset, PretrainDataModule, candidate_counts, plan_epoch
 from harness.data.formats import build_examples, select_documents
-from harness.data.masking import IGNORE, MASK, mask_tokens
-from harness.data.pipeline import prepare
+from harness.data.masking import IGNORE, MASK, is_candidate, mask_tokens
+from harness.data.pipeline import Split, prepare
 from harness.data.tokenizer import BOS, EOS
 from harness.errors import UserError
 
@@ -90,7 +90,9 @@ def test_full_sentences_separator_at_each_boundary(prepared, train):
 
 @pytest.mark.parametrize("fmt", ["segment_pair_nsp", "sentence_pair_nsp"])
 def test_nsp_labels_balanced_and_negatives_from_another_document(train, fmt):
-    cfg = replace(CFG, input_format=fmt)
+    # SEGMENT-PAIR at 256 tokens: at 64 most chunks are one sentence, which is always a negative (as in BERT), so
+    # positives fall to ~41%; at 256 few chunks are, and the coin drawn for the others gives ~49%.
+    cfg = replace(CFG, input_format=fmt, max_seq_len=256 if fmt == "segment_pair_nsp" else CFG.max_seq_len)
     labels, seed = [], 0
     while len(labels) < 10_000:
         ex = build_examples(train, cfg, seed=seed)
@@ -103,6 +105,23 @@ def test_nsp_labels_balanced_and_negatives_from_another_document(train, fmt):
                 assert same == bool(ex.nsp[i]), f"example {i}"
         seed += 1
     assert abs(np.mean(labels[:10_000]) - 0.5) <= 0.02
+
+
+def test_a_one_sentence_chunk_is_a_random_next_negative():
+    """A chunk holding one segment has no true continuation: BERT makes it a negative with B from another
+    document, never a positive cut mid-sentence. Document 0 here is one 20-token sentence; 1 and 2 have several."""
+    lengths = [[20], [8, 9, 7, 10], [6, 12, 9]]  # tokens per sentence, per document
+    bounds = np.cumsum([0] + [n for doc in lengths for n in doc])
+    split = Split(tokens=np.arange(bounds[-1]), sentences=bounds,
+                  documents=np.cumsum([0] + [len(doc) for doc in lengths]), size_keys=np.zeros(len(lengths)))
+    cfg = replace(CFG, input_format="segment_pair_nsp", max_seq_len=64)
+    for seed in range(20):
+        ex = build_examples(split, cfg, seed=seed)
+        (i,) = np.flatnonzero(ex.docs == 0)
+        rows = ex.spans[ex.offsets[i] : ex.offsets[i + 1]]
+        a, b = rows[: ex.b_start[i] - ex.offsets[i]], rows[ex.b_start[i] - ex.offsets[i] :]
+        assert ex.nsp[i] == 0 and a.tolist() == [[0, 20]], f"seed {seed}"  # the whole sentence, uncut
+        assert len(b) and (doc_of(split, b[:, 0]) != 0).all(), f"seed {seed}"
 
 
 def test_masking_rates_over_a_million_tokens():
@@ -181,13 +200,44 @@ def test_ranks_split_each_step_disjointly(prepared):
     for world, rank in ((1, 0), (2, 0), (2, 1)):
         dm = PretrainDataModule(prepared, CFG, optim, seed=0, num_workers=0, world_size=world, rank=rank)
         dm.setup()
-        samplers.append([[i for i, _ in mb] for mb in dm.train_sampler])
+        samplers.append([[item[0] for item in mb] for mb in dm.train_sampler])
     single, r0, r1 = samplers
     assert len(r0) == len(r1) == len(single) // 2  # 4 micro-batches per step on 1 rank, 2 per rank on 2 ranks
     for step in range(len(r0) // 2):
         a = set(sum(r0[2 * step : 2 * step + 2], []))
         b = set(sum(r1[2 * step : 2 * step + 2], []))
         assert not a & b and a | b == set(sum(single[4 * step : 4 * step + 4], []))
+
+
+def test_every_micro_batch_carries_its_whole_steps_totals(prepared):
+    """step_predicted / step_sequences: the masked tokens and sequences of all micro-batches of both ranks."""
+    cfg = replace(CFG, input_format="sentence_pair_nsp")  # token-budget steps: unequal micro-batches
+    optim = OptimConfig(batch_size=16, micro_batch_size=4)  # 2 ranks x 2 micro-batches per step
+    per_rank = []
+    for rank in (0, 1):
+        dm = PretrainDataModule(prepared, cfg, optim, seed=0, num_workers=0, world_size=2, rank=rank)
+        dm.setup()
+        dm.train_sampler.set_epoch(1)
+        per_rank.append(batches(dm, 6))
+    for step in range(3):
+        micro = [b for r in per_rank for b in r[2 * step : 2 * step + 2]]
+        predicted = [int((b["labels"] != IGNORE).sum()) for b in micro]
+        sequences = [b["input_ids"].size(0) for b in micro]
+        assert len(set(predicted)) > 1 and len(set(sequences)) > 1  # a per-micro-batch mean would weigh them unevenly
+        assert {b["step_predicted"] for b in micro} == {sum(predicted)}
+        assert {b["step_sequences"] for b in micro} == {sum(sequences)}
+
+
+def test_candidate_counts_follow_the_masking_rule(prepared, train):
+    """Also when the text holds special ids (a literal "<s>" or "<mask>" in a document is one token)."""
+    tokens = np.array(train.tokens)
+    tokens[::97], tokens[5::89] = MASK, BOS
+    split = replace(train, tokens=tokens)
+    for fmt in ("doc_sentences", "segment_pair_nsp"):
+        ex = build_examples(split, replace(CFG, input_format=fmt), seed=0)
+        ds = MaskedLMDataset(split, ex, CFG, prepared.vocab_size, seed=0)
+        expected = [int(is_candidate(ds.assemble(i)[0]).sum()) for i in range(len(ex))]
+        assert candidate_counts(split.tokens, ex).tolist() == expected
 
 
 def test_mean_tokens_per_step_equal_across_formats(prepared, train):

@@ -52,7 +52,7 @@ def make_run(root, nsp: bool = False, checkpoint: bool = True):
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     if checkpoint:
         torch.manual_seed(0)
-        model = MaskedLM(cfg.model, load_tokenizer(run / "tokenizer.json").get_vocab_size(), nsp=nsp)
+        model = MaskedLM(cfg.model, load_tokenizer(run / "tokenizer.json").get_vocab_size(), nsp=nsp, seed=0)
         torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
                    run / "checkpoints" / "last.ckpt")
         (run / "result.json").write_text(json.dumps({"status": "finished"}))
@@ -328,6 +328,27 @@ def test_qa_windows_map_answers_to_tokens(run_dir, data_dir):
     assert qa.predict_answers(feats, [s], [e], dev, 30, allow_no_answer=False) == ["the mat"]
 
 
+def test_max_context_rule_picks_the_window_where_a_token_is_central():
+    # Context tokens 0-7 ("a".."h"), windows [0, 6) and [3, 8). Token 4: 1 + 0.06 in the first, 1 + 0.05 in the
+    # second (the length term breaks the tie); token 5: 0 + 0.06 at the first's edge, 2 + 0.05 in the second.
+    windows = [(0, 6), (3, 8)]
+    assert qa.max_context(windows, 0).tolist() == [True] * 5 + [False]
+    assert qa.max_context(windows, 1).tolist() == [False, False, True, True, True]
+    context = "a b c d e f g h"
+    examples = [QAExample("q", "which ?", context, ())]
+    features, starts, ends = [], [], []
+    for w0, w1 in windows:  # <s> then the window's tokens then </s>
+        features.append({"example": 0, "context_start": 1, "window": (w0, w1),
+                         "offsets": [(2 * k, 2 * k + 1) for k in range(w0, w1)]})
+        starts.append(np.full(w1 - w0 + 2, -10.0))
+        ends.append(np.full(w1 - w0 + 2, -10.0))
+    starts[0][1 + 5] = ends[0][1 + 5] = 10.0  # "f" at the first window's right edge: the highest score
+    starts[1][1 + 6 - 3] = ends[1][1 + 6 - 3] = 4.0  # "g", central in the second window
+    assert qa.predict_answers(features, starts, ends, examples, 30, allow_no_answer=False) == ["g"]
+    # The first window alone holds "f" with no other window to defer to: there the highest score wins.
+    assert qa.predict_answers(features[:1], starts[:1], ends[:1], examples, 30, allow_no_answer=False) == ["f"]
+
+
 # ---- protocols ---------------------------------------------------------------------------------------------------
 
 
@@ -348,6 +369,49 @@ def test_protocols_parse_strictly(tmp_path):
         parse_protocol("demo", {"lrs": []})
     with pytest.raises(UserError, match="unknown protocol; expected one of"):
         load_protocol("fast", PROTOCOLS_FILE)
+
+
+def test_per_task_settings_in_a_protocol():
+    from dataclasses import replace
+
+    protocols = load_protocols()
+    paper = protocols["paper"]
+    assert paper.for_task("sst2") == paper.for_task("mnli") == replace(paper, tasks={}) and paper.weight_decay == 0.1
+    squad = paper.for_task("squad1")  # the paper's appendix
+    assert (squad.lrs, squad.batch_sizes, squad.epochs, squad.weight_decay) == ((1.5e-5,), (48,), 2, 0.01)
+    assert squad.warmup_ratio == 0.06 and squad.seeds == 5 and paper.for_task("squad2") == squad
+    race = paper.for_task("race")  # fairseq's README.race.md
+    assert (race.lrs, race.batch_sizes, race.epochs, race.weight_decay) == ((1e-5,), (16,), 5, 0.01)
+    assert "tasks" not in squad.to_dict() and squad.to_dict()["epochs"] == 2
+    for name in ("demo", "smoke", "grid_demo"):  # no per-task settings: every task runs as before
+        assert protocols[name].tasks == {} and protocols[name].for_task("squad2") == protocols[name]
+    for tasks, message in [
+        ({"squad3": {"epochs": 2}}, "demo.tasks.squad3: unknown task; expected one of"),
+        ({"race": {"lr": 1e-5}}, "demo.tasks.race.lr: unknown protocol key"),
+        ({"race": {"tasks": {}}}, "demo.tasks.race.tasks: unknown protocol key"),
+        ({"race": {"epochs": 0}}, r"demo.tasks.race.epochs: expected an integer >= 1, got 0"),
+        ({"race": {"epochs": "five"}}, "demo.tasks.race.epochs: expected an integer"),
+        ({"squad1": {"max_seq_len": 160}}, "demo.tasks.squad1.doc_stride: expected in"),  # with the stride 128
+        ({"race": [1]}, "demo.tasks.race: expected a mapping"),
+        ([1], "demo.tasks: expected a mapping"),
+    ]:
+        with pytest.raises(UserError, match=message) as error:
+            parse_protocol("demo", {"tasks": tasks})
+        assert "\n" not in str(error.value)
+
+
+def test_finetune_applies_the_tasks_settings(run_dir, data_dir, monkeypatch):
+    from dataclasses import replace
+
+    import harness.finetune.runner as runner
+
+    smoke = load_protocol("smoke")
+    monkeypatch.setattr(runner, "load_protocol", lambda name: replace(
+        smoke, tasks={"sst2": {"lrs": (2e-3,), "batch_sizes": (4,), "weight_decay": 0.01}}))
+    summary = finetune(run_dir, "sst2", data_dir, "smoke", progress=False)
+    seed = json.loads((run_dir / "finetune" / "sst2" / "seed_0.json").read_text())
+    assert summary["config"] == {"lr": 2e-3, "batch_size": 4} and summary["protocol"] == "smoke"
+    assert seed["settings"]["protocol_settings"]["weight_decay"] == 0.01
 
 
 # ---- stand-ins ---------------------------------------------------------------------------------------------------

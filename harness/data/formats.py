@@ -147,21 +147,14 @@ def _segment_pairs(split: Split, docs: np.ndarray, max_len: int, rng: np.random.
             chunk.append(list(pieces[i]))
             chunk_len += pieces[i][1] - pieces[i][0]
             if i == len(pieces) - 1 or chunk_len >= cap:
-                is_next = int(rng.random() < p_next)
-                if len(chunk) == 1:  # one long sentence: cut it, so a true continuation still exists
-                    start, end = chunk[0]
-                    if end - start < 2:
-                        chunk, chunk_len, i = [], 0, i + 1
-                        continue
-                    cut = int(rng.integers(start + 1, end))
-                    a, b = [[start, cut]], [[cut, end]]
-                else:
-                    a_end = int(rng.integers(1, len(chunk)))
-                    a, b = chunk[:a_end], chunk[a_end:]
+                # A chunk of one segment has no true continuation: it is always a random-next negative, never cut
+                # mid-sentence (BERT's create_instances_from_document forces is_random_next; no coin is drawn).
+                is_next = int(len(chunk) > 1 and rng.random() < p_next)
+                a_end = int(rng.integers(1, len(chunk))) if len(chunk) > 1 else 1
+                a, b = chunk[:a_end], chunk[a_end:]
                 if not is_next:
                     b = _random_segment(split, _random_other_doc(rng, docs, d), cap - _n_tokens(a), rng)
-                    if len(chunk) > 1:
-                        i -= len(chunk) - len(a)  # put the unused sentences back, as BERT does
+                    i -= len(chunk) - len(a)  # put the unused sentences back, as BERT does
                 _truncate_pair(a, b, cap)
                 out.add(d, a, b, is_next)
                 chunk, chunk_len = [], 0

@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.config import read_yaml
 from harness.errors import UserError
+from harness.finetune.tasks import TASKS
 
 PROTOCOLS_FILE = Path(__file__).resolve().parents[2] / "configs" / "finetune.yaml"
 
@@ -49,6 +50,9 @@ class Protocol:
     dropout: float = 0.1
     """Dropout in the encoder and the head while fine-tuning (BERT/RoBERTa fine-tune with 0.1), whatever the
     pretraining run used."""
+    tasks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Per-task overrides of the settings above, {task: {setting: value}}: the paper tunes SQuAD and RACE apart
+    from GLUE's grid. `for_task` applies them; the runner fine-tunes with its result."""
 
     def __post_init__(self) -> None:
         def check(cond: bool, field: str, expected: str) -> None:
@@ -72,13 +76,21 @@ class Protocol:
         check(0 < self.beta2 < 1, "beta2", "a number in (0, 1)")
         check(self.eps > 0, "eps", "a positive number")
         check(0 <= self.dropout < 1, "dropout", "a fraction in [0, 1)")
+        for task, overrides in self.tasks.items():  # each task's settings are checked as a whole, named as such
+            check(task in TASKS, "tasks", f"known task names ({', '.join(TASKS)})")
+            dataclasses.replace(self, name=f"{self.name}.tasks.{task}", tasks={}, **overrides)
 
     def grid(self) -> list[tuple[float, int]]:
         """Every (peak LR, batch size) configuration, in a fixed order."""
         return [(lr, bs) for bs in self.batch_sizes for lr in self.lrs]
 
+    def for_task(self, task: str) -> Protocol:
+        """The settings `task` runs with: this protocol with the task's overrides applied (none: unchanged)."""
+        return dataclasses.replace(self, tasks={}, **self.tasks.get(task, {}))
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Without `tasks`: a protocol resolved by for_task holds in its fields the settings that ran.
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "tasks"}
 
 
 def _value(raw: Any, tp: Any, where: str) -> Any:
@@ -98,17 +110,29 @@ def _value(raw: Any, tp: Any, where: str) -> Any:
     return tp(raw)
 
 
-def parse_protocol(name: str, values: dict[str, Any]) -> Protocol:
+def _settings(where: str, values: Any, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A mapping of protocol settings, each key a known setting (or one of `extra`, returned as it is) and each
+    value of its field's type."""
     hints = typing.get_type_hints(Protocol)
-    fields = [f.name for f in dataclasses.fields(Protocol) if f.name != "name"]
+    keys = [f.name for f in dataclasses.fields(Protocol) if f.name not in ("name", "tasks")] + list(extra)
     if not isinstance(values, dict):
-        raise UserError(f"{name}: expected a mapping of protocol settings, got {values!r}")
-    kwargs = {}
-    for key, raw in values.items():
-        if key not in fields:
-            raise UserError(f"{name}.{key}: unknown protocol key; expected one of {sorted(fields)}")
-        kwargs[key] = _value(raw, hints[key], f"{name}.{key}")
-    return Protocol(name=name, **kwargs)
+        raise UserError(f"{where}: expected a mapping of protocol settings, got {values!r}")
+    for key in values:
+        if key not in keys:
+            raise UserError(f"{where}.{key}: unknown protocol key; expected one of {sorted(keys)}")
+    return {key: raw if key in extra else _value(raw, hints[key], f"{where}.{key}") for key, raw in values.items()}
+
+
+def parse_protocol(name: str, values: dict[str, Any]) -> Protocol:
+    kwargs = _settings(name, values, extra=("tasks",))
+    tasks = kwargs.pop("tasks", {})
+    if not isinstance(tasks, dict):
+        raise UserError(f"{name}.tasks: expected a mapping of task names to settings, got {tasks!r}")
+    for task in tasks:
+        if task not in TASKS:
+            raise UserError(f"{name}.tasks.{task}: unknown task; expected one of {sorted(TASKS)}")
+    overrides = {task: _settings(f"{name}.tasks.{task}", raw) for task, raw in tasks.items()}
+    return Protocol(name=name, **kwargs, tasks=overrides)
 
 
 def load_protocols(path: Path = PROTOCOLS_FILE) -> dict[str, Protocol]:
