@@ -57,8 +57,9 @@ def _exp(x: float) -> float:
 
 class StepMetrics(L.Callback):
     """Once per optimizer step, adds the module's sums over ranks; every train.log_every steps logs the window's
-    MLM loss (train/loss, comparable across formats) and perplexity, NSP loss and accuracy (NSP formats), learning
-    rate, tokens seen, tokens/s and MFU; after each validation, the held-out perplexity. A non-finite training
+    MLM loss (train/loss) and perplexity, NSP loss and accuracy (NSP formats), learning rate, tokens seen, tokens/s
+    and MFU; after each validation, the held-out perplexity on the yardstick (val/yardstick_ppl, the same sequences
+    for every arm: harness.data.yardstick) and in the arm's own input format (val/ppl). A non-finite training
     objective stops the run as diverged."""
 
     def __init__(self, cfg: Config, peak_flops: float):
@@ -153,12 +154,14 @@ class StepMetrics(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sums = pl_module.val_sums.reduce(trainer.strategy, pl_module.device)
         mlm = sums["mlm_loss"] / max(sums["n_predicted"], 1)
-        m = {"val/loss": mlm, "val/ppl": _exp(mlm)}
+        yard = pl_module.yardstick_sums.reduce(trainer.strategy, pl_module.device)
+        y = yard["mlm_loss"] / max(yard["n_predicted"], 1)
+        m = {"val/loss": mlm, "val/ppl": _exp(mlm), "val/yardstick_loss": y, "val/yardstick_ppl": _exp(y)}
         if self.cfg.data.nsp:
             m["val/nsp_acc"] = sums["nsp_correct"] / max(sums["n_sequences"], 1)
         _emit(trainer, m, trainer.global_step)
         self.last_val = {**m, "step": trainer.global_step}
-        self.bar["val_ppl"] = f"{m['val/ppl']:.2f}"
+        self.bar["yardstick_ppl"] = f"{m['val/yardstick_ppl']:.2f}"
 
 
 def _step_seed(*parts: int) -> int:

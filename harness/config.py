@@ -184,6 +184,9 @@ class TrainConfig:
     """Keep a checkpoint every N steps besides 'last' (0 = only 'last')."""
     num_workers: int = 2
     wandb: Literal["offline", "online", "disabled"] = "offline"
+    stop_at_step: int = 0
+    """Stop after this optimizer step, leaving the LR schedule (optim.max_steps, warmup) as it is (0 = run to
+    optim.max_steps): a tuning trial runs its arm's own schedule up to a token budget (harness.grid.plan)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.study) and bool(self.arm), "train.study / train.arm", "non-empty names",
@@ -194,6 +197,8 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "an integer >= 0 (0 = only 'last')",
                self.checkpoint_every)
         _check(self.num_workers >= 0, "train.num_workers", "an integer >= 0", self.num_workers)
+        _check(self.stop_at_step >= 0, "train.stop_at_step", "an integer >= 0 (0 = run to optim.max_steps)",
+               self.stop_at_step)
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,10 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.train.stop_at_step <= self.optim.max_steps, "train.stop_at_step",
+               f"at most optim.max_steps={self.optim.max_steps} (0 = run to optim.max_steps)", self.train.stop_at_step)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

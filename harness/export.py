@@ -140,7 +140,8 @@ def load_run(run_dir: Path) -> tuple[Config, MaskedLM]:
     vocab_size = state["encoder.embed.word.weight"].shape[0]  # may exceed the tokenizer's (padded for speed)
     if (n_tok := _vocab_size(tok_path)) > vocab_size:
         raise UserError(f"{tok_path}: {n_tok} tokens, more than the checkpoint's vocabulary of {vocab_size}")
-    model = MaskedLM(cfg.model, vocab_size, pad_id=SPECIAL_TOKENS.index("<pad>"), nsp=cfg.data.nsp)
+    model = MaskedLM(cfg.model, vocab_size, pad_id=SPECIAL_TOKENS.index("<pad>"), nsp=cfg.data.nsp,
+                     seed=cfg.train.seed)  # the checkpoint's weights replace the init
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -12,6 +12,7 @@ kept by the last block, N predicted positions, V vocabulary.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -204,30 +205,42 @@ class NSPHead(nn.Module):
         return self.classifier(torch.tanh(self.pooler(first)))
 
 
-class MaskedLM(nn.Module):
-    """Encoder + MLM head (+ NSP head for the segment/sentence-pair formats)."""
+def param_generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator for parameter `name`, seeded from a stable hash of (seed, name) (Python's hash() is salted
+    per process), so a parameter's initial value depends on nothing else: not on which parameters come before it."""
+    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8, person=b"param-init").digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)  # seeds are < 2**63
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 1, nsp: bool = False):
+
+@torch.no_grad()
+def init_weights(model: nn.Module, seed: int) -> None:
+    """BERT's init: N(0, 0.02) weights, zero biases, LayerNorm 1/0, a zero <pad> embedding. Each weight is drawn
+    from its own generator (`param_generator`), so arms of different shapes (the NSP arms' token-type embedding and
+    NSP head) start from identical values for every parameter they share, which keeps seeds paired across arms."""
+    for prefix, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            w = module.weight
+            # drawn on the CPU, so the values do not depend on the device either
+            w.copy_(torch.empty(w.shape).normal_(0.0, 0.02, generator=param_generator(seed, f"{prefix}.weight")))
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.zero_()
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
+
+class MaskedLM(nn.Module):
+    """Encoder + MLM head (+ NSP head for the segment/sentence-pair formats); `seed` fixes the init (`init_weights`)."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 1, nsp: bool = False, *, seed: int):
         super().__init__()
         self.cfg, self.vocab_size, self.pad_id, self.nsp = cfg, vocab_size, pad_id, nsp
         self.encoder = Encoder(cfg, vocab_size, pad_id, nsp)
-        self.mlm_head = MLMHead(cfg, self.encoder.embed.word)
+        self.mlm_head = MLMHead(cfg, self.encoder.embed.word)  # its decoder is the word embedding: initialised there
         self.nsp_head = NSPHead(cfg) if nsp else None
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        """BERT's init: N(0, 0.02) weights, zero biases, LayerNorm 1/0, a zero <pad> embedding."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        init_weights(self, seed)
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                token_type_ids: Tensor | None = None) -> Tensor:

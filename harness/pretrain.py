@@ -40,6 +40,7 @@ from torch import Tensor
 from harness import speed
 from harness.callbacks import ExactResume, ProgressBar, RunCSVLogger, StepMetrics, Sums
 from harness.config import SPECIAL_TOKENS, Config, load_config
+from harness.data import yardstick
 from harness.errors import UserError
 from harness.model import MaskedLM
 
@@ -76,35 +77,52 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 class PretrainModule(L.LightningModule):
     """MaskedLM + cross-entropy at the selected positions (+ NSP) + AdamW with warmup and linear decay.
 
-    Each micro-batch's loss is its own token mean; Lightning averages micro-batches and DDP averages ranks. The
-    logged metrics are exact token-weighted means over whole steps (`StepMetrics`)."""
+    The loss is normalised per optimizer step, as fairseq's: the MLM loss summed over the masked tokens of all its
+    micro-batches and ranks over their total count, and NSP likewise per sequence (`training_step`), so every masked
+    token weighs the same however a step is cut. The logged metrics are exact token-weighted means over whole steps
+    (`StepMetrics`)."""
 
     def __init__(self, cfg: Config, vocab_size: int):
         super().__init__()
         self.cfg = cfg
-        self.model = MaskedLM(cfg.model, vocab_size, pad_id=PAD_ID, nsp=cfg.data.nsp)
-        self.train_sums, self.val_sums = Sums(), Sums()
+        self.model = MaskedLM(cfg.model, vocab_size, pad_id=PAD_ID, nsp=cfg.data.nsp, seed=cfg.train.seed)
+        self.train_sums, self.val_sums, self.yardstick_sums = Sums(), Sums(), Sums()
 
-    def _loss(self, batch: dict, sums: Sums) -> Tensor:
+    def _loss(self, batch: dict, sums: Sums, n_predicted: float | None = None, n_sequences: float | None = None
+              ) -> Tensor:
+        """MLM loss summed over the micro-batch's masked tokens / n_predicted (+ NSP's summed over its sequences /
+        n_sequences); both default to this micro-batch's own counts, a plain mean. Adds the exact sums to `sums`."""
         out = self.model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"), batch["labels"])
         mlm_sum = F.cross_entropy(out.mlm_logits.float(), out.mlm_targets, reduction="sum")  # fp32 logits
-        n_predicted = out.mlm_targets.numel()
-        loss = mlm_sum / max(n_predicted, 1)
+        loss = mlm_sum / (max(out.mlm_targets.numel(), 1) if n_predicted is None else n_predicted)
         nsp_sum = nsp_correct = torch.zeros((), device=mlm_sum.device)
         if out.nsp_logits is not None:
             nsp_logits = out.nsp_logits.float()
             nsp_sum = F.cross_entropy(nsp_logits, batch["nsp_labels"], reduction="sum")
             nsp_correct = (nsp_logits.argmax(-1) == batch["nsp_labels"]).sum()
-            loss = loss + nsp_sum / nsp_logits.size(0)
+            loss = loss + nsp_sum / (nsp_logits.size(0) if n_sequences is None else n_sequences)
         dev = torch.stack([mlm_sum, nsp_sum, nsp_correct]).detach().double()
-        sums.add(dev, [n_predicted, batch["input_ids"].size(0), int(batch["n_tokens"])])
+        sums.add(dev, [out.mlm_targets.numel(), batch["input_ids"].size(0), int(batch["n_tokens"])])
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._loss(batch, self.train_sums)
+        # The data module gives each micro-batch its step's totals over all micro-batches and ranks. Lightning divides
+        # the returned loss by accumulate_grad_batches and DDP averages gradients over ranks, so dividing by the
+        # totals over (accumulate x world size) makes the step's gradient sum over all masked tokens / their count.
+        chunks = self.trainer.accumulate_grad_batches * self.trainer.world_size
+        return self._loss(batch, self.train_sums, max(batch["step_predicted"], 1) / chunks,
+                          batch["step_sequences"] / chunks)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._loss(batch, self.val_sums)
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx != yardstick.LOADER_INDEX:
+            self._loss(batch, self.val_sums)
+            return
+        # The yardstick has no segment B: MLM only, whatever heads the model has.
+        out = self.model(batch["input_ids"], batch.get("attention_mask"), None, batch["labels"])
+        mlm_sum = F.cross_entropy(out.mlm_logits.float(), out.mlm_targets, reduction="sum")
+        zero = torch.zeros((), device=mlm_sum.device)
+        self.yardstick_sums.add(torch.stack([mlm_sum, zero, zero]).detach().double(),
+                                [out.mlm_targets.numel(), batch["input_ids"].size(0), int(batch["n_tokens"])])
 
     def configure_optimizers(self) -> dict:
         o = self.cfg.optim
@@ -209,7 +227,7 @@ def build_trainer(cfg: Config, run_dir: Path, *, resuming: bool = False, callbac
         loggers.append(_wandb_logger(cfg, run_dir, info))
     return L.Trainer(
         accelerator=accelerator, devices=t.devices, strategy=strategy, precision=precision,
-        max_steps=o.max_steps, max_epochs=-1, accumulate_grad_batches=accumulate,
+        max_steps=t.stop_at_step or o.max_steps, max_epochs=-1, accumulate_grad_batches=accumulate,
         gradient_clip_val=o.grad_clip if o.grad_clip > 0 else None, gradient_clip_algorithm="norm",
         val_check_interval=t.val_every * accumulate, check_val_every_n_epoch=None,  # in micro-batches
         num_sanity_val_steps=0 if resuming else -1,  # a fresh run validates once at step 0, on the whole split
@@ -360,13 +378,16 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
     if data.accumulate != trainer.accumulate_grad_batches:
         raise RuntimeError(f"data module accumulates {data.accumulate} micro-batches, the trainer "
                            f"{trainer.accumulate_grad_batches}")
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # model init
+    # The model's init has its own generators (MaskedLM's seed); this covers any other draw, e.g. the default init
+    # torch modules make before MaskedLM overwrites it.
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     module = PretrainModule(cfg, prepared.vocab_size)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
 
     metrics = next(cb for cb in trainer.callbacks if isinstance(cb, StepMetrics))
-    if metrics.diverged_at is None and trainer.global_step < cfg.optim.max_steps:
-        raise RuntimeError(f"{run_dir}: training stopped at step {trainer.global_step} of {cfg.optim.max_steps}")
+    last_step = cfg.train.stop_at_step or cfg.optim.max_steps  # a tuning trial stops early on its own schedule
+    if metrics.diverged_at is None and trainer.global_step < last_step:
+        raise RuntimeError(f"{run_dir}: training stopped at step {trainer.global_step} of {last_step}")
     every = cfg.train.checkpoint_every or cfg.train.val_every
     if trainer.global_step % every:  # last.ckpt holds the final weights (export and fine-tuning read it)
         trainer.save_checkpoint(ckpt)
@@ -380,6 +401,11 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
         "final_valid_loss": metrics.last_val.get("val/loss"),
         "final_valid_ppl": metrics.last_val.get("val/ppl"),
         "final_valid_nsp_acc": metrics.last_val.get("val/nsp_acc"),
+        "final_yardstick_loss": metrics.last_val.get("val/yardstick_loss"),
+        "final_yardstick_ppl": metrics.last_val.get("val/yardstick_ppl"),
+        "yardstick_unigram_ppl": data.yardstick_unigram_ppl,
+        "steps_per_epoch": data.steps_per_epoch,
+        "epochs": trainer.global_step / data.steps_per_epoch,
         "diverged_at_step": metrics.diverged_at,
         "train_time_s": round(metrics.train_time_s, 3),
         "wall_time_s": round(metrics.wall_time_s, 3),

@@ -1,8 +1,11 @@
-"""Data parallelism on CPU (gloo): two processes see disjoint halves of each step, train exactly like one process
-accumulating the same two halves, and like one process with micro-batch 2B up to a stated tolerance.
+"""Data parallelism on CPU (gloo): two processes see disjoint halves of each step and train exactly like one process
+accumulating the same two halves, and exactly like one process with micro-batch 2B: the loss is normalised per
+optimizer step, by the masked tokens (NSP: sequences) of all micro-batches and ranks, so halves with unequal counts
+weigh each token the same wherever it was computed.
 
-Each run is this file executed as a script (`python tests/test_ddp.py OUT DEVICES MICRO`): Lightning's DDP
-launcher re-executes the same command for rank 1, and a callback records the sequences every rank trained on.
+Each run is this file executed as a script (`python tests/test_ddp.py OUT DEVICES MICRO FORMAT`): Lightning's DDP
+launcher re-executes the same command for rank 1, and a callback records the sequences every rank trained on, each
+micro-batch's masked tokens and sequences, and the first step's gradient.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -21,15 +25,20 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
 BATCH = 16  # sequences per optimizer step in both runs; one micro-batch per rank, so no accumulation
 EXACT_TOL = 1e-5  # float summation order only
-# 2 ranks x B against 1 rank x 2B: step 1 runs the same weights on the same sequences (EXACT_TOL). Later steps drift
-# a little: each rank's loss is the token mean of its half and DDP averages the halves' gradients, while one rank
-# takes the token mean of the whole batch, and at B = 8 x 64 tokens the halves' masked-token counts differ by ~10%.
-# (Measured: 2e-3 after 6 steps.) Accumulation weights micro-batches the same way, hence the exact test above it.
-LATER_STEP_TOL = 1e-2
+GRAD_TOL = 1e-6  # the first step's gradient, same weights and sequences however the step is cut
 
 
-def _run_script(out: Path, devices: int, micro: int) -> None:
+class Run(NamedTuple):
+    losses: dict[int, float]  # step -> train/loss (MLM)
+    nsp_losses: dict[int, float]  # step -> train/nsp_loss (NSP formats, else empty)
+    ranks: list[dict[str, list[str]]]  # per rank: step -> hashes of the sequences it trained on
+    counts: list[dict[str, list[list[int]]]]  # per rank: step -> [masked tokens, sequences] per micro-batch
+    grads: dict[str, Any]  # parameter name -> step 1's gradient as the optimizer sees it (rank 0, after all-reduce)
+
+
+def _run_script(out: Path, devices: int, micro: int, fmt: str) -> None:
     import lightning.pytorch as L
+    import torch
 
     from harness.config import load_config
     from harness.pretrain import pretrain
@@ -39,6 +48,7 @@ def _run_script(out: Path, devices: int, micro: int) -> None:
 
         def __init__(self) -> None:
             self.steps: dict[int, list[str]] = {}
+            self.counts: dict[int, list[list[int]]] = {}
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -46,29 +56,54 @@ def _run_script(out: Path, devices: int, micro: int) -> None:
                 row = ids[b] if mask is None else ids[b][mask[b]]
                 digest = hashlib.blake2b(row.numpy().tobytes(), digest_size=8).hexdigest()
                 self.steps.setdefault(trainer.global_step + 1, []).append(digest)
+            counts = [int((batch["labels"] != -100).sum()), ids.size(0)]
+            self.counts.setdefault(trainer.global_step + 1, []).append(counts)
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            if trainer.global_step == 0 and trainer.global_rank == 0:
+                torch.save({n: p.grad for n, p in pl_module.named_parameters()}, out / "grads.pt")
 
         def on_train_end(self, trainer, pl_module) -> None:
             (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))
+            (out / f"rank{trainer.global_rank}_counts.json").write_text(json.dumps(self.counts))
 
     cfg = load_config(REPO / "configs" / "tiny.yaml", [
         f"train.runs_dir={out}", f"train.devices={devices}", f"optim.micro_batch_size={micro}",
         f"optim.batch_size={BATCH}", f"optim.max_steps={STEPS}", "optim.warmup_steps=2", "model.dropout=0.0",
         "train.log_every=1", "train.val_every=1000", "train.wandb=disabled", "train.num_workers=0",
-        "data.input_format=full_sentences",
+        f"data.input_format={fmt}", "train.precision='32'",
     ])
     pretrain(cfg, callbacks=(RecordBatches(),))
 
 
-def _launch(out: Path, devices: int, micro: int) -> tuple[dict[int, float], list[dict[str, list[str]]]]:
+def _launch(out: Path, devices: int, micro: int, fmt: str = "full_sentences") -> Run:
+    import torch
+
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, __file__, str(out), str(devices), str(micro)], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, __file__, str(out), str(devices), str(micro), fmt], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (metrics,) = out.glob("*/*/seed_0/metrics.csv")
     with metrics.open() as f:
-        losses = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]}
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(devices)]
-    return losses, ranks
+        rows = [r for r in csv.DictReader(f) if r["train/loss"]]
+    return Run(losses={int(r["step"]): float(r["train/loss"]) for r in rows},
+               nsp_losses={int(r["step"]): float(r["train/nsp_loss"]) for r in rows if r.get("train/nsp_loss")},
+               ranks=[json.loads((out / f"rank{r}.json").read_text()) for r in range(devices)],
+               counts=[json.loads((out / f"rank{r}_counts.json").read_text()) for r in range(devices)],
+               grads=torch.load(out / "grads.pt"))
+
+
+def _assert_same_training(a: Run, b: Run) -> None:
+    """Every step's logged losses agree to EXACT_TOL, and the first step's gradients to GRAD_TOL."""
+    assert sorted(a.losses) == sorted(b.losses) == list(range(1, STEPS + 1))
+    assert sorted(a.nsp_losses) == sorted(b.nsp_losses)
+    for step in range(1, STEPS + 1):
+        assert abs(a.losses[step] - b.losses[step]) < EXACT_TOL, (step, a.losses[step], b.losses[step])
+        if step in a.nsp_losses:
+            assert abs(a.nsp_losses[step] - b.nsp_losses[step]) < EXACT_TOL, (step, a.nsp_losses, b.nsp_losses)
+    assert a.grads.keys() == b.grads.keys()
+    for name, grad in a.grads.items():
+        assert (grad - b.grads[name]).abs().max().item() < GRAD_TOL, name
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +116,7 @@ def runs(tmp_path_factory):
 
 
 def test_ranks_see_disjoint_halves_of_each_step(runs):
-    (_, (single,)), _, (_, (rank0, rank1)) = runs
+    single, rank0, rank1 = runs[0].ranks[0], *runs[2].ranks
     assert sorted(single, key=int) == sorted(rank0, key=int) == sorted(rank1, key=int) == [str(s) for s in
                                                                                            range(1, STEPS + 1)]
     for step in single:
@@ -92,19 +127,27 @@ def test_ranks_see_disjoint_halves_of_each_step(runs):
 
 
 def test_two_ranks_train_exactly_like_one_rank_accumulating_the_same_halves(runs):
-    _, (accumulated, _), (two, _) = runs
-    assert sorted(accumulated) == sorted(two) == list(range(1, STEPS + 1))
-    for step in range(1, STEPS + 1):
-        assert abs(accumulated[step] - two[step]) < EXACT_TOL, (step, accumulated[step], two[step])
+    _, accumulated, two = runs
+    _assert_same_training(accumulated, two)
 
 
-def test_two_ranks_train_like_one_rank_with_twice_the_micro_batch(runs):
-    (one, _), _, (two, _) = runs
-    assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
-    assert abs(one[1] - two[1]) < EXACT_TOL, (one[1], two[1])
-    for step in range(2, STEPS + 1):
-        assert abs(one[step] - two[step]) < LATER_STEP_TOL, (step, one[step], two[step])
+def test_two_ranks_train_exactly_like_one_rank_with_twice_the_micro_batch(runs):
+    one, _, two = runs
+    rank0, rank1 = two.counts
+    assert any(rank0[s][0][0] != rank1[s][0][0] for s in rank0)  # the halves' masked-token counts differ
+    _assert_same_training(one, two)
+
+
+def test_nsp_step_on_two_ranks_accumulating_equals_one_micro_batch(tmp_path_factory):
+    """SENTENCE-PAIR+NSP fills steps to a token budget, so its 4 micro-batches (2 ranks x 2) differ in sequences
+    and masked tokens: both losses must still weigh every token and every pair the same."""
+    one = _launch(tmp_path_factory.mktemp("nsp_one"), devices=1, micro=BATCH, fmt="sentence_pair_nsp")
+    two = _launch(tmp_path_factory.mktemp("nsp_two"), devices=2, micro=BATCH // 4, fmt="sentence_pair_nsp")
+    micro = [c for rank in two.counts for c in rank["1"]]
+    assert len(micro) == 4 and [sum(c) for c in zip(*micro)] == one.counts[0]["1"][0]
+    assert len({m for m, _ in micro}) > 1 and len({n for _, n in micro}) > 1, micro
+    _assert_same_training(one, two)
 
 
 if __name__ == "__main__":
-    _run_script(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    _run_script(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

@@ -43,7 +43,7 @@ def batch(B=3, T=24, vocab=V, pad_lengths=(24, 17, 9), seed=0, p=0.3):
 @pytest.mark.parametrize("nsp", [False, True])
 def test_shapes(preset, nsp):
     cfg = ModelConfig(preset=preset)
-    model = MaskedLM(cfg, V, nsp=nsp)
+    model = MaskedLM(cfg, V, nsp=nsp, seed=0)
     ids, mask, labels = batch()
     types = (torch.arange(ids.size(1)) > 10).long().expand_as(ids) if nsp else None
     out = model(ids, mask, types, labels)
@@ -57,6 +57,32 @@ def test_shapes(preset, nsp):
     assert all_positions.mlm_logits.shape == (ids.numel(), V) and torch.equal(all_positions.mlm_targets, ids.flatten())
 
 
+def test_init_is_a_function_of_seed_and_parameter_name():
+    """A segment_pair_nsp-shaped model (token types, NSP head) and a full_sentences one start from identical values
+    for every parameter they share, whatever the global RNG; another seed gives other values; still BERT's init."""
+    cfg = ModelConfig(preset="tiny")
+    torch.manual_seed(1)
+    nsp = dict(MaskedLM(cfg, V, nsp=True, seed=7).named_parameters())
+    torch.manual_seed(2)
+    model = MaskedLM(cfg, V, nsp=False, seed=7)
+    plain = dict(model.named_parameters())
+    other = dict(MaskedLM(cfg, V, nsp=False, seed=8).named_parameters())
+    assert set(nsp) - set(plain) == {"encoder.embed.token_type.weight", "nsp_head.pooler.weight",
+                                     "nsp_head.pooler.bias", "nsp_head.classifier.weight", "nsp_head.classifier.bias"}
+    for name, p in plain.items():
+        assert torch.equal(p, nsp[name]), name
+        if p.ndim == 2:  # weights are drawn; biases and LayerNorms are constants
+            assert not torch.equal(p, other[name]), name
+            assert p.std().item() == pytest.approx(0.02, rel=0.1) and abs(p.mean().item()) < 0.002, name
+        elif "norm" in name and name.endswith(".weight"):  # LayerNorm scales
+            assert (p == 1).all(), name
+        else:
+            assert (p == 0).all(), name
+    word = plain["encoder.embed.word.weight"]
+    assert (word[1] == 0).all() and (word[0] != 0).all()  # the <pad> row (pad_id=1) only
+    assert model.mlm_head.decoder_weight is word  # the decoder stays tied to the word embedding
+
+
 @pytest.mark.parametrize("preset", ["tiny", "mini", "small", "base", "large"])
 def test_param_counts_match_hf(preset):
     """Built on the meta device (no memory): our count == the formula == HF's RoBERTa, which has pad_id + 1 = 2 more
@@ -67,7 +93,7 @@ def test_param_counts_match_hf(preset):
 
     cfg = ModelConfig(preset=preset)
     with torch.device("meta"):
-        model = MaskedLM(cfg, 50_265)
+        model = MaskedLM(cfg, 50_265, seed=0)
         hf = RobertaForMaskedLM(hf_config(model))
     assert model.num_params() == count_params(cfg, 50_265)
     hf_params = sum(p.numel() for p in hf.parameters())
@@ -79,7 +105,7 @@ def test_param_counts_match_hf(preset):
 def test_flops_per_token():
     cfg = ModelConfig(preset="mini")
     H, L, T, F_ = 256, 4, 128, 1024
-    model = MaskedLM(cfg, V)
+    model = MaskedLM(cfg, V, seed=0)
     layer = 2 * 4 * H * H + 2 * 2 * H * F_ + 2 * 2 * T * H  # projections, MLP, attention; per token, forward
     kv = 2 * 2 * H * H
     last = kv + (0.15 + 1 / T) * (layer - kv)  # the last layer computes queries only where the loss reads
@@ -93,7 +119,7 @@ def test_agrees_with_hf_roberta(nsp):
     from harness.export import to_hf
 
     torch.manual_seed(0)
-    model = MaskedLM(ModelConfig(preset="tiny", max_positions=64), V, nsp=nsp).eval()
+    model = MaskedLM(ModelConfig(preset="tiny", max_positions=64), V, nsp=nsp, seed=0).eval()
     with torch.no_grad():  # make biases and LayerNorms non-trivial so a mis-mapped one would show
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
@@ -110,7 +136,7 @@ def test_agrees_with_hf_roberta(nsp):
 def test_padding_and_no_mask_paths_agree():
     """attention_mask=None (SDPA without a mask) == an all-True mask; extra padding leaves real tokens unchanged."""
     torch.manual_seed(0)
-    model = MaskedLM(ModelConfig(preset="tiny"), V).eval()
+    model = MaskedLM(ModelConfig(preset="tiny"), V, seed=0).eval()
     ids = torch.randint(5, V, (2, 16))
     with torch.no_grad():
         a = model.encode(ids)
@@ -123,7 +149,7 @@ def test_padding_and_no_mask_paths_agree():
 
 def test_pre_ln_runs_and_trains():
     torch.manual_seed(0)
-    model = MaskedLM(ModelConfig(preset="tiny", norm="pre"), V)
+    model = MaskedLM(ModelConfig(preset="tiny", norm="pre"), V, seed=0)
     assert model.encoder.final_norm is not None
     ids, mask, labels = batch()
     out = model(ids, mask, None, labels)
@@ -141,7 +167,7 @@ def test_pre_ln_runs_and_trains():
 def test_sparse_last_layer_equals_full_encoder(norm, nsp):
     """forward() computes the last block only where the loss reads; same numbers as encoding every position."""
     torch.manual_seed(0)
-    model = MaskedLM(ModelConfig(preset="tiny", norm=norm), V, nsp=nsp).eval()
+    model = MaskedLM(ModelConfig(preset="tiny", norm=norm), V, nsp=nsp, seed=0).eval()
     ids, mask, labels = batch()
     types = ((torch.arange(ids.size(1)) > 6) & mask).long() if nsp else None
     with torch.no_grad():
@@ -155,7 +181,7 @@ def test_sparse_last_layer_equals_full_encoder(norm, nsp):
 def test_gradient_only_through_selected_positions():
     """The MLM head sees only the selected rows; the last block's query side only those rows (and position 0)."""
     torch.manual_seed(0)
-    model = MaskedLM(ModelConfig(preset="tiny", dropout=0.0), V)
+    model = MaskedLM(ModelConfig(preset="tiny", dropout=0.0), V, seed=0)
     ids, mask, labels = batch()
     seen = {}
 
@@ -180,7 +206,7 @@ def test_gradient_only_through_selected_positions():
 
 
 def test_bad_inputs():
-    model = MaskedLM(ModelConfig(preset="tiny", max_positions=32), V)
+    model = MaskedLM(ModelConfig(preset="tiny", max_positions=32), V, seed=0)
     with pytest.raises(UserError, match=r"data.max_seq_len: expected <= model.max_positions=32"):
         model(torch.randint(5, V, (2, 33)))
     with pytest.raises(UserError, match="model.n_heads"):
@@ -223,7 +249,7 @@ def test_export_round_trip(tmp_path):
 
     vocab = _train_tokenizer(tmp_path / "tokenizer.json")
     torch.manual_seed(0)
-    model = MaskedLM(ModelConfig(preset="tiny", max_positions=64), vocab)
+    model = MaskedLM(ModelConfig(preset="tiny", max_positions=64), vocab, seed=0)
     _check_round_trip(model, export_hf(model, tmp_path / "tokenizer.json", tmp_path / "hf"))
 
 
@@ -241,7 +267,7 @@ def test_export_from_run_folder(tmp_path):
         export_hf_from_cli(args)
     vocab = _train_tokenizer(run / "tokenizer.json")
     torch.manual_seed(0)
-    model = MaskedLM(cfg.model, vocab, nsp=True)
+    model = MaskedLM(cfg.model, vocab, nsp=True, seed=0)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "global_step": 1}, run / "checkpoints" / "last.ckpt")
     export_hf_from_cli(args)
@@ -271,7 +297,7 @@ def test_tiny_model_learns_a_fixed_batch():
     from harness import speed
 
     torch.manual_seed(0)
-    model = MaskedLM(ModelConfig(preset="tiny"), V).train()
+    model = MaskedLM(ModelConfig(preset="tiny"), V, seed=0).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, **speed.adamw_kwargs("cpu"))
     ids, mask, labels = batch(B=4, T=24, pad_lengths=(24, 20, 16, 12))
     losses = []

@@ -173,3 +173,43 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, tiny_data, capsys):
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and "checkpoint was made with a different config" in proc.stderr
+
+
+class StepGradient(L.Callback):
+    """The first optimizer step's gradient (before clipping) and its micro-batches' masked tokens and sequences."""
+
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] = {}
+        self.predicted: list[int] = []
+        self.sequences: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == 0:
+            self.predicted.append(int((batch["labels"] != -100).sum()))
+            self.sequences.append(batch["input_ids"].size(0))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step == 0:
+            self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters()}
+
+
+@pytest.mark.parametrize("fmt", ["doc_sentences", "sentence_pair_nsp"])
+def test_step_gradient_does_not_depend_on_how_the_step_is_cut(tmp_path, tiny_data, fmt):
+    """fairseq's normalisation: a step's gradient is that of its loss summed over all its masked tokens (NSP: over
+    all its sequences) divided by their total count, so one micro-batch and four of unequal sizes agree."""
+    runs = {}
+    for micro in (8, 2):
+        cfg = tiny(tmp_path, f"data.input_format={fmt}", "optim.batch_size=8", f"optim.micro_batch_size={micro}",
+                   "optim.max_steps=1", "optim.warmup_steps=1", "model.dropout=0.0", "train.precision='32'",
+                   "train.num_workers=0", "train.val_every=1000", f"train.arm=micro_{micro}")
+        runs[micro] = StepGradient()
+        pretrain(cfg, callbacks=(runs[micro],))
+    whole, cut = runs[8], runs[2]
+    assert len(whole.predicted) == 1 and len(cut.predicted) == 4
+    assert sum(cut.predicted) == whole.predicted[0] and len(set(cut.predicted)) > 1, cut.predicted
+    assert sum(cut.sequences) == whole.sequences[0]
+    if fmt == "sentence_pair_nsp":  # unequal sequence counts too, so NSP's per-sequence weighting is tested
+        assert len(set(cut.sequences)) > 1, cut.sequences
+    assert whole.grads.keys() == cut.grads.keys()
+    for name, grad in whole.grads.items():
+        torch.testing.assert_close(cut.grads[name], grad, atol=1e-6, rtol=0, msg=name)

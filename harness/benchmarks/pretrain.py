@@ -39,7 +39,7 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def _ours(ids: torch.Tensor, labels: torch.Tensor):
     torch.manual_seed(0)
     cfg = ModelConfig(preset="custom", n_layers=LAYERS, hidden=HIDDEN, n_heads=HEADS)
-    model = MaskedLM(cfg, VOCAB).train()
+    model = MaskedLM(cfg, VOCAB, seed=0).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **speed.adamw_kwargs("cpu"))
     dtype = speed.autocast_dtype("cpu")
 

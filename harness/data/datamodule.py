@@ -5,7 +5,9 @@ other formats fill each step to `batch_size` x the mean FULL-SENTENCES length in
 (SENTENCE-PAIR, DOC-SENTENCES near document ends) get more sequences, as the paper raises their batch size.
 
 The global step plan is a pure function of (seed, epoch); each step is cut into `accumulate x world_size`
-micro-batches and rank r takes its share, so every rank and worker count sees the same data.
+micro-batches and rank r takes its share, so every rank and worker count sees the same data. Because masks are a
+pure function too, every rank also knows the whole step's masked-token and sequence counts, which each training
+micro-batch carries (`step_predicted`, `step_sequences`) so the loss can be normalised as fairseq's: per step.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.config import DataConfig, OptimConfig
+from harness.data import yardstick
 from harness.data.formats import Examples, build_examples
-from harness.data.masking import IGNORE, epoch_key, mask_tokens
+from harness.data.masking import IGNORE, epoch_key, is_candidate, mask_tokens, n_selected
 from harness.data.pipeline import PreparedData, Split
 from harness.data.tokenizer import BOS, EOS, PAD
 from harness.errors import UserError
@@ -54,11 +57,14 @@ class MaskedLMDataset(Dataset):
             types[b_from:] = 1
         return ids, types
 
-    def __getitem__(self, item: tuple[int, int]) -> dict:
-        i, key = item
+    def __getitem__(self, item: tuple[int, ...]) -> dict:
+        """item: (example index, epoch key), in training followed by its step's totals (`StepSampler`)."""
+        i, key, *step_totals = item
         ids, types = self.assemble(i)
         inputs, labels = mask_tokens(ids, self.cfg, self.vocab_size, self.seed, i, key)
         out = {"input_ids": inputs, "labels": labels}
+        if step_totals:
+            out["step_predicted"], out["step_sequences"] = step_totals
         if self.ex.nsp is not None:
             out["token_type_ids"] = types
             out["nsp_label"] = int(self.ex.nsp[i])
@@ -77,6 +83,8 @@ def collate(items: list[dict]) -> dict:
     batch = {"input_ids": input_ids, "labels": labels, "n_tokens": sum(lengths), "attention_mask": None}
     if min(lengths) < T:
         batch["attention_mask"] = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    if "step_predicted" in items[0]:  # the same in every item of a training micro-batch
+        batch["step_predicted"], batch["step_sequences"] = items[0]["step_predicted"], items[0]["step_sequences"]
     if "token_type_ids" in items[0]:
         types = torch.zeros((B, T), dtype=torch.long)
         for b, x in enumerate(items):
@@ -101,11 +109,32 @@ def plan_epoch(lengths: np.ndarray, seed: int, epoch: int, batch_size: int, toke
     return [order[bounds[s] : bounds[s + 1]] for s in range(n)]
 
 
-class StepSampler(Sampler):
-    """Yields this rank's micro-batches as lists of (example index, epoch key)."""
+def candidate_counts(tokens: np.ndarray, ex: Examples, chunk: int = 1 << 26) -> np.ndarray:
+    """(E,) tokens of each example that masking may select (`is_candidate`): its text tokens, less any special id
+    the text itself holds (a literal "<s>" in a web page is tokenised as one); the added <s> and </s> never are."""
+    # positions of the non-candidate ids in the split, found a chunk at a time: few, so sorted and small
+    excluded = np.concatenate([np.flatnonzero(~is_candidate(tokens[s : s + chunk])) + s
+                               for s in range(0, len(tokens), chunk)] or [np.zeros(0, dtype=np.int64)])
+    start, end = ex.spans[:, 0], ex.spans[:, 1]
+    inside = np.searchsorted(excluded, end) - np.searchsorted(excluded, start)
+    per_span = np.where(start >= 0, end - start - inside, 0)  # a (-1, -1) row is an added </s>
+    total = np.concatenate([[0], np.cumsum(per_span)])
+    return total[ex.offsets[1:]] - total[ex.offsets[:-1]]
 
-    def __init__(self, lengths, cfg: DataConfig, seed, batch_size, token_budget, accumulate, world_size, rank):
-        self.lengths, self.cfg, self.seed = lengths, cfg, seed
+
+def step_totals(step: np.ndarray, candidates: np.ndarray, cfg: DataConfig, seed: int, key: int) -> tuple[int, int]:
+    """(masked tokens, sequences) of one whole optimizer step, over all its micro-batches and ranks: `n_selected`
+    is the rule `mask_tokens` applies, so every rank computes the same totals without communicating."""
+    return sum(n_selected(int(candidates[i]), cfg, seed, int(i), key) for i in step), len(step)
+
+
+class StepSampler(Sampler):
+    """Yields this rank's micro-batches as lists of (example index, epoch key, step's masked tokens, step's
+    sequences): the step totals are the loss's denominators (`PretrainModule.training_step`)."""
+
+    def __init__(self, lengths, candidates, cfg: DataConfig, seed, batch_size, token_budget, accumulate, world_size,
+                 rank):
+        self.lengths, self.candidates, self.cfg, self.seed = lengths, candidates, cfg, seed
         self.batch_size, self.token_budget = batch_size, token_budget
         self.chunks, self.rank, self.accumulate = accumulate * world_size, rank, accumulate
         self.epoch, self.start = 0, 0
@@ -137,9 +166,11 @@ class StepSampler(Sampler):
         k = 0
         for step in self.steps():
             parts = np.array_split(step, self.chunks)
+            totals = None  # computed only for steps this pass yields: a resume pays nothing for the steps it skips
             for part in parts[self.rank * self.accumulate : (self.rank + 1) * self.accumulate]:
                 if k >= start:
-                    yield [(int(i), key) for i in part]
+                    totals = totals or step_totals(step, self.candidates, self.cfg, self.seed, key)
+                    yield [(int(i), key, *totals) for i in part]
                 k += 1
 
 
@@ -170,8 +201,10 @@ class PretrainDataModule(L.LightningDataModule):
         if self.cfg.input_format != REFERENCE_FORMAT:
             ref = build_examples(train, self.cfg, self.seed, REFERENCE_FORMAT)
             self.token_budget = int(round(self.optim.batch_size * ref.lengths.mean()))
-        self.train_sampler = StepSampler(self.train_examples.lengths, self.cfg, self.seed, self.optim.batch_size,
-                                         self.token_budget, self.accumulate, self.world_size, self.rank)
+        candidates = candidate_counts(train.tokens, self.train_examples)
+        self.train_sampler = StepSampler(self.train_examples.lengths, candidates, self.cfg, self.seed,
+                                         self.optim.batch_size, self.token_budget, self.accumulate, self.world_size,
+                                         self.rank)
         if len(self.train_sampler.steps()) == 0:
             raise UserError(f"data.corpus={self.cfg.corpus}: too little text for one step of optim.batch_size="
                             f"{self.optim.batch_size} ({len(self.train_examples)} sequences); lower the batch size")
@@ -179,6 +212,14 @@ class PretrainDataModule(L.LightningDataModule):
         # Data size (Table 4) shrinks the training documents only: every arm is measured on the same held-out set.
         self.valid_examples = build_examples(valid, replace(self.cfg, data_fraction=1.0, data_tokens=0), self.seed)
         self.valid_set = MaskedLMDataset(valid, self.valid_examples, self.cfg, vocab, self.seed)
+        # The yardstick: the same held-out windows and positions for every arm (harness.data.yardstick).
+        ycfg = yardstick.yardstick_config(self.cfg)
+        self.yardstick_set = MaskedLMDataset(valid, build_examples(valid, ycfg, yardstick.SEED), ycfg, vocab,
+                                             yardstick.SEED)
+        n = min(self.valid_sequences, len(self.yardstick_set))
+        targets = np.concatenate([self.yardstick_set[(i, 0)]["labels"] for i in range(n)])
+        targets = targets[targets != IGNORE]
+        self.yardstick_unigram_ppl = yardstick.unigram_ppl(yardstick.unigram_counts(train.tokens, vocab), targets)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -187,12 +228,16 @@ class PretrainDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.train_sampler)
 
-    def val_dataloader(self) -> DataLoader:
-        # A fixed subset with fixed masks (epoch key 0), so validation perplexity is comparable across steps.
-        n = min(self.valid_sequences, len(self.valid_set))
+    def val_dataloader(self) -> list[DataLoader]:
+        """[the yardstick (yardstick.LOADER_INDEX), the arm's own format]: the first `valid_sequences` of each, with
+        fixed masks (epoch key 0), so both perplexities are comparable across steps."""
+        return [self._fixed_loader(self.yardstick_set), self._fixed_loader(self.valid_set)]
+
+    def _fixed_loader(self, dataset: MaskedLMDataset) -> DataLoader:
+        n = min(self.valid_sequences, len(dataset))
         mb = self.optim.micro_batch_size
         batches = [[(i, 0) for i in range(s, min(s + mb, n))] for s in range(0, n, mb)]
-        return self._loader(self.valid_set, batches[self.rank :: self.world_size])
+        return self._loader(dataset, batches[self.rank :: self.world_size])
 
     def _loader(self, dataset: Dataset, batch_sampler) -> DataLoader:
         return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=self.num_workers,

@@ -22,13 +22,32 @@ def epoch_key(cfg: DataConfig, epoch: int) -> int:
     return epoch % cfg.static_masks if cfg.masking == "static" else epoch
 
 
+def is_candidate(ids: np.ndarray) -> np.ndarray:
+    """True at the tokens masking may select: all but <s>, </s>, <pad> and <mask> (<unk> is predicted like a word)."""
+    return (ids != BOS) & (ids != EOS) & (ids != PAD) & (ids != MASK)
+
+
+def _stream(seed: int, index: int, key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _DOMAIN, index, key])
+
+
+def _n_selected(n_candidates: int, cfg: DataConfig, rng: np.random.Generator) -> int:
+    # Probabilistic rounding keeps the expected rate exactly mask_prob for short sequences too (as fairseq).
+    return min(n_candidates, int(cfg.mask_prob * n_candidates + rng.random()))
+
+
+def n_selected(n_candidates: int, cfg: DataConfig, seed: int, index: int, key: int) -> int:
+    """How many positions `mask_tokens` selects in example `index` under epoch key `key`, from its number of
+    candidates alone: the count is the first draw of the same stream, so a step's total needs no tokens."""
+    return _n_selected(n_candidates, cfg, _stream(seed, index, key))
+
+
 def mask_tokens(ids: np.ndarray, cfg: DataConfig, vocab_size: int, seed: int, index: int, key: int):
     """Return (inputs, labels) for one sequence: 15% of non-special tokens selected; of those 80% <mask>,
     10% a random token, 10% unchanged (cfg's probabilities); labels hold the original id there, IGNORE elsewhere."""
-    rng = np.random.default_rng([seed, _DOMAIN, index, key])
-    candidates = np.flatnonzero((ids != BOS) & (ids != EOS) & (ids != PAD) & (ids != MASK))
-    # Probabilistic rounding keeps the expected rate exactly mask_prob for short sequences too (as fairseq).
-    n = min(len(candidates), int(cfg.mask_prob * len(candidates) + rng.random()))
+    rng = _stream(seed, index, key)
+    candidates = np.flatnonzero(is_candidate(ids))
+    n = _n_selected(len(candidates), cfg, rng)
     chosen = rng.choice(candidates, size=n, replace=False)
     labels = np.full(ids.shape, IGNORE, dtype=np.int64)
     labels[chosen] = ids[chosen]

@@ -83,9 +83,11 @@ def load_run(run_dir: Path, init: str = "pretrained") -> PretrainedRun:
 def build_model(run: PretrainedRun, seed: int, dropout: float) -> MaskedLM:
     # A random init differs per fine-tuning seed, as the head's does, and per pretraining run (its train.seed), so
     # the random-init baselines of an arm's seeds are as many different encoders as its pretrained runs.
-    torch.manual_seed(seed if run.weights is not None else 1_000_003 * run.config.train.seed + seed)
+    # Pretrained weights overwrite the init, so there it only matters for the global RNG the task head draws from.
+    init_seed = seed if run.weights is not None else 1_000_003 * run.config.train.seed + seed
+    torch.manual_seed(init_seed)
     cfg = dataclasses.replace(run.config.model, dropout=dropout)  # fine-tuning's dropout, not pretraining's
-    model = MaskedLM(cfg, run.vocab_size, pad_id=PAD_ID, nsp=run.config.data.nsp)
+    model = MaskedLM(cfg, run.vocab_size, pad_id=PAD_ID, nsp=run.config.data.nsp, seed=init_seed)
     if run.weights is not None:
         model.load_state_dict(run.weights)
     return model
@@ -231,7 +233,7 @@ def finetune(run_dir: Path, task: str, data_dir: Path | str | None = None, proto
              init: str = "pretrained", progress: bool = True) -> dict:
     """Fine-tune `run_dir`'s encoder on `task` under `protocol` for every seed; return (and write) the summary.
     data_dir: a folder of official files, "hf" for HF datasets' local cache, or None (stand-in or n/a offline)."""
-    spec, proto = get_task(task), load_protocol(protocol)
+    spec, proto = get_task(task), load_protocol(protocol).for_task(task)  # the task's own settings, where it has any
     run = load_run(run_dir, init)
     out = results_dir(run_dir, task, init)
     data = load_task_data(spec, data_dir)

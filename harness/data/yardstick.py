@@ -1,0 +1,45 @@
+"""The held-out yardstick: one set of masked sequences that every arm of a study is scored on.
+
+Each arm's own validation set is in its own input format, so SENTENCE-PAIR is scored on short single-sentence
+contexts and FULL-SENTENCES on whole windows: their perplexities differ by context length alone. The yardstick is
+the same text and the same positions for every arm: FULL-SENTENCES windows of the study's `max_seq_len` over the
+whole valid split (whatever the arm's data size), the first `n`, no segment B and no NSP, positions chosen by one
+fixed seed (not the run's), and every chosen position shown as `<mask>` (no random or kept tokens), so a model that
+ignores context cannot do better than the unigram distribution there.
+
+That no-learning reference is the yardstick's unigram perplexity: token frequencies counted on the training split
+(add-one), scored at the yardstick's positions. The ratio ppl / unigram ppl says how far an arm got past it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from harness.config import DataConfig
+
+SEED = 0x7A5D  # the yardstick's masks: one seed for every arm and run
+LOADER_INDEX = 0  # the yardstick's place among the validation loaders (the arm's own format is 1)
+_COUNT_CHUNK = 1 << 26  # tokens per bincount call: bounded memory on a memmap of billions of tokens
+
+
+def yardstick_config(cfg: DataConfig) -> DataConfig:
+    """The arm's data settings with everything the yardstick fixes: format, whole split, all-<mask> masking."""
+    return replace(cfg, input_format="full_sentences", masking="dynamic", nsp_positive_prob=0.5, data_fraction=1.0,
+                   data_tokens=0, random_token_prob=0.0, leave_unmasked_prob=0.0)
+
+
+def unigram_counts(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """(V,) occurrences of each token id in `tokens` (a memmap is read in chunks)."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, len(tokens), _COUNT_CHUNK):
+        counts += np.bincount(np.asarray(tokens[start : start + _COUNT_CHUNK]), minlength=vocab_size)[:vocab_size]
+    return counts
+
+
+def unigram_ppl(counts: np.ndarray, targets: np.ndarray) -> float:
+    """Perplexity of add-one unigram probabilities at the target ids: the score of a model that uses no context."""
+    log_p = np.log(counts + 1.0) - math.log(counts.sum() + len(counts))
+    return float(math.exp(-log_p[targets].mean())) if len(targets) else math.nan
