@@ -392,7 +392,7 @@ def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], met
             few = (deciding["n"] < MIN_RUNS).any()
             verdict = (INCONCLUSIVE if few else NO_SIGNAL if NO_SIGNAL in v else combine(v))
             why = f"{basis}; {adjust}: " + ", ".join(f"{n} {k}" for k, n in pd.Series(v).value_counts().items())
-            reasons = [r for r in dict.fromkeys(deciding["why"]) if r]
+            reasons = [r for r in dict.fromkeys(x for why in deciding["why"] for x in why.split("; ")) if r]
             if reasons:
                 why += " (" + "; ".join(reasons) + ")"
             if claim in untested:
@@ -491,6 +491,10 @@ def range_text(m: Metric, med: float, lo: float, hi: float) -> str:
     return f"{m.fmt(med)} [{m.fmt(lo)}, {m.fmt(hi)}]"
 
 
+def _epochs(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:.2g}" if x < 1 else f"{x:.1f}"
+
+
 def _count(x: float) -> str:
     if math.isnan(x):
         return "–"
@@ -518,7 +522,7 @@ def wide_frame(t: TableResult) -> pd.DataFrame:
         if d is not None:
             first = d.iloc[0]
             row.update({"tokens": _count(first["tokens"]), "steps": _count(first["steps"]),
-                        "epochs": f"{first['epochs']:.1f}" if math.isfinite(first["epochs"]) else "–"})
+                        "epochs": _epochs(first["epochs"])})
         else:
             row.update(dict.fromkeys(("tokens", "steps", "epochs"), ""))
         for m in t.metrics:

@@ -47,7 +47,7 @@ def _grid_run(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
     run_grid(args.experiment, args.scale, args.runs_dir, args.backend, args.workers, args.devices_per_worker,
-             args.optuna_storage, load_slurm_options(args.slurm))
+             args.optuna_storage, load_slurm_options(args.slurm), data_dir=args.data_dir)
 
 
 def _grid_worker(args: argparse.Namespace) -> None:
@@ -134,6 +134,9 @@ def parser() -> argparse.ArgumentParser:
                      "e.g. postgresql://user@host/db for many nodes")
     run.add_argument("--slurm", help="submitit/SLURM parameters, e.g. 'slurm_partition=gpu,gpus_per_node=8,"
                      "timeout_min=600'")
+    run.add_argument("--data-dir", help="official task files for every cell's fine-tuning, laid out as for "
+                     "`finetune --data-dir` (or 'hf'); recorded in study.json for the workers; without it: the "
+                     "tasks' offline stand-ins, else n/a offline")
     run.set_defaults(func=_grid_run)
     worker = grid_sub.add_parser("worker", help="one worker loop on a study folder (started by `grid run`)")
     worker.add_argument("folder")

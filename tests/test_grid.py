@@ -15,13 +15,16 @@ import pytest
 import yaml
 
 from analysis.tables import RANDOM_INIT_ROW, make_table
+from harness.cli import main
 from harness.grid.experiment import load_experiment
+from harness.grid.plan import grid_plan
 from harness.grid.runner import prepare_study, run_grid, work
 from harness.grid.store import CellStore
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
 TINY = str(REPO / "configs" / "tiny.yaml")
+FORMATS = ["full_sentences", "doc_sentences"]  # two cheap arms; a masking study needs epochs (harness.grid.plan)
 QUICK = {"optim.warmup_steps": 2, "train.val_every": 10, "train.log_every": 5, "train.num_workers": 0,
          "train.wandb": "disabled"}
 
@@ -52,6 +55,13 @@ def test_every_experiment_file_validates_at_every_scale(path):
         # A random-init baseline per encoder shape: Table 2's NSP arms have segment embeddings, the others not.
         shapes = ["segment_pair_nsp", "full_sentences"] if exp.table == 2 else [exp.reference_arm]
         assert list(dict.fromkeys(exp.random_init_baselines.values())) == shapes
+        if scale != "paper":  # the paper scale's corpus is the user's own: its plan is recorded, not stated
+            assert exp.epochs is not None, f"{path.name}: scales.{scale} states no epochs"
+        if scale == "demo":  # demo-scale fine-tuning cannot beat random init (configs/demo.yaml): none is run
+            assert exp.finetune_tasks == ()
+        if exp.table == 3 and scale != "smoke":  # warmup: the same fraction of every arm's steps
+            optims = [exp.config(arm, exp.seeds[0], "runs").optim for arm in exp.arms]
+            assert len({round(o.warmup_steps / o.max_steps, 3) for o in optims}) == 1
 
 
 @pytest.mark.parametrize(
@@ -65,8 +75,11 @@ def test_every_experiment_file_validates_at_every_scale(path):
         ({"scientific": {}, "linked": {"optim.batch_size": [8, 16], "optim.max_steps": [20, 10, 5]}}, "linked"),
         ({"scale": "huge"}, "scales.huge"),
         ({"typo_key": 1}, "typo_key"),
+        ({"scales": {"smoke": {"overrides": QUICK, "epochs": [1.0]}}}, "scales.smoke.epochs"),
+        ({"scales": {"smoke": {"overrides": QUICK, "tune": {"trials": 2, "max_steps": 10}}}}, "tune.max_steps"),
     ],
-    ids=["unknown-factor", "wrong-type", "nsp-on-non-nsp", "unequal-linked", "undefined-scale", "unknown-top-key"],
+    ids=["unknown-factor", "wrong-type", "nsp-on-non-nsp", "unequal-linked", "undefined-scale", "unknown-top-key",
+         "epochs-not-one-per-arm", "tune-shortened-schedule"],
 )
 def test_bad_grid_file_is_one_line_exit_2_and_records_nothing(tmp_path, edit, key):
     edit = dict(edit)
@@ -83,6 +96,73 @@ def test_bad_grid_file_is_one_line_exit_2_and_records_nothing(tmp_path, edit, ke
     assert not runs.exists()
 
 
+def refused(path: Path, runs: Path) -> str:
+    """`grid run` of a file whose plan is refused: exit 2, one line on stderr, nothing recorded."""
+    r = cli("grid", "run", str(path), "--scale", "smoke", "--runs-dir", str(runs))
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert not runs.exists()
+    return lines[0]
+
+
+def test_masking_study_planned_within_its_static_masks_is_refused(tmp_path):
+    """Static and dynamic masks coincide over the first data.static_masks epochs: such a design shows nothing."""
+    path = write_experiment(tmp_path / "masks.yaml", {"data.masking": ["static", "dynamic"]}, {"optim.max_steps": 10})
+    line = refused(path, tmp_path / "runs")
+    assert "arm static" in line and "data.static_masks=10" in line, line
+
+
+def with_epochs(path: Path, epochs: list[float]) -> Path:
+    doc = yaml.safe_load(path.read_text())
+    doc["scales"]["smoke"]["epochs"] = epochs
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_study_json_carries_the_plan_and_stated_epochs_are_checked_against_it(tmp_path):
+    path = write_experiment(tmp_path / "plan.yaml", {"data.input_format": FORMATS}, {"optim.max_steps": 30})
+    plan = grid_plan(load_experiment(path, "smoke"))
+    for p in plan.values():
+        assert p["epochs"] == pytest.approx(p["steps"] / p["steps_per_epoch"], rel=1e-3)
+        assert p["tokens"] == pytest.approx(p["tokens_per_step"] * p["steps"], rel=1e-3)
+        assert 0 < p["tokens"] < p["train_tokens"]
+    with_epochs(path, [plan[f]["epochs"] * 1.06 for f in FORMATS])  # beyond the tolerance
+    line = refused(path, tmp_path / "runs")
+    assert "scales.smoke.epochs: arm full_sentences" in line, line
+    with_epochs(path, [plan[f]["epochs"] * 0.96 for f in FORMATS])  # a rounded statement passes
+    folder = prepare_study(load_experiment(path, "smoke"), str(tmp_path / "runs"), None)
+    assert json.loads((folder / "study.json").read_text())["plan"] == plan
+
+
+def test_tuning_trial_runs_its_arms_schedule_and_stops_at_the_token_budget(tmp_path):
+    overrides = {"optim.max_steps": 20, "optim.warmup_steps": 5, "train.log_every": 1, "train.val_every": 20}
+    path = write_experiment(tmp_path / "budget.yaml", {"data.input_format": ["full_sentences"]}, overrides,
+                            tune={"trials": 2, "tokens": 3000})
+    folder = run_grid(str(path), "smoke", str(tmp_path / "runs"))
+    stop = json.loads((folder / "study.json").read_text())["plan"]["full_sentences"]["trial_steps"]
+    assert 5 < stop < 20  # past the warmup, short of the arm's 20 steps
+
+    def curve(run: Path, key: str) -> dict[int, float]:
+        return {int(float(r["step"])): float(r[key]) for r in _csv(run / "metrics.csv") if r.get(key)}
+
+    def relative_lr(run: Path) -> dict[int, float]:  # the schedule, whatever peak LR the trial drew
+        peak = json.loads((run / "cell.json").read_text())["nuisance"]["optim.peak_lr"]
+        return {step: lr / peak for step, lr in curve(run, "train/lr").items()}
+
+    full = folder / "full_sentences" / "seed_0"
+    assert json.loads((full / "result.json").read_text())["steps"] == 20
+    schedule = relative_lr(full)
+    for k in (0, 1):
+        trial = folder / "full_sentences" / "tune" / f"trial_{k}" / "seed_0"
+        result = json.loads((trial / "result.json").read_text())
+        assert result["status"] == "finished" and result["steps"] == stop
+        lr = relative_lr(trial)
+        assert max(lr) == stop and all(lr[step] == pytest.approx(schedule[step]) for step in lr)
+        tokens = curve(trial, "train/tokens")
+        assert tokens[stop] == result["tokens_seen"] >= 3000 > tokens[stop - 1]  # stops at the step that reaches it
+
+
 def statuses(folder: Path) -> list[tuple[str, int, str, int]]:
     return [(r["arm"], r["seed"], r["status"], r["attempts"]) for r in CellStore(folder / "grid.sqlite").rows()]
 
@@ -91,7 +171,7 @@ def test_smoke_table_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
     r = cli("grid", "run", "experiments/table2_nsp.yaml", "--scale", "smoke", "--runs-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     folder = tmp_path / "table2_nsp-smoke"
-    assert [s[2] for s in statuses(folder)] == ["finished"] * 4
+    assert [s[2] for s in statuses(folder)] == ["finished"] * 8  # 4 arms x 2 seeds
     info = json.loads((folder / "study.json").read_text())
     for arm in info["arms"]:
         run = folder / arm["name"] / "seed_0"
@@ -104,7 +184,11 @@ def test_smoke_table_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
     nsp, no_nsp = "segment_pair_nsp", "full_sentences"  # the first arm with segment embeddings, the first without
     assert info["random_init_baseline"] == {"segment_pair_nsp": nsp, "sentence_pair_nsp": nsp,
                                             "full_sentences": no_nsp, "doc_sentences": no_nsp}
-    wide = make_table(folder).wide
+    table = make_table(folder)
+    wide = table.wide
+    # A few steps of a tiny model fine-tune to the majority class, as the same encoder from random weights does: the
+    # downstream claims have no signal, whatever their intervals say.
+    assert set(table.verdicts["verdict"]) == {"no signal"}, table.verdicts
     assert list(wide[wide["paper row"] == RANDOM_INIT_ROW]["arm"]) == ["segment_pair_nsp, random init",
                                                                        "full_sentences, random init"]
     for arm in info["arms"]:  # one W&B run per cell, in the cell's folder, although one worker ran them all
@@ -128,7 +212,9 @@ def final_metrics(run_dir: Path) -> dict:
 
 
 def test_kill_9_mid_cell_then_rerun_completes_each_cell_once_with_the_same_metrics(tmp_path):
-    overrides = {"optim.max_steps": 60, "train.checkpoint_every": 10}
+    # Two documents (19 steps per epoch) and 2 static masks: a masking study the plan accepts (3 epochs), whose
+    # resumed run crosses epoch boundaries.
+    overrides = {"optim.max_steps": 60, "train.checkpoint_every": 10, "data.data_tokens": 5000, "data.static_masks": 2}
     path = write_experiment(tmp_path / "crash.yaml", {"data.masking": ["static", "dynamic"]}, overrides)
     exp = load_experiment(path, "smoke")
     folder = prepare_study(exp, str(tmp_path / "runs"), None)
@@ -190,15 +276,15 @@ def postgres_url():
 
 
 def test_optuna_tuning_on_postgresql_then_best_values_for_every_seed(tmp_path, postgres_url):
-    path = write_experiment(tmp_path / f"pg{os.getpid()}.yaml", {"data.masking": ["static", "dynamic"]},
-                            {"optim.max_steps": 10}, seeds=(0, 1), tune={"trials": 2, "max_steps": 10})
+    path = write_experiment(tmp_path / f"pg{os.getpid()}.yaml", {"data.input_format": FORMATS},
+                            {"optim.max_steps": 10}, seeds=(0, 1), tune={"trials": 2, "tokens": 3000})
     folder = run_grid(str(path), "smoke", str(tmp_path / "runs"), workers=2, optuna_storage=postgres_url)
     rows = CellStore(folder / "grid.sqlite").rows()
     assert sorted((r["kind"], r["status"]) for r in rows).count(("run", "finished")) == 4
     assert all(r["status"] in ("finished", "pruned") for r in rows if r["kind"] == "tune")
     assert sorted(Path(r["run_dir"]).relative_to(folder).as_posix() for r in rows if r["kind"] == "tune") == [
-        f"{arm}/tune/trial_{k}/seed_0" for arm in ("dynamic", "static") for k in (0, 1)]
-    for arm in ("static", "dynamic"):
+        f"{arm}/tune/trial_{k}/seed_0" for arm in sorted(FORMATS) for k in (0, 1)]
+    for arm in FORMATS:
         study = optuna.load_study(study_name=f"{folder.name}/{arm}", storage=postgres_url)
         assert len(study.trials) == 2
         best = study.best_trial.params["optim.peak_lr"]
@@ -206,11 +292,38 @@ def test_optuna_tuning_on_postgresql_then_best_values_for_every_seed(tmp_path, p
             cell = json.loads((folder / arm / f"seed_{seed}" / "cell.json").read_text())
             assert cell["nuisance"]["optim.peak_lr"] == pytest.approx(best)
             assert cell["tuning"]["optim.peak_lr"]["best"] == pytest.approx(best)
-    for arm in ("static", "dynamic"):
+    for arm in FORMATS:
         optuna.delete_study(study_name=f"{folder.name}/{arm}", storage=postgres_url)
 
 
 def test_submitit_local_executor_backend(tmp_path):
-    path = write_experiment(tmp_path / "sub.yaml", {"data.masking": ["static", "dynamic"]}, {"optim.max_steps": 10})
+    path = write_experiment(tmp_path / "sub.yaml", {"data.input_format": FORMATS}, {"optim.max_steps": 10})
     folder = run_grid(str(path), "smoke", str(tmp_path / "runs"), backend="submitit-local", workers=1)
     assert [s[2] for s in statuses(folder)] == ["finished", "finished"]
+
+
+def test_grid_data_dir_reaches_every_cells_finetuning(tmp_path, capsys):
+    """`grid run --data-dir` records the folder in study.json, where workers read it, and every cell fine-tunes on
+    those official files (sst2 without them would run on its stand-in); a missing folder or file is one line, exit 2,
+    with nothing recorded."""
+    data = tmp_path / "glue"
+    for split, n in (("train", 40), ("dev", 20)):  # GLUE's SST-2 layout: DIR/SST-2/{train,dev}.tsv
+        (data / "SST-2").mkdir(parents=True, exist_ok=True)
+        rows = [f"{'a great film' if k % 2 else 'an awful film'} number {k}\t{k % 2}" for k in range(n)]
+        (data / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    path = write_experiment(tmp_path / "files.yaml", {"data.masking": ["dynamic"]}, {"optim.max_steps": 10},
+                            finetune={"tasks": ["sst2"], "protocol": "smoke"})
+    runs = tmp_path / "runs"
+    for bad, message in [(tmp_path / "nope", "not a folder"), (data / "SST-2", "missing")]:
+        code = main(["grid", "run", str(path), "--scale", "smoke", "--runs-dir", str(runs), "--data-dir", str(bad)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: --data-dir") and err.count("\n") == 1 and message in err, err
+        assert not runs.exists()
+    r = cli("grid", "run", str(path), "--scale", "smoke", "--runs-dir", str(runs), "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder = runs / "files-smoke"
+    assert json.loads((folder / "study.json").read_text())["data_dir"] == str(data.resolve())
+    for init in ("finetune", "finetune-random-init"):  # the one arm is also its shape's random-init baseline
+        summary = json.loads((folder / "dynamic" / "seed_0" / init / "sst2" / "summary.json").read_text())
+        assert summary["data_source"] == "real" and summary["data_origin"] == str(data.resolve()), summary
+        assert summary["n_train"] == 40 and summary["n_dev"] == 20

@@ -2,8 +2,9 @@
 
 A file names its base config, the *scientific* factors it compares (one arm per value, or per tuple of `linked`
 values; the first arm is the table's reference row), the *nuisance* settings tuned per arm with their search space,
-the *fixed* ones, and per-scale settings (smoke / demo / paper). Everything is validated before anything is
-recorded: a bad file is one line, exit 2.
+the *fixed* ones, and per-scale settings (smoke / demo / paper), among them the epochs each arm is planned to train
+for (`epochs:`, one per arm, checked against the plan `grid run` computes: harness.grid.plan). Everything is validated
+before anything is recorded: a bad file is one line, exit 2.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from harness.config import Config, load_config, read_yaml
 from harness.errors import UserError
 
 TOP_KEYS = {"study", "table", "description", "base", "scientific", "linked", "nuisance", "fixed", "finetune", "scales"}
-SCALE_KEYS = {"base", "overrides", "seeds", "scientific", "linked", "tune", "finetune", "why"}
-TUNE_KEYS = {"trials", "max_steps"}
+SCALE_KEYS = {"base", "overrides", "seeds", "scientific", "linked", "tune", "finetune", "why", "epochs"}
+TUNE_KEYS = {"trials", "tokens"}
 RANGE_KEYS = {"low", "high", "log"}
 
 
@@ -32,7 +33,9 @@ class Arm:
 @dataclass(frozen=True)
 class Tune:
     trials: int = 0  # Optuna trials per arm (0 = use the base config's nuisance values as they are)
-    max_steps: int = 0  # steps per trial (0 = the cell's own max_steps)
+    # Tokens per trial, equal across arms: a trial runs its arm's own schedule (max_steps, warmup) and stops after
+    # the optimizer step that reaches them (train.stop_at_step), never on a shortened schedule (0 = the whole run).
+    tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Experiment:
     tune: Tune
     finetune_tasks: tuple[str, ...]
     finetune_protocol: str
+    epochs: tuple[float, ...] | None  # planned epochs per arm as the file states them (None: not stated)
     raw: dict = field(repr=False, default_factory=dict)
 
     @property
@@ -92,7 +96,7 @@ class Experiment:
             "scientific": sorted({k for a in self.arms for k in a.scientific}),
             "nuisance": self.nuisance if self.tune.trials else {},
             "fixed": {**self.fixed, **self.overrides},
-            "tune": {"trials": self.tune.trials, "max_steps": self.tune.max_steps},
+            "tune": {"trials": self.tune.trials, "tokens": self.tune.tokens},
             "finetune": {"tasks": list(self.finetune_tasks), "protocol": self.finetune_protocol},
         }
 
@@ -167,6 +171,9 @@ def load_experiment(path: str | Path, scale: str) -> Experiment:
     _unknown(s, SCALE_KEYS, where)
     tune_raw = _mapping(s.get("tune"), f"{where}tune")
     _unknown(tune_raw, TUNE_KEYS, f"{where}tune.")
+    for key, value in tune_raw.items():
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise UserError(f"{where}tune.{key}: expected an integer >= 0, got {value!r}")
     nuisance = _mapping(raw.get("nuisance"), f"{path}: nuisance")
     for key, space in nuisance.items():
         space = _mapping(space, f"{path}: nuisance.{key}")
@@ -186,12 +193,23 @@ def load_experiment(path: str | Path, scale: str) -> Experiment:
         path=path, study=str(raw["study"]), table=int(raw["table"]), scale=scale, base=base, arms=tuple(arms),
         nuisance=nuisance,
         fixed=_mapping(raw.get("fixed"), f"{path}: fixed"), overrides=_mapping(s.get("overrides"), f"{where}overrides"),
-        seeds=tuple(seeds), tune=Tune(**{k: int(v) for k, v in tune_raw.items()}),
+        seeds=tuple(seeds), tune=Tune(**tune_raw),
         finetune_tasks=tuple(finetune.get("tasks", [])), finetune_protocol=str(finetune.get("protocol", scale)),
-        raw=raw,
+        epochs=_epochs(s.get("epochs"), arms, f"{where}epochs"), raw=raw,
     )
     _validate(exp)
     return exp
+
+
+def _epochs(value: Any, arms: list[Arm], where: str) -> tuple[float, ...] | None:
+    """The planned epochs per arm as stated: one positive number per arm, in the order of the arms."""
+    if value is None:
+        return None
+    names = [a.name for a in arms]
+    if not (isinstance(value, list) and len(value) == len(arms)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise UserError(f"{where}: expected one positive number per arm, in the order {names}, got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def _validate(exp: Experiment) -> None:
@@ -202,9 +220,9 @@ def _validate(exp: Experiment) -> None:
         mid = {k: (v["low"] * v["high"]) ** 0.5 if v.get("log") else (v["low"] + v["high"]) / 2
                for k, v in exp.nuisance.items()}
         try:
-            cfg = exp.config(arm, exp.seeds[0], "runs", mid)
+            exp.config(arm, exp.seeds[0], "runs", mid)
         except UserError as e:
             raise UserError(f"{exp.path}: arm {arm.name}: {e}") from None
-        if exp.tune.max_steps and exp.tune.max_steps > cfg.optim.max_steps:
-            raise UserError(f"{exp.path}: scales.{exp.scale}.tune.max_steps: expected <= optim.max_steps="
-                            f"{cfg.optim.max_steps}, got {exp.tune.max_steps}")
+    if exp.tune.tokens and not exp.tune.trials:
+        raise UserError(f"{exp.path}: scales.{exp.scale}.tune.tokens: a trial budget without trials; set "
+                        f"tune.trials > 0 or drop tune.tokens")

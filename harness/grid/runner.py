@@ -1,10 +1,11 @@
 """The grid runner: cells from an experiment file, workers that claim and run them, local or SLURM backends.
 
-`grid run` validates the file (nothing is recorded when it is bad), writes runs/<study>-<scale>/study.json, adds the
-cells to the SQLite store, creates the Optuna studies, then starts workers: in this process (1 worker), as local
-subprocesses (`--workers N`, one cell each at a time, GPUs split between them), or as a SLURM job array through
-submitit. Every worker runs the same loop, so a crashed or pre-empted worker only costs its current cell's
-progress since the last checkpoint: the cell goes back to pending and resumes there.
+`grid run` validates the file and plans each arm's tokens, steps and epochs (harness.grid.plan; nothing is recorded
+when either is refused), writes runs/<study>-<scale>/study.json, adds the cells to the SQLite store, creates the Optuna
+studies, then starts workers: in this process (1 worker), as local subprocesses (`--workers N`, one cell each at a
+time, GPUs split between them), or as a SLURM job array through submitit. Every worker runs the same loop, so a crashed
+or pre-empted worker only costs its current cell's progress since the last checkpoint: the cell goes back to pending
+and resumes there.
 """
 
 from __future__ import annotations
@@ -42,14 +43,15 @@ def _cell(exp: Experiment, arm: Arm, seed: int, kind: str, cfg: Config, trial_sl
             "run_dir": str(run_dir), "config": cfg.to_dict()}
 
 
-def tune_cells(exp: Experiment, runs_dir: str) -> list[dict]:
-    """One cell per trial slot; the trial's values are asked from Optuna when a worker starts it."""
+def tune_cells(exp: Experiment, runs_dir: str, plan: dict[str, dict]) -> list[dict]:
+    """One cell per trial slot; the trial's values are asked from Optuna when a worker starts it. A trial keeps its
+    arm's schedule and stops at the step where it reaches the token budget (the plan's trial_steps)."""
     cells = []
     for arm in exp.arms:
         for k in range(exp.tune.trials):
             extra = {"train.arm": f"{arm.name}/tune/trial_{k}"}
-            if exp.tune.max_steps:
-                extra["optim.max_steps"] = exp.tune.max_steps
+            if exp.tune.tokens:
+                extra["train.stop_at_step"] = plan[arm.name]["trial_steps"]
             cells.append(_cell(exp, arm, exp.seeds[0], "tune", exp.config(arm, exp.seeds[0], runs_dir, None, extra), k))
     return cells
 
@@ -124,8 +126,10 @@ def _write_cell_json(exp: Experiment, cell: dict, cfg: Config, nuisance: dict, t
     os.replace(tmp, run_dir / "cell.json")
 
 
-def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker: str) -> str:
-    """Run a claimed cell to the end; returns its final status."""
+def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker: str,
+            data_dir: str | None = None) -> str:
+    """Run a claimed cell to the end; returns its final status. data_dir: the official task files for fine-tuning
+    (`grid run --data-dir`; None: each task's stand-in, else n/a offline)."""
     from harness.grid import tune
     from harness.pretrain import pretrain
 
@@ -164,7 +168,7 @@ def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker:
         inits = ("pretrained", "random") if cell["arm"] in exp.random_init_baselines.values() else ("pretrained",)
         for task in exp.finetune_tasks:
             for init in inits:
-                finetune(Path(cell["run_dir"]), task, None, exp.finetune_protocol, init=init)
+                finetune(Path(cell["run_dir"]), task, data_dir, exp.finetune_protocol, init=init)
     return result["status"]
 
 
@@ -201,7 +205,7 @@ def work(folder: Path) -> int:
         status, error = "failed", None
         with Heartbeat(store.path, cell["cell_id"], me):
             try:
-                status = run_one(exp, store, cell, storage, me)
+                status = run_one(exp, store, cell, storage, me, info.get("data_dir"))
             except UserError as e:
                 error = str(e)
             except Exception as e:  # the grid goes on; the cell records why it failed
@@ -212,20 +216,23 @@ def work(folder: Path) -> int:
     return ran
 
 
-def prepare_study(exp: Experiment, runs_dir: str, optuna_storage: str | None) -> Path:
-    """Record the study and its cells (idempotent: a second `grid run` keeps what is done)."""
+def prepare_study(exp: Experiment, runs_dir: str, optuna_storage: str | None, data_dir: str | None = None) -> Path:
+    """Plan the study, then record it and its cells (idempotent: a second `grid run` keeps what is done)."""
     from harness.grid import tune
+    from harness.grid.plan import grid_plan, plan_table
 
+    plan = grid_plan(exp)  # refuses a design that cannot show its factor before anything is recorded
+    print(plan_table(exp, plan), flush=True)
     folder = study_dir(exp, runs_dir)
     folder.mkdir(parents=True, exist_ok=True)
     storage = tune.storage_url(folder, optuna_storage)
     shutil.copyfile(exp.path, folder / "experiment.yaml")
-    info = {**exp.study_json(), "optuna_storage": storage}
+    info = {**exp.study_json(), "plan": plan, "optuna_storage": storage, "data_dir": data_dir}  # workers read it
     (folder / "study.json").write_text(json.dumps(info, indent=2))
     store = CellStore(folder / "grid.sqlite")
     if exp.tune.trials and exp.nuisance:
         tune.create_studies(exp, storage)  # before any worker starts
-        store.add(tune_cells(exp, runs_dir))
+        store.add(tune_cells(exp, runs_dir, plan))
     else:
         store.add([c for arm in exp.arms for c in run_cells(exp, arm, runs_dir, None)])
     return folder
@@ -315,10 +322,28 @@ def status_table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def check_data_dir(exp: Experiment, data_dir: str | None) -> str | None:
+    """`grid run --data-dir` as every cell's fine-tuning gets it: an absolute folder (workers may start elsewhere)
+    holding each fine-tuning task's official files; a UserError naming what is missing, before anything is
+    recorded. None (stand-ins) and "hf" (HF datasets' cache) pass as they are."""
+    if data_dir in (None, "hf"):
+        return data_dir
+    from harness.finetune.tasks import check_files, get_task
+
+    if not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir}: not a folder")
+    folder = Path(data_dir).resolve()
+    for task in exp.finetune_tasks:
+        check_files(get_task(task), folder)  # a stand-in task (rt_sentiment) needs no files
+    return str(folder)
+
+
 def run_grid(path: str, scale: str, runs_dir: str = "runs", backend: str = "local", workers: int = 1,
-             devices_per_worker: int = 1, optuna_storage: str | None = None, slurm: dict | None = None) -> Path:
+             devices_per_worker: int = 1, optuna_storage: str | None = None, slurm: dict | None = None,
+             data_dir: str | None = None) -> Path:
     exp = load_experiment(path, scale)  # fails before anything is recorded
-    folder = prepare_study(exp, runs_dir, optuna_storage)
+    data_dir = check_data_dir(exp, data_dir)
+    folder = prepare_study(exp, runs_dir, optuna_storage, data_dir)
     if backend == "local":
         launch_local(folder, workers, devices_per_worker)
     else:
