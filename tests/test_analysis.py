@@ -255,7 +255,7 @@ def test_interval_and_verdict_rules():
 def test_arms_map_to_paper_rows_by_factor_values():
     assert rows.ROW_MAPPINGS[1]({"s": {"data.masking": "static"}, "d": {"data.masking": "dynamic"}}) == \
         {"s": "static", "d": "dynamic"}
-    batch = {f"b{b}": {"optim.batch_size": b} for b in (16, 128, 512)}  # the demo scale's 1 : 8 : 32
+    batch = {f"b{b}": {"optim.batch_size": b} for b in (16, 128, 512)}  # the paper's 1 : 8 : 32
     assert rows.ROW_MAPPINGS[3](batch) == {"b16": "bsz 256", "b128": "bsz 2K", "b512": "bsz 8K"}
     assert rows.ROW_MAPPINGS[3]({"a": {"optim.batch_size": 8}, "b": {"optim.batch_size": 256}}) == \
         {"a": "bsz 256", "b": "bsz 8K"}  # two arms: by the ratio to the smallest
