@@ -211,6 +211,7 @@ def final_metrics(run_dir: Path) -> dict:
     return {k: r[k] for k in ("steps", "final_train_loss", "final_valid_loss")}
 
 
+@pytest.mark.slow  # `make test-slow`, which .ci/run runs after `make test`
 def test_kill_9_mid_cell_then_rerun_completes_each_cell_once_with_the_same_metrics(tmp_path):
     # Two documents (19 steps per epoch) and 2 static masks: a masking study the plan accepts (3 epochs), whose
     # resumed run crosses epoch boundaries.
@@ -248,6 +249,7 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # `make test-slow`, which .ci/run runs after `make test`
 def test_two_workers_started_together_run_every_cell_exactly_once(tmp_path):
     path = write_experiment(tmp_path / "pair.yaml", {"data.input_format": ["full_sentences", "doc_sentences"]},
                             {"optim.max_steps": 10}, seeds=(0, 1))
@@ -275,6 +277,7 @@ def postgres_url():
     return url
 
 
+@pytest.mark.slow  # `make test-slow`, which .ci/run runs after `make test`
 def test_optuna_tuning_on_postgresql_then_best_values_for_every_seed(tmp_path, postgres_url):
     path = write_experiment(tmp_path / f"pg{os.getpid()}.yaml", {"data.input_format": FORMATS},
                             {"optim.max_steps": 10}, seeds=(0, 1), tune={"trials": 2, "tokens": 3000})
@@ -296,6 +299,7 @@ def test_optuna_tuning_on_postgresql_then_best_values_for_every_seed(tmp_path, p
         optuna.delete_study(study_name=f"{folder.name}/{arm}", storage=postgres_url)
 
 
+@pytest.mark.slow  # `make test-slow`, which .ci/run runs after `make test`
 def test_submitit_local_executor_backend(tmp_path):
     path = write_experiment(tmp_path / "sub.yaml", {"data.input_format": FORMATS}, {"optim.max_steps": 10})
     folder = run_grid(str(path), "smoke", str(tmp_path / "runs"), backend="submitit-local", workers=1)
