@@ -47,7 +47,7 @@ def _grid_run(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
     run_grid(args.experiment, args.scale, args.runs_dir, args.backend, args.workers, args.devices_per_worker,
-             args.optuna_storage, load_slurm_options(args.slurm), data_dir=args.data_dir)
+             args.optuna_storage, load_slurm_options(args.slurm), data_dir=args.data_dir, wandb=args.wandb)
 
 
 def _grid_worker(args: argparse.Namespace) -> None:
@@ -137,6 +137,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="official task files for every cell's fine-tuning, laid out as for "
                      "`finetune --data-dir` (or 'hf'); recorded in study.json for the workers; without it: the "
                      "tasks' offline stand-ins, else n/a offline")
+    run.add_argument("--wandb", choices=("offline", "online", "disabled"),
+                     help="every cell's W&B logging (default: each config's train.wandb, offline unless changed); "
+                     "disabled imports no wandb")
     run.set_defaults(func=_grid_run)
     worker = grid_sub.add_parser("worker", help="one worker loop on a study folder (started by `grid run`)")
     worker.add_argument("folder")

@@ -9,6 +9,7 @@ before anything is recorded: a bad file is one line, exit 2.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ TOP_KEYS = {"study", "table", "description", "base", "scientific", "linked", "nu
 SCALE_KEYS = {"base", "overrides", "seeds", "scientific", "linked", "tune", "finetune", "why", "epochs"}
 TUNE_KEYS = {"trials", "tokens"}
 RANGE_KEYS = {"low", "high", "log"}
+RUN_OVERRIDES = ("train.num_workers", "train.wandb")  # settings that do not change a cell's result (`config_hash`)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class Experiment:
     finetune_protocol: str
     epochs: tuple[float, ...] | None  # planned epochs per arm as the file states them (None: not stated)
     raw: dict = field(repr=False, default_factory=dict)
+    # Set by `grid run`, not by the file, for every cell and applied last: settings that change no result
+    # (`--wandb disabled` -> {"train.wandb": "disabled"}); recorded in study.json for the workers.
+    run_overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def folder(self) -> str:
@@ -84,8 +89,19 @@ class Experiment:
                extra: dict[str, Any] | None = None) -> Config:
         """The resolved config of one cell: base < fixed < scale overrides < arm < tuned nuisance < extra."""
         values = {**self.fixed, **self.overrides, **arm.scientific, **(nuisance or {}), "train.study": self.folder,
-                  "train.arm": arm.name, "train.seed": seed, "train.runs_dir": runs_dir, **(extra or {})}
+                  "train.arm": arm.name, "train.seed": seed, "train.runs_dir": runs_dir, **(extra or {}),
+                  **self.run_overrides}
         return load_config(self.base, [f"{k}={_yaml(v)}" for k, v in values.items()])
+
+    def with_run_overrides(self, values: dict[str, Any]) -> Experiment:
+        """This experiment with `values` applied to every cell; only settings outside the cell's identity
+        (`config_hash`) are allowed, so a grid resumed with other ones keeps its finished cells."""
+        for key in values:
+            if key not in RUN_OVERRIDES:
+                raise UserError(f"{key}: not a per-run setting; expected one of {sorted(RUN_OVERRIDES)}")
+        exp = dataclasses.replace(self, run_overrides={**self.run_overrides, **values})
+        _validate(exp)
+        return exp
 
     def study_json(self) -> dict:
         return {
@@ -98,12 +114,14 @@ class Experiment:
             "fixed": {**self.fixed, **self.overrides},
             "tune": {"trials": self.tune.trials, "tokens": self.tune.tokens},
             "finetune": {"tasks": list(self.finetune_tasks), "protocol": self.finetune_protocol},
+            "run_overrides": self.run_overrides,
         }
 
 
 def config_hash(cfg: Config) -> str:
     d = cfg.to_dict()
-    d["train"] = {k: v for k, v in d["train"].items() if k not in ("runs_dir", "num_workers", "wandb")}
+    outside = {"train.runs_dir", *RUN_OVERRIDES}  # where a cell runs and how it logs are not what it computes
+    d["train"] = {k: v for k, v in d["train"].items() if f"train.{k}" not in outside}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

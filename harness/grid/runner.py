@@ -130,12 +130,13 @@ def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker:
             data_dir: str | None = None) -> str:
     """Run a claimed cell to the end; returns its final status. data_dir: the official task files for fine-tuning
     (`grid run --data-dir`; None: each task's stand-in, else n/a offline)."""
-    from harness.grid import tune
     from harness.pretrain import pretrain
 
     cfg = with_overrides(cell["config"])
     arm = next(a for a in exp.arms if a.name == cell["arm"])
     if cell["kind"] == "tune":
+        from harness.grid import tune  # Optuna only where a study tunes: the GPU check's machine has none
+
         if cell["trial"] is not None:  # a previous worker died mid-trial: start this slot over with a new trial
             tune.fail_stale(exp, arm, storage, cell["trial"])
             shutil.rmtree(cell["run_dir"], ignore_errors=True)
@@ -184,7 +185,7 @@ def _pretrain_ddp(cfg: Config, run_dir: Path) -> dict:
 def work(folder: Path) -> int:
     """The worker loop: claim, run, record, until no cell is left. Returns the number of cells this worker ran."""
     info = json.loads((folder / "study.json").read_text())
-    exp = load_experiment(folder / "experiment.yaml", info["scale"])
+    exp = load_experiment(folder / "experiment.yaml", info["scale"]).with_run_overrides(info.get("run_overrides", {}))
     runs_dir = str(folder.parent)
     storage = info["optuna_storage"]
     store = CellStore(folder / "grid.sqlite")
@@ -218,19 +219,20 @@ def work(folder: Path) -> int:
 
 def prepare_study(exp: Experiment, runs_dir: str, optuna_storage: str | None, data_dir: str | None = None) -> Path:
     """Plan the study, then record it and its cells (idempotent: a second `grid run` keeps what is done)."""
-    from harness.grid import tune
     from harness.grid.plan import grid_plan, plan_table
 
     plan = grid_plan(exp)  # refuses a design that cannot show its factor before anything is recorded
     print(plan_table(exp, plan), flush=True)
     folder = study_dir(exp, runs_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    storage = tune.storage_url(folder, optuna_storage)
+    storage = optuna_storage or f"sqlite:///{(folder / 'optuna.sqlite').resolve()}"
     shutil.copyfile(exp.path, folder / "experiment.yaml")
     info = {**exp.study_json(), "plan": plan, "optuna_storage": storage, "data_dir": data_dir}  # workers read it
     (folder / "study.json").write_text(json.dumps(info, indent=2))
     store = CellStore(folder / "grid.sqlite")
     if exp.tune.trials and exp.nuisance:
+        from harness.grid import tune
+
         tune.create_studies(exp, storage)  # before any worker starts
         store.add(tune_cells(exp, runs_dir, plan))
     else:
@@ -340,8 +342,11 @@ def check_data_dir(exp: Experiment, data_dir: str | None) -> str | None:
 
 def run_grid(path: str, scale: str, runs_dir: str = "runs", backend: str = "local", workers: int = 1,
              devices_per_worker: int = 1, optuna_storage: str | None = None, slurm: dict | None = None,
-             data_dir: str | None = None) -> Path:
+             data_dir: str | None = None, wandb: str | None = None) -> Path:
+    """wandb: every cell's train.wandb (offline | online | disabled); None keeps the configs' own."""
     exp = load_experiment(path, scale)  # fails before anything is recorded
+    if wandb is not None:
+        exp = exp.with_run_overrides({"train.wandb": wandb})
     data_dir = check_data_dir(exp, data_dir)
     folder = prepare_study(exp, runs_dir, optuna_storage, data_dir)
     if backend == "local":

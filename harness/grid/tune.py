@@ -9,7 +9,6 @@ per epoch, which never prunes a one-epoch pretraining run). The best trial's val
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
@@ -18,10 +17,6 @@ import optuna
 from harness.grid.experiment import Arm, Experiment
 
 EDGE = 0.05  # a best value within 5% of its range (log range for log spaces) of a bound is "at the edge"
-
-
-def storage_url(study_dir: Path, url: str | None) -> str:
-    return url or f"sqlite:///{(study_dir / 'optuna.sqlite').resolve()}"
 
 
 def study_name(exp: Experiment, arm: Arm) -> str:
