@@ -15,12 +15,12 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from harness.errors import UserError
+from harness.tokens import SPECIAL_TOKENS
 
 InputFormat = Literal["segment_pair_nsp", "sentence_pair_nsp", "full_sentences", "doc_sentences"]
 Masking = Literal["static", "dynamic"]
 TokenizerKind = Literal["byte_bpe", "wordpiece"]
 NSP_FORMATS = ("segment_pair_nsp", "sentence_pair_nsp")
-SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # RoBERTa's; ids 0..4 in this order
 
 
 def _check(cond: bool, name: str, expected: str, value: Any) -> None:
@@ -64,8 +64,11 @@ class DataConfig:
     """User corpora: 'strict' stops at undecodable bytes naming file and offset; 'replace' substitutes and counts."""
 
     def __post_init__(self) -> None:
+        _check(self.input_format in get_args(InputFormat), "data.input_format", f"one of {list(get_args(InputFormat))}",
+               self.input_format)
         _check(self.vocab_size > len(SPECIAL_TOKENS) + (256 if self.tokenizer == "byte_bpe" else 0), "data.vocab_size",
-               "more than the special tokens (5) plus, for byte_bpe, the 256-byte alphabet", self.vocab_size)
+               f"more than the special tokens ({len(SPECIAL_TOKENS)}) plus, for byte_bpe, the 256-byte alphabet",
+               self.vocab_size)
         _check(0 < self.nsp_positive_prob < 1, "data.nsp_positive_prob", "a probability in (0, 1)",
                self.nsp_positive_prob)
         _check(self.nsp or self.nsp_positive_prob == 0.5, "data.nsp_positive_prob",
@@ -216,14 +219,24 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Parse/validate one value against a field type; strings from the command line are YAML-parsed."""
-    if isinstance(value, str) and tp is not str:
-        value = yaml.safe_load(value)
+def flatten(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """{section: {field: value}} (a Config's `to_dict`) -> {"section.field": value}, the names overrides use."""
+    return {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}
+
+
+def coerce(value: Any, tp: Any, name: str) -> Any:
+    """Parse/validate one value against a field type (a Literal, float, int, bool, str, or tuple[X, ...] given as a
+    list); strings from the command line are YAML-parsed. Errors name the field: `name: expected ..., got ...`."""
     origin = get_origin(tp)
+    # A string that is one of a Literal's values stays a string: YAML would read train.precision's '32' as 32.
+    if isinstance(value, str) and tp is not str and not (origin is Literal and value in get_args(tp)):
+        value = yaml.safe_load(value)
     if origin is Literal:
         _check(value in get_args(tp), name, f"one of {list(get_args(tp))}", value)
         return value
+    if origin is tuple:
+        _check(isinstance(value, list), name, "a list", value)
+        return tuple(coerce(item, get_args(tp)[0], name) for item in value)
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads '1e-4' as a string
             try:
@@ -252,7 +265,7 @@ def build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     for key, value in values.items():
         if key not in fields:
             raise UserError(f"{prefix}{key}: unknown key; expected one of {sorted(fields)}")
-        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+        kwargs[key] = coerce(value, hints[key], f"{prefix}{key}")
     return cls(**kwargs)
 
 

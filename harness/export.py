@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from harness.config import SPECIAL_TOKENS, Config, with_overrides
 from harness.errors import UserError
 from harness.model import LN_EPS, MaskedLM
+from harness.tokens import BOS, EOS, SPECIAL_TOKENS
 
 
 def hf_config(model: MaskedLM):
@@ -37,8 +37,8 @@ def hf_config(model: MaskedLM):
         layer_norm_eps=LN_EPS,
         initializer_range=0.02,
         pad_token_id=model.pad_id,
-        bos_token_id=SPECIAL_TOKENS.index("<s>"),
-        eos_token_id=SPECIAL_TOKENS.index("</s>"),
+        bos_token_id=BOS,
+        eos_token_id=EOS,
         tie_word_embeddings=True,
     )
 
@@ -104,7 +104,7 @@ def hf_tokenizer(tokenizer_json: Path, max_length: int, nsp: bool):
     b_type = ":1" if nsp else ""
     tok.post_processor = TemplateProcessing(
         single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} $B{b_type} {eos}{b_type}",
-        special_tokens=[(bos, SPECIAL_TOKENS.index(bos)), (eos, SPECIAL_TOKENS.index(eos))],
+        special_tokens=[(bos, BOS), (eos, EOS)],
     )
     inputs = ["input_ids", "token_type_ids", "attention_mask"] if nsp else ["input_ids", "attention_mask"]
     return PreTrainedTokenizerFast(
@@ -125,49 +125,13 @@ def export_hf(model: MaskedLM, tokenizer_json: Path, out: Path) -> Path:
     return out
 
 
-def load_run(run_dir: Path) -> tuple[Config, MaskedLM]:
-    """Rebuild the model of a pretraining run folder from its config.yaml and checkpoints/last.ckpt."""
-    import yaml
-
-    run_dir = Path(run_dir)
-    config_path, ckpt_path, tok_path = _run_files(run_dir)
-    cfg = with_overrides(yaml.safe_load(config_path.read_text()) or {})
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # Lightning checkpoints hold more than tensors
-    state = {k.removeprefix("model."): v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("model.")}
-    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}  # saved from a torch.compile'd model
-    if "encoder.embed.word.weight" not in state:
-        raise UserError(f"{ckpt_path}: no 'model.encoder.embed.word.weight' in its state_dict (not a pretraining run?)")
-    vocab_size = state["encoder.embed.word.weight"].shape[0]  # may exceed the tokenizer's (padded for speed)
-    if (n_tok := _vocab_size(tok_path)) > vocab_size:
-        raise UserError(f"{tok_path}: {n_tok} tokens, more than the checkpoint's vocabulary of {vocab_size}")
-    model = MaskedLM(cfg.model, vocab_size, pad_id=SPECIAL_TOKENS.index("<pad>"), nsp=cfg.data.nsp,
-                     seed=cfg.train.seed)  # the checkpoint's weights replace the init
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"{ckpt_path}: weights do not match {config_path} ({str(e).splitlines()[0]})") from None
-    return cfg, model.eval()
-
-
-def _run_files(run_dir: Path) -> tuple[Path, Path, Path]:
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: run folder not found")
-    files = (run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt", run_dir / "tokenizer.json")
-    for f in files:
-        if not f.is_file():
-            raise UserError(f"{f}: missing from the run folder (is the run finished?)")
-    return files
-
-
-def _vocab_size(tokenizer_json: Path) -> int:
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(tokenizer_json)).get_vocab_size()
-
-
 def export_hf_from_cli(args: argparse.Namespace) -> None:
     """`python -m harness export-hf RUN_DIR OUT`."""
-    run_dir = Path(args.run_dir)
-    _, model = load_run(run_dir)
-    out = export_hf(model, run_dir / "tokenizer.json", Path(args.out))
+    from harness.pretrain import load_run
+
+    run = load_run(Path(args.run_dir))
+    cfg = run.config
+    model = MaskedLM(cfg.model, run.vocab_size, nsp=cfg.data.nsp, seed=cfg.train.seed)  # the weights replace the init
+    model.load_state_dict(run.weights)
+    out = export_hf(model.eval(), run.tokenizer_path, Path(args.out))
     print(f"wrote {out} (load with transformers.RobertaForMaskedLM.from_pretrained)")

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from harness.config import ModelConfig
 from harness.errors import UserError
+from harness.tokens import IGNORE_INDEX, PAD
 
-IGNORE_INDEX = -100  # label at positions that are not predicted (the torch cross-entropy convention)
 LN_EPS = 1e-5  # RoBERTa/fairseq (BERT used 1e-12)
 
 
@@ -234,7 +234,7 @@ def init_weights(model: nn.Module, seed: int) -> None:
 class MaskedLM(nn.Module):
     """Encoder + MLM head (+ NSP head for the segment/sentence-pair formats); `seed` fixes the init (`init_weights`)."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = 1, nsp: bool = False, *, seed: int):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int = PAD, nsp: bool = False, *, seed: int):
         super().__init__()
         self.cfg, self.vocab_size, self.pad_id, self.nsp = cfg, vocab_size, pad_id, nsp
         self.encoder = Encoder(cfg, vocab_size, pad_id, nsp)

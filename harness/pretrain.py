@@ -22,8 +22,10 @@ import json
 import math
 import os
 import shutil
+import textwrap
 import time
 import warnings
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,12 +41,12 @@ from torch import Tensor
 
 from harness import speed
 from harness.callbacks import ExactResume, ProgressBar, RunCSVLogger, StepMetrics, Sums
-from harness.config import SPECIAL_TOKENS, Config, load_config
+from harness.config import Config, flatten, load_config, read_yaml, with_overrides
 from harness.data import yardstick
 from harness.errors import UserError
+from harness.files import read_json, write_json
 from harness.model import MaskedLM
 
-PAD_ID = SPECIAL_TOKENS.index("<pad>")
 # Lightning warnings that do not apply here: ExactResume makes mid-epoch resume exact, and a resumed run's folder
 # holds checkpoints by design.
 for _message in ("You're resuming from a checkpoint that ended before the epoch ended",
@@ -85,7 +87,7 @@ class PretrainModule(L.LightningModule):
     def __init__(self, cfg: Config, vocab_size: int):
         super().__init__()
         self.cfg = cfg
-        self.model = MaskedLM(cfg.model, vocab_size, pad_id=PAD_ID, nsp=cfg.data.nsp, seed=cfg.train.seed)
+        self.model = MaskedLM(cfg.model, vocab_size, nsp=cfg.data.nsp, seed=cfg.train.seed)
         self.train_sums, self.val_sums, self.yardstick_sums = Sums(), Sums(), Sums()
 
     def _loss(self, batch: dict, sums: Sums, n_predicted: float | None = None, n_sequences: float | None = None
@@ -144,13 +146,6 @@ class PretrainModule(L.LightningModule):
 # Systems: device, precision, MFU denominator, Trainer
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """auto: bf16-mixed on a GPU that supports it; on CPU only where a probe finds bf16 matmuls faster (`speed`)."""
-    if precision != "auto":
-        return precision
-    return speed.auto_precision("cuda" if accelerator == "gpu" else "cpu")
-
-
 def system_info(cfg: Config, run_dir: Path, accelerator: str, precision: str) -> dict:
     """Device description and the MFU denominator: the nominal dense bf16 peak on a known GPU (times devices), else
     a measured matmul peak in the training dtype, kept in system.json so every session of a run uses one number."""
@@ -167,7 +162,7 @@ def system_info(cfg: Config, run_dir: Path, accelerator: str, precision: str) ->
     else:
         info["device"] = f"cpu ({os.cpu_count()} cores)"
     if "peak_flops_per_device" not in info:
-        cached = _read_json(run_dir / "system.json") or {}
+        cached = read_json(run_dir / "system.json") or {}
         if all(cached.get(k) == info[k] for k in ("device", "precision")) and "peak_flops_per_device" in cached:
             info.update(peak_flops_per_device=cached["peak_flops_per_device"], peak_source=cached["peak_source"])
         else:
@@ -203,14 +198,14 @@ def build_trainer(cfg: Config, run_dir: Path, *, resuming: bool = False, callbac
     """Precision, devices/DDP, accumulation, schedule of validation and checkpoints, loggers and progress bar."""
     t, o = cfg.train, cfg.optim
     accelerator = preflight(cfg)
-    precision = resolve_precision(t.precision, accelerator)
+    precision = speed.resolve_precision(t.precision, accelerator)
     if accelerator == "gpu":
         torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
     else:
         speed.tune_cpu_allocator()  # keep large freed buffers mapped between steps
     info = system_info(cfg, run_dir, accelerator, precision)
     if rank_zero_only.rank == 0:
-        _write_json(run_dir / "system.json", info)
+        write_json(run_dir / "system.json", info)
     accumulate = o.batch_size // (o.micro_batch_size * t.devices)
 
     strategy: Any = "auto"
@@ -267,25 +262,6 @@ def run_dir_of(cfg: Config) -> Path:
     return Path(t.runs_dir) / t.study / t.arm / f"seed_{t.seed}"
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Atomic: a reader sees the old file or the complete new one, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _flatten(cfg_dict: dict) -> dict[str, Any]:
-    return {f"{section}.{k}": v for section, values in cfg_dict.items() for k, v in values.items()}
-
-
 def check_checkpoint(path: Path, cfg: Config) -> int:
     """The checkpoint's optimizer step, after checking it was made with this run's config."""
     try:
@@ -296,7 +272,7 @@ def check_checkpoint(path: Path, cfg: Config) -> int:
     saved = (ckpt.get("harness") or {}).get("config")
     if saved is None:
         raise UserError(f"{path}: not a checkpoint of this harness; use a new arm or delete the run folder")
-    old, new = _flatten(saved), _flatten(cfg.to_dict())
+    old, new = flatten(saved), flatten(cfg.to_dict())
     for key, value in new.items():
         if key.startswith(RESUME_FIELDS) and key in old and old[key] != value:
             raise UserError(f"{path}: checkpoint was made with a different config ({key}: {old[key]!r} vs "
@@ -339,8 +315,73 @@ def _write_run_files(run_dir: Path, cfg: Config, prepared: Any) -> None:
     tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     os.replace(tmp, run_dir / "config.yaml")
     shutil.copyfile(prepared.tokenizer_path, run_dir / "tokenizer.json")
-    _write_json(run_dir / "data.json", {"prepared_dir": str(prepared.dir), "vocab_size": prepared.vocab_size,
-                                        "corpus_stats": prepared.corpus_stats})
+    write_json(run_dir / "data.json", {"prepared_dir": str(prepared.dir), "vocab_size": prepared.vocab_size,
+                                       "corpus_stats": prepared.corpus_stats})
+
+
+@dataclass(frozen=True)
+class PretrainedRun:
+    """A run folder read back by `load_run`: what the HF export and fine-tuning build an encoder from."""
+
+    dir: Path
+    config: Config
+    tokenizer_path: Path
+    weights: dict[str, Tensor] | None  # MaskedLM state dict from checkpoints/last.ckpt; None when not loaded
+    vocab_size: int  # rows of the checkpoint's embedding (may exceed the tokenizer's), else the tokenizer's size
+    status: str  # result.json's status ("finished", "diverged"), or "incomplete" without one
+
+
+def load_run(run_dir: Path, weights: bool = True) -> PretrainedRun:
+    """Read a run folder back: config.yaml, tokenizer.json and, with `weights`, the MaskedLM weights of
+    checkpoints/last.ckpt. A missing or malformed file is a UserError naming it and what was expected."""
+    from tokenizers import Tokenizer
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    config_path, tokenizer_path = run_dir / "config.yaml", run_dir / "tokenizer.json"
+    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    missing = [p for p in (config_path, tokenizer_path, *([ckpt_path] if weights else [])) if not p.is_file()]
+    if missing:
+        raise UserError(f"{run_dir}: not a pretraining run folder (runs/<study>/<arm>/seed_<k>) or not finished; "
+                        f"missing {', '.join(map(str, missing))}")
+    raw = read_yaml(config_path, "run config")
+    try:
+        config = with_overrides(raw)
+    except UserError as e:
+        raise UserError(f"{config_path}: {e}") from None
+    try:
+        n_tokens = Tokenizer.from_file(str(tokenizer_path)).get_vocab_size()
+    except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+        why = textwrap.shorten(str(e), 200)
+        raise UserError(f"{tokenizer_path}: expected a `tokenizers` JSON file ({why})") from None
+    result = read_json(run_dir / "result.json")
+    status = "incomplete" if result is None else result.get("status", "unknown")
+    if not weights:
+        return PretrainedRun(run_dir, config, tokenizer_path, None, n_tokens, status)
+
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable file gets the same message
+        why = f"{type(e).__name__}: {textwrap.shorten(str(e), 200)}"
+        raise UserError(f"{ckpt_path}: cannot read this checkpoint ({why}); expected a Lightning checkpoint of a "
+                        f"pretraining run") from None
+    saved = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    state = {k.removeprefix("model."): v for k, v in (saved or {}).items() if k.startswith("model.")}
+    if "encoder.embed.word.weight" not in state:
+        raise UserError(f"{ckpt_path}: expected a pretraining checkpoint, with 'model.encoder.embed.word.weight' in "
+                        f"its state_dict")
+    vocab_size = state["encoder.embed.word.weight"].shape[0]
+    if n_tokens > vocab_size:
+        raise UserError(f"{tokenizer_path}: {n_tokens} tokens, more than the checkpoint's vocabulary of {vocab_size}")
+    with torch.device("meta"):  # shapes only, no memory: weights that do not fit config.yaml's model fail here
+        model = MaskedLM(config.model, vocab_size, nsp=config.data.nsp, seed=0)
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as e:
+        why = textwrap.shorten(str(e), 300)
+        raise UserError(f"{ckpt_path}: weights do not match {config_path} ({why})") from None
+    return PretrainedRun(run_dir, config, tokenizer_path, state, vocab_size, status)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -355,7 +396,7 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
 
     preflight(cfg)
     run_dir = run_dir_of(cfg)
-    done = _read_json(run_dir / "result.json")
+    done = read_json(run_dir / "result.json")
     if done is not None and done.get("status") in RESULT_STATUSES:
         if rank_zero_only.rank == 0:
             print(f"{run_dir}: already {done['status']} ({done.get('steps')} steps); delete the folder to retrain")
@@ -413,7 +454,7 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
     }
     result = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result.items()}  # JSON
     if trainer.is_global_zero:
-        _write_json(run_dir / "result.json", result)
+        write_json(run_dir / "result.json", result)
     if cfg.train.wandb != "disabled":  # close this run's W&B run, so the next run in this process gets its own
         import wandb
 

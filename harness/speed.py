@@ -1,10 +1,9 @@
 """Speed settings for the training layer (systems code stays out of model.py): precision, optimiser, allocator.
 
-What `harness.benchmarks.pretrain` measures is exactly what these give; the pretraining module should use them:
+What `harness.benchmarks.pretrain` measures is exactly what these give; pretraining and fine-tuning use them:
 
     speed.tune_cpu_allocator()                                # once, at process start (CPU runs)
-    torch.set_num_threads(speed.cpu_threads(num_workers))     # CPU runs: loader workers + threads <= cores
-    precision = speed.auto_precision(device_type)             # "bf16-mixed" only where bf16 matmuls are faster
+    precision = speed.resolve_precision("auto", accelerator)  # "bf16-mixed" only where bf16 matmuls are faster
     opt = torch.optim.AdamW(groups, ..., **speed.adamw_kwargs(device_type))
     loss = F.cross_entropy(out.mlm_logits.float(), out.mlm_targets)   # logits are bf16 under autocast
 
@@ -72,6 +71,14 @@ def auto_precision(device_type: str, min_speedup: float = 1.3) -> Literal["32", 
     return "32"
 
 
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """The Lightning precision a `precision` setting means on `accelerator` ("gpu" or "cpu"): "auto" is
+    `auto_precision`'s choice, any other value is used as given."""
+    if precision != "auto":
+        return precision
+    return auto_precision("cuda" if accelerator == "gpu" else "cpu")
+
+
 def autocast_dtype(device_type: str) -> torch.dtype | None:
     """The autocast dtype matching `auto_precision` (None = plain fp32), for loops outside Lightning."""
     return torch.bfloat16 if auto_precision(device_type) == "bf16-mixed" else None
@@ -91,20 +98,6 @@ def _has_fused_adamw(device_type: str) -> bool:
         return True
     except (RuntimeError, TypeError, ValueError):
         return False
-
-
-def cpu_threads(loader_workers: int) -> int:
-    """Intra-op threads for CPU training: the cores the data loader's worker processes leave free (at least 1).
-
-    Every op of an eager step is an OpenMP parallel region that waits for all its threads; when a loader worker
-    (or any other process) holds one of the cores, each op stalls for a scheduler slice. On a loaded 2-core box a
-    30-step tiny-model run took 28 s with 2 threads and 1 s with 1. Call torch.set_num_threads() with the result.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - loader_workers)
 
 
 def tune_cpu_allocator() -> bool:

@@ -12,10 +12,10 @@ import pytest
 from harness.config import DataConfig, OptimConfig
 from harness.data.datamodule import MaskedLMDataset, PretrainDataModule, candidate_counts, plan_epoch
 from harness.data.formats import build_examples, select_documents
-from harness.data.masking import IGNORE, MASK, is_candidate, mask_tokens
+from harness.data.masking import is_candidate, mask_tokens
 from harness.data.pipeline import Split, prepare
-from harness.data.tokenizer import BOS, EOS
 from harness.errors import UserError
+from harness.tokens import BOS, EOS, IGNORE_INDEX, MASK
 
 FORMATS = ["segment_pair_nsp", "sentence_pair_nsp", "full_sentences", "doc_sentences"]
 CFG = DataConfig(corpus="tiny", vocab_size=2000, max_seq_len=64)
@@ -130,7 +130,7 @@ def test_masking_rates_over_a_million_tokens():
     for i in range(8_000):
         ids = np.concatenate([[BOS], rng.integers(5, 2000, size=126), [EOS]])
         inputs, labels = mask_tokens(ids, CFG, 2000, seed=1, index=i, key=0)
-        sel = labels != IGNORE
+        sel = labels != IGNORE_INDEX
         assert not sel[0] and not sel[-1], "special tokens are never selected"
         candidates += 126
         selected += sel.sum()
@@ -151,7 +151,7 @@ def test_padding_is_never_masked(prepared, train):
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert batch["attention_mask"] is not None
-    assert (batch["labels"][~batch["attention_mask"]] == IGNORE).all()
+    assert (batch["labels"][~batch["attention_mask"]] == IGNORE_INDEX).all()
 
 
 def masks_by_epoch(prepared, train, masking, epochs):
@@ -221,7 +221,7 @@ def test_every_micro_batch_carries_its_whole_steps_totals(prepared):
         per_rank.append(batches(dm, 6))
     for step in range(3):
         micro = [b for r in per_rank for b in r[2 * step : 2 * step + 2]]
-        predicted = [int((b["labels"] != IGNORE).sum()) for b in micro]
+        predicted = [int((b["labels"] != IGNORE_INDEX).sum()) for b in micro]
         sequences = [b["input_ids"].size(0) for b in micro]
         assert len(set(predicted)) > 1 and len(set(sequences)) > 1  # a per-micro-batch mean would weigh them unevenly
         assert {b["step_predicted"] for b in micro} == {sum(predicted)}

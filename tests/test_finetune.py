@@ -20,11 +20,12 @@ from harness.cli import main
 from harness.config import Config, DataConfig, ModelConfig
 from harness.errors import UserError
 from harness.finetune import finetune, metrics, qa, readers, standins
-from harness.finetune.features import BOS, EOS, LengthGroupedBatches, collate, load_tokenizer, text_features
+from harness.finetune.features import LengthGroupedBatches, collate, load_tokenizer, text_features
 from harness.finetune.protocol import PROTOCOLS_FILE, load_protocol, load_protocols, parse_protocol
 from harness.finetune.readers import QAExample
 from harness.finetune.tasks import TASKS, get_task, load_task_data
 from harness.model import MaskedLM
+from harness.tokens import BOS, EOS
 
 WORDS = ("movie film plot actor scene story great awful boring lovely cat dog sat mat river city king queen "
          "Denver Broncos won Super Bowl game team season players coach year first second third who what where when "
@@ -505,9 +506,10 @@ def test_random_init_differs_per_pretraining_seed_and_finetuning_seed(tmp_path):
     from dataclasses import replace
 
     from harness.config import with_overrides
-    from harness.finetune.runner import build_model, load_run
+    from harness.finetune.runner import build_model
+    from harness.pretrain import load_run
 
-    run = load_run(make_run(tmp_path, checkpoint=False), "random")
+    run = load_run(make_run(tmp_path, checkpoint=False), weights=False)
     other = replace(run, config=with_overrides(run.config.to_dict(), ["train.seed=1"]))
 
     def weights(r, seed):
@@ -522,14 +524,70 @@ def test_finetuning_dropout_comes_from_the_protocol_not_the_pretraining_run(tmp_
     from dataclasses import replace
 
     from harness.config import with_overrides
-    from harness.finetune.runner import build_model, load_run
+    from harness.finetune.runner import build_model
     from harness.model import Dropout
+    from harness.pretrain import load_run
 
-    run = load_run(make_run(tmp_path, checkpoint=False), "random")
+    run = load_run(make_run(tmp_path, checkpoint=False), weights=False)
     run = replace(run, config=with_overrides(run.config.to_dict(), ["model.dropout=0"]))
     model = build_model(run, 0, 0.1)
     assert {m.p for m in model.modules() if isinstance(m, Dropout)} == {0.1}
     assert {block.attn.dropout for block in model.encoder.blocks} == {0.1}
+
+
+def test_load_run_checks_each_file_and_names_it(tmp_path):
+    """harness.pretrain.load_run, with which fine-tuning and the HF export read a run folder back."""
+    from harness.config import with_overrides
+    from harness.pretrain import load_run
+
+    run = make_run(tmp_path / "good")
+    loaded = load_run(run)
+    assert loaded.status == "finished" and loaded.vocab_size == 400 and "encoder.embed.word.weight" in loaded.weights
+    fp32 = with_overrides(loaded.config.to_dict(), ["train.precision='32'"])  # YAML must not read '32' back as 32
+    (run / "config.yaml").write_text(yaml.safe_dump(fp32.to_dict()))
+    assert load_run(run).config.train.precision == "32"
+
+    other = MaskedLM(ModelConfig(preset="mini"), 400, seed=0)
+    for i, (name, content, message) in enumerate([
+        ("config.yaml", "model: {n_heads: 3}\n", r"config.yaml: model.n_heads: expected a positive divisor"),
+        ("config.yaml", "- a list\n", r"config.yaml: expected a mapping"),
+        ("tokenizer.json", "{", r"tokenizer.json: expected a `tokenizers` JSON file"),
+        ("checkpoints/last.ckpt", b"not a checkpoint", r"last.ckpt: cannot read this checkpoint"),
+        ("checkpoints/last.ckpt", {"state_dict": {}}, r"last.ckpt: expected a pretraining checkpoint"),
+        ("checkpoints/last.ckpt", {"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()}},
+         r"last.ckpt: weights do not match .*config.yaml \(Error\(s\) in loading state_dict"),
+    ]):
+        path = make_run(tmp_path / str(i)) / name
+        if isinstance(content, dict):
+            torch.save(content, path)
+        else:
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(UserError, match=message) as error:
+            load_run(path.parents[1] if name.startswith("checkpoints") else path.parent)
+        assert "\n" not in str(error.value)
+
+
+def test_finetuning_lr_schedule_is_pretrainings():
+    """One schedule (harness.pretrain.lr_factor): the first step already has peak / warmup (fairseq's warmup, not
+    0), the peak is reached at the end of the warmup, and the LR decays linearly to 0 at the last step."""
+    from types import SimpleNamespace
+
+    from harness.finetune.heads import make_head
+    from harness.finetune.module import FinetuneModule
+
+    model = MaskedLM(ModelConfig(preset="tiny", max_positions=64), 400, seed=0)
+    module = FinetuneModule(model, make_head("classification", 128, 2, 0.1), "classification", lr=1e-3,
+                            warmup_ratio=0.06, weight_decay=0.1, beta2=0.98, eps=1e-6, score=None)
+    module.trainer = SimpleNamespace(estimated_stepping_batches=100)  # 100 steps, so 6 of warmup
+    opt = module.configure_optimizers()
+    optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(101):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(1e-3 / 6) and lrs[5] == pytest.approx(1e-3) == lrs[6]
+    assert all(a > b for a, b in zip(lrs[6:], lrs[7:])) and lrs[100] == 0.0
 
 
 def test_cli(run_dir, data_dir, capsys):

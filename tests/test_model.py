@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from harness.config import SPECIAL_TOKENS, Config, DataConfig, ModelConfig
+from harness.config import Config, DataConfig, ModelConfig
 from harness.errors import UserError
-from harness.model import IGNORE_INDEX, MaskedLM, count_params
+from harness.model import MaskedLM, count_params
+from harness.tokens import IGNORE_INDEX, SPECIAL_TOKENS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 V = 1000

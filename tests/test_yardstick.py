@@ -15,10 +15,9 @@ from harness.callbacks import StepMetrics
 from harness.config import load_config
 from harness.data import yardstick
 from harness.data.datamodule import PretrainDataModule
-from harness.data.masking import IGNORE
 from harness.data.pipeline import prepare
-from harness.data.tokenizer import MASK
 from harness.pretrain import PretrainModule, pretrain, run_dir_of
+from harness.tokens import IGNORE_INDEX, MASK
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -60,7 +59,7 @@ def test_yardstick_masks_every_selected_position_and_ignores_data_size():
     assert len(dm.yardstick_set) == len(full.yardstick_set)  # the whole valid split, whatever the data size
     for i in range(20):
         item = dm.yardstick_set[(i, 0)]
-        selected = item["labels"] != IGNORE
+        selected = item["labels"] != IGNORE_INDEX
         assert selected.any() and "token_type_ids" not in item
         assert (item["input_ids"][selected] == MASK).all()  # no random, no kept token
         np.testing.assert_array_equal(item["labels"], full.yardstick_set[(i, 0)]["labels"])

@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from harness.config import DataConfig, OptimConfig
 from harness.data import yardstick
 from harness.data.formats import Examples, build_examples
-from harness.data.masking import IGNORE, epoch_key, is_candidate, mask_tokens, n_selected
+from harness.data.masking import epoch_key, is_candidate, mask_tokens, n_selected
 from harness.data.pipeline import PreparedData, Split
-from harness.data.tokenizer import BOS, EOS, PAD
 from harness.errors import UserError
+from harness.tokens import BOS, EOS, IGNORE_INDEX, PAD
 
 REFERENCE_FORMAT = "full_sentences"
 _PLAN_DOMAIN = 0x9A7
@@ -76,7 +76,7 @@ def collate(items: list[dict]) -> dict:
     lengths = [len(x["input_ids"]) for x in items]
     T, B = max(lengths), len(items)
     input_ids = torch.full((B, T), PAD, dtype=torch.long)
-    labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     for b, x in enumerate(items):
         input_ids[b, : lengths[b]] = torch.from_numpy(x["input_ids"])
         labels[b, : lengths[b]] = torch.from_numpy(x["labels"])
@@ -218,7 +218,7 @@ class PretrainDataModule(L.LightningDataModule):
                                              yardstick.SEED)
         n = min(self.valid_sequences, len(self.yardstick_set))
         targets = np.concatenate([self.yardstick_set[(i, 0)]["labels"] for i in range(n)])
-        targets = targets[targets != IGNORE]
+        targets = targets[targets != IGNORE_INDEX]
         self.yardstick_unigram_ppl = yardstick.unigram_ppl(yardstick.unigram_counts(train.tokens, vocab), targets)
 
     @property

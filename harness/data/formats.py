@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.config import DataConfig
+from harness.config import DataConfig, InputFormat
 from harness.data.pipeline import Split
 from harness.errors import UserError
 
@@ -194,7 +194,7 @@ def _sentence_pairs(split: Split, docs: np.ndarray, max_len: int, rng: np.random
     return out.build()
 
 
-def build_examples(split: Split, cfg: DataConfig, seed: int, input_format: str | None = None) -> Examples:
+def build_examples(split: Split, cfg: DataConfig, seed: int, input_format: InputFormat | None = None) -> Examples:
     """The view of `split` in `input_format` (default cfg.input_format); deterministic given `seed`."""
     fmt = input_format or cfg.input_format
     docs = select_documents(split, cfg)
@@ -208,11 +208,8 @@ def build_examples(split: Split, cfg: DataConfig, seed: int, input_format: str |
         ex = _packed(split, docs, cfg.max_seq_len, cross_docs=False)
     elif fmt == "segment_pair_nsp":
         ex = _segment_pairs(split, docs, cfg.max_seq_len, rng, cfg.nsp_positive_prob)
-    elif fmt == "sentence_pair_nsp":
+    else:  # sentence_pair_nsp, the last value DataConfig admits
         ex = _sentence_pairs(split, docs, cfg.max_seq_len, rng, cfg.nsp_positive_prob)
-    else:
-        raise UserError(f"data.input_format: expected one of segment_pair_nsp, sentence_pair_nsp, full_sentences, "
-                        f"doc_sentences, got {fmt!r}")
     if len(ex) == 0:
         raise UserError(f"data.corpus={cfg.corpus}: documents too short for {fmt} (it needs documents with at "
                         f"least 2 sentences); got no examples from {len(docs)} documents")

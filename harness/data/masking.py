@@ -11,10 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from harness.config import DataConfig
-from harness.data.tokenizer import BOS, EOS, MASK, PAD
+from harness.tokens import BOS, EOS, IGNORE_INDEX, MASK, PAD, SPECIAL_TOKENS
 
-N_SPECIAL = 5  # ids 0..4 are <s> <pad> </s> <unk> <mask>; random replacements are drawn above them
-IGNORE = -100  # label at positions not selected for prediction (torch cross_entropy's ignore_index)
 _DOMAIN = 0x3A5C  # separates the masking stream from other uses of the seed
 
 
@@ -44,17 +42,19 @@ def n_selected(n_candidates: int, cfg: DataConfig, seed: int, index: int, key: i
 
 def mask_tokens(ids: np.ndarray, cfg: DataConfig, vocab_size: int, seed: int, index: int, key: int):
     """Return (inputs, labels) for one sequence: 15% of non-special tokens selected; of those 80% <mask>,
-    10% a random token, 10% unchanged (cfg's probabilities); labels hold the original id there, IGNORE elsewhere."""
+    10% a random token, 10% unchanged (cfg's probabilities); labels hold the original id there, IGNORE_INDEX
+    elsewhere."""
     rng = _stream(seed, index, key)
     candidates = np.flatnonzero(is_candidate(ids))
     n = _n_selected(len(candidates), cfg, rng)
     chosen = rng.choice(candidates, size=n, replace=False)
-    labels = np.full(ids.shape, IGNORE, dtype=np.int64)
+    labels = np.full(ids.shape, IGNORE_INDEX, dtype=np.int64)
     labels[chosen] = ids[chosen]
     inputs = ids.astype(np.int64, copy=True)
     u = rng.random(n)
     to_random = u < cfg.random_token_prob
     to_mask = u >= cfg.random_token_prob + cfg.leave_unmasked_prob
     inputs[chosen[to_mask]] = MASK
-    inputs[chosen[to_random]] = rng.integers(N_SPECIAL, vocab_size, size=int(to_random.sum()))
+    # random replacements are drawn from the ordinary tokens, above the special ones
+    inputs[chosen[to_random]] = rng.integers(len(SPECIAL_TOKENS), vocab_size, size=int(to_random.sum()))
     return inputs, labels

@@ -7,10 +7,9 @@ from pathlib import Path
 
 from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer, Tokenizer
 
-from harness.config import SPECIAL_TOKENS, DataConfig
+from harness.config import DataConfig
 from harness.errors import UserError
-
-BOS, PAD, EOS, UNK, MASK = range(len(SPECIAL_TOKENS))  # <s> <pad> </s> <unk> <mask>
+from harness.tokens import SPECIAL_TOKENS
 
 
 def train_tokenizer(sentences: Iterable[str], cfg: DataConfig, out: Path) -> Tokenizer:
@@ -32,7 +31,3 @@ def train_tokenizer(sentences: Iterable[str], cfg: DataConfig, out: Path) -> Tok
     if loaded.get_vocab_size() <= len(SPECIAL_TOKENS) + 1:
         raise UserError(f"data.corpus={cfg.corpus}: the tokenizer learned no vocabulary (is the corpus empty?)")
     return loaded
-
-
-def load_tokenizer(path: Path) -> Tokenizer:
-    return Tokenizer.from_file(str(path))

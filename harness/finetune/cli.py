@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from harness.finetune.protocol import load_protocol
-from harness.finetune.runner import finetune, load_run, results_dir
+from harness.finetune.runner import finetune, results_dir
 from harness.finetune.tasks import check_files, get_task
+from harness.pretrain import load_run
 
 
 def finetune_from_cli(args: argparse.Namespace) -> None:
@@ -20,9 +21,9 @@ def finetune_from_cli(args: argparse.Namespace) -> None:
         if isinstance(data_dir, Path) and spec.standin != spec.name:
             check_files(spec, data_dir)
     load_protocol(args.protocol)
-    run = load_run(Path(args.run_dir), init)
-    if init == "pretrained" and run.pretrain_status != "finished":
-        print(f"warning: {args.run_dir}: pretraining status is {run.pretrain_status!r}, not 'finished'",
+    run = load_run(Path(args.run_dir), weights=init == "pretrained")
+    if init == "pretrained" and run.status != "finished":
+        print(f"warning: {args.run_dir}: pretraining status is {run.status!r}, not 'finished'",
               file=sys.stderr)
     for task in args.task:
         summary = finetune(Path(args.run_dir), task, data_dir, args.protocol, init)

@@ -14,8 +14,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import Sampler
 
 from harness.finetune.readers import ChoiceExample, TextExample
-
-BOS, PAD, EOS = 0, 1, 2  # ids of <s>, <pad>, </s> (harness.config.SPECIAL_TOKENS)
+from harness.tokens import BOS, EOS, PAD
 
 # input_ids: list[int], or one list per option; label; type_from: where segment B starts (NSP encoders only; one per
 # option); QA adds its own keys (see qa.py).

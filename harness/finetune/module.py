@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import lightning.pytorch as L
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.model import MaskedLM
+from harness.pretrain import lr_factor
 
 
 class FinetuneModule(L.LightningModule):
@@ -66,10 +68,7 @@ class FinetuneModule(L.LightningModule):
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": rest, "weight_decay": 0.0}]
         opt = torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, self.beta2), eps=self.eps)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup_ratio * total)
-
-        def schedule(step: int) -> float:  # linear warmup to the peak, then linear decay to 0 (RoBERTa Table 10)
-            return step / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
-
+        # linear warmup to the peak, then linear decay to 0 (RoBERTa Table 10): pretraining's schedule
+        schedule = partial(lr_factor, warmup=int(self.warmup_ratio * total), total=total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

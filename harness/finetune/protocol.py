@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import read_yaml
+from harness.config import coerce, read_yaml
 from harness.errors import UserError
 from harness.finetune.tasks import TASKS
 
@@ -93,23 +93,6 @@ class Protocol:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "tasks"}
 
 
-def _value(raw: Any, tp: Any, where: str) -> Any:
-    """One YAML value checked against a field type (int, float, or a tuple of either)."""
-    if typing.get_origin(tp) is tuple:
-        if not isinstance(raw, list):
-            raise UserError(f"{where}: expected a list, got {raw!r}")
-        return tuple(_value(item, typing.get_args(tp)[0], where) for item in raw)
-    if tp is float and isinstance(raw, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
-        try:
-            raw = float(raw)
-        except ValueError:
-            pass
-    ok = isinstance(raw, int if tp is int else (int, float)) and not isinstance(raw, bool)
-    if not ok:
-        raise UserError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {raw!r}")
-    return tp(raw)
-
-
 def _settings(where: str, values: Any, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """A mapping of protocol settings, each key a known setting (or one of `extra`, returned as it is) and each
     value of its field's type."""
@@ -120,7 +103,7 @@ def _settings(where: str, values: Any, extra: tuple[str, ...] = ()) -> dict[str,
     for key in values:
         if key not in keys:
             raise UserError(f"{where}.{key}: unknown protocol key; expected one of {sorted(keys)}")
-    return {key: raw if key in extra else _value(raw, hints[key], f"{where}.{key}") for key, raw in values.items()}
+    return {key: raw if key in extra else coerce(raw, hints[key], f"{where}.{key}") for key, raw in values.items()}
 
 
 def parse_protocol(name: str, values: dict[str, Any]) -> Protocol:

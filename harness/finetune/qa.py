@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 from tokenizers import Tokenizer
 
-from harness.finetune.features import EOS, Feature, prefix
+from harness.finetune.features import Feature, prefix
 from harness.finetune.readers import QAExample
+from harness.tokens import EOS
 
 N_BEST = 20  # start and end candidates per window (BERT's n_best_size)
 

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import statistics
 import time
 import warnings
@@ -27,13 +26,13 @@ from typing import Any
 import lightning.pytorch as L
 import numpy as np
 import torch
-import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from harness.config import Config, with_overrides
+from harness import speed
 from harness.errors import UserError
+from harness.files import read_json, write_json
 from harness.finetune import features as feats
 from harness.finetune import metrics, qa
 from harness.finetune.heads import make_head
@@ -41,43 +40,9 @@ from harness.finetune.module import FinetuneModule
 from harness.finetune.protocol import Protocol, load_protocol
 from harness.finetune.tasks import NA_OFFLINE, Task, TaskData, get_task, load_task_data
 from harness.model import MaskedLM
+from harness.pretrain import PretrainedRun, load_run
 
-PAD_ID = 1
 INITS = ("pretrained", "random")
-
-
-@dataclass(frozen=True)
-class PretrainedRun:
-    dir: Path
-    config: Config
-    tokenizer_path: Path
-    weights: dict[str, Tensor] | None  # MaskedLM state dict; None for a random init
-    vocab_size: int
-    pretrain_status: str  # result.json's status ("finished", "diverged"), or "incomplete" without one
-
-
-def load_run(run_dir: Path, init: str = "pretrained") -> PretrainedRun:
-    run_dir = Path(run_dir)
-    if init not in INITS:
-        raise UserError(f"--init {init}: expected one of {list(INITS)}")
-    needed = ["config.yaml", "tokenizer.json"] + (["checkpoints/last.ckpt"] if init == "pretrained" else [])
-    missing = [name for name in needed if not (run_dir / name).is_file()]
-    if missing:
-        raise UserError(f"{run_dir}: not a pretrained run folder (runs/<study>/<arm>/seed_<k>); missing "
-                        f"{', '.join(str(run_dir / m) for m in missing)}")
-    config = with_overrides(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
-    weights = None
-    if init == "pretrained":
-        # Our own run's checkpoint holds config objects besides tensors, so it is not loaded weights_only.
-        state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-        weights = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in state.items()
-                   if k.startswith("model.")}
-        vocab_size = weights["encoder.embed.word.weight"].shape[0]
-    else:
-        vocab_size = feats.load_tokenizer(run_dir / "tokenizer.json").get_vocab_size()
-    result = run_dir / "result.json"
-    status = json.loads(result.read_text()).get("status", "unknown") if result.is_file() else "incomplete"
-    return PretrainedRun(run_dir, config, run_dir / "tokenizer.json", weights, vocab_size, status)
 
 
 def build_model(run: PretrainedRun, seed: int, dropout: float) -> MaskedLM:
@@ -87,7 +52,7 @@ def build_model(run: PretrainedRun, seed: int, dropout: float) -> MaskedLM:
     init_seed = seed if run.weights is not None else 1_000_003 * run.config.train.seed + seed
     torch.manual_seed(init_seed)
     cfg = dataclasses.replace(run.config.model, dropout=dropout)  # fine-tuning's dropout, not pretraining's
-    model = MaskedLM(cfg, run.vocab_size, pad_id=PAD_ID, nsp=run.config.data.nsp, seed=init_seed)
+    model = MaskedLM(cfg, run.vocab_size, nsp=run.config.data.nsp, seed=init_seed)
     if run.weights is not None:
         model.load_state_dict(run.weights)
     return model
@@ -175,10 +140,11 @@ def train_one(task: Task, prepared: Prepared, run: PretrainedRun, protocol: Prot
     batches = feats.LengthGroupedBatches(prepared.train, batch_size, seed)
     train = DataLoader(prepared.train, batch_sampler=batches, collate_fn=feats.collate)
     dev = DataLoader(prepared.dev, batch_size=max(batch_size, 64), collate_fn=feats.collate)
-    gpu = torch.cuda.is_available()
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    # On a GPU as pretraining's train.precision=auto; on CPU fine-tuning stays in fp32, without the bf16 probe.
+    precision = speed.resolve_precision("auto" if accelerator == "gpu" else "32", accelerator)
     trainer = L.Trainer(
-        accelerator="gpu" if gpu else "cpu", devices=1,
-        precision="bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true",
+        accelerator=accelerator, devices=1, precision=precision,
         max_epochs=protocol.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[_StepBar(bar)] if bar is not None else [],
     )  # fmt: skip
@@ -196,14 +162,6 @@ def train_one(task: Task, prepared: Prepared, run: PretrainedRun, protocol: Prot
 
 
 # ---- results -----------------------------------------------------------------------------------------------
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic: a reader sees no file or the complete one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def results_dir(run_dir: Path, task: str, init: str = "pretrained") -> Path:
@@ -234,11 +192,13 @@ def finetune(run_dir: Path, task: str, data_dir: Path | str | None = None, proto
     """Fine-tune `run_dir`'s encoder on `task` under `protocol` for every seed; return (and write) the summary.
     data_dir: a folder of official files, "hf" for HF datasets' local cache, or None (stand-in or n/a offline)."""
     spec, proto = get_task(task), load_protocol(protocol).for_task(task)  # the task's own settings, where it has any
-    run = load_run(run_dir, init)
+    if init not in INITS:
+        raise UserError(f"--init {init}: expected one of {list(INITS)}")
+    run = load_run(run_dir, weights=init == "pretrained")
     out = results_dir(run_dir, task, init)
     data = load_task_data(spec, data_dir)
     common = {"task": task, "metric": spec.metric, "protocol": proto.name, "init": init,
-              "pretrain_status": run.pretrain_status}
+              "pretrain_status": run.status}
     if data is None:
         summary = {**common, "data_source": NA_OFFLINE, "status": NA_OFFLINE, "n_seeds": 0, "values": [],
                    "median": None, "min": None, "max": None}
@@ -260,7 +220,7 @@ def finetune(run_dir: Path, task: str, data_dir: Path | str | None = None, proto
     seeds = []
     for seed in range(proto.seeds):
         path = out / f"seed_{seed}.json"
-        previous = json.loads(path.read_text()) if path.is_file() else None
+        previous = read_json(path)
         if previous is not None and previous.get("settings") == settings:
             seeds.append(previous)
             bar.update(sum(steps[bs] for _, bs in grid))
