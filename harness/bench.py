@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from harness.errors import UserError
+from harness.files import write_json
 
 SECTIONS = ("data", "pretrain")
 
@@ -37,7 +38,6 @@ def bench_from_cli(args: argparse.Namespace) -> None:
         consumed = report["pretrain"]["tokens_per_s"] / report["data"]["seq_len"]  # sequences/s the model eats
         report["data"]["loader_headroom_vs_model"] = round(report["data"]["loader_seq_per_s"] / consumed, 1)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_json(out, report)
     print(json.dumps(report, indent=2))
     print(f"wrote {out}")

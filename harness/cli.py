@@ -42,12 +42,16 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _grid_run(args: argparse.Namespace) -> None:
-    from harness.grid.runner import load_slurm_options, run_grid
+    from harness.grid.runner import CellsFailed, load_slurm_options, run_grid
 
     if args.workers < 1:
         raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
-    run_grid(args.experiment, args.scale, args.runs_dir, args.backend, args.workers, args.devices_per_worker,
-             args.optuna_storage, load_slurm_options(args.slurm), data_dir=args.data_dir, wandb=args.wandb)
+    try:
+        run_grid(args.experiment, args.scale, args.runs_dir, args.backend, args.workers, args.devices_per_worker,
+                 args.optuna_storage, load_slurm_options(args.slurm), data_dir=args.data_dir, wandb=args.wandb)
+    except CellsFailed as e:  # it ran, but not every cell has a result: exit 1, apart from bad input's 2
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _grid_worker(args: argparse.Namespace) -> None:
@@ -60,6 +64,13 @@ def _grid_status(args: argparse.Namespace) -> None:
     from harness.grid.runner import status_table
 
     print(status_table(Path(args.folder)))
+
+
+def _gpu_check(args: argparse.Namespace) -> None:
+    from harness.gpucheck import gpu_check_from_cli
+
+    if gpu_check_from_cli(args):
+        sys.exit(1)  # the report is written; a check failed
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -152,6 +163,20 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs/bench/latest.json")
     bench.add_argument("--sections", default="data,pretrain", help="comma-separated: data,pretrain")
     bench.set_defaults(func=_bench)
+
+    gpu = sub.add_parser(
+        "gpu-check", help="what only a GPU shows, in a few minutes (a CPU rehearsal without one); see docs/gpu.md",
+        description="Versions, the measured bf16 matmul peak, fp32 agreement with transformers' RoBERTa and the "
+        "bf16 loss curve against fp32, training throughput at BERT-base x 512 tokens against RobertaForMaskedLM, "
+        "Table 2's smoke grid through the Lightning Trainer, DDP where two GPUs are visible, torch.compile while "
+        "the budget allows. Without CUDA: the same at tiny shapes on the CPU, a rehearsal. Writes gpu_check.json "
+        "and gpu_check.md; exit 1 when a check failed.")
+    gpu.add_argument("--out", help="report folder (default: $OUT when set, else runs/gpu-check)")
+    gpu.add_argument("--sections", default="environment,peak,numerics,throughput,real_path,ddp,compile",
+                     help="comma-separated subset of the default")
+    gpu.add_argument("--budget-s", type=float, default=270.0,
+                     help="seconds the whole check may take; compile runs only while 120 s are left (default 270)")
+    gpu.set_defaults(func=_gpu_check)
     return p
 
 

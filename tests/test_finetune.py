@@ -19,10 +19,11 @@ from tokenizers import ByteLevelBPETokenizer
 from harness.cli import main
 from harness.config import Config, DataConfig, ModelConfig
 from harness.errors import UserError
-from harness.finetune import finetune, metrics, qa, readers, standins
+from harness.finetune import metrics, qa, readers, standins
 from harness.finetune.features import LengthGroupedBatches, collate, load_tokenizer, text_features
 from harness.finetune.protocol import PROTOCOLS_FILE, load_protocol, load_protocols, parse_protocol
 from harness.finetune.readers import QAExample
+from harness.finetune.runner import finetune
 from harness.finetune.tasks import TASKS, get_task, load_task_data
 from harness.model import MaskedLM
 from harness.tokens import BOS, EOS

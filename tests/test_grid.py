@@ -96,6 +96,60 @@ def test_bad_grid_file_is_one_line_exit_2_and_records_nothing(tmp_path, edit, ke
     assert not runs.exists()
 
 
+@pytest.mark.parametrize(
+    "old, new, field",
+    [
+        ("table: 2\n", "table: 2.7\n", "table"),
+        ("tasks: [rt_sentiment]", "tasks: [no_such_task]", "finetune.tasks"),
+        ("finetune: {protocol: smoke}", "finetune: {protocol: no_such_protocol}", "scales.smoke.finetune.protocol"),
+        ("finetune: {protocol: smoke}", "finetune: {protocol: smoke}\n    tune: {trials: 1.5}",
+         "scales.smoke.tune.trials"),
+        ("tasks: [rt_sentiment]", "tasks: [mnli]", "finetune.tasks"),  # no stand-in, and no --data-dir
+    ],
+    ids=["fractional-table", "unknown-task", "unknown-protocol", "fractional-trials", "unreachable-task-data"],
+)
+def test_bad_field_in_a_table_file_exits_2_in_seconds_before_any_pretraining(tmp_path, old, new, field):
+    """experiments/table2_nsp.yaml with one field changed: every field is type-checked (no int() of 2.7) and the
+    fine-tuning tasks, protocol and their data are resolved when the file is read, not when a cell gets there."""
+    text = (REPO / "experiments" / "table2_nsp.yaml").read_text()
+    assert text.count(old) == 1
+    path = tmp_path / "bad.yaml"
+    path.write_text(text.replace(old, new))
+    runs = tmp_path / "runs"
+    start = time.perf_counter()
+    r = cli("grid", "run", str(path), "--scale", "smoke", "--runs-dir", str(runs))
+    seconds = time.perf_counter() - start
+    assert r.returncode == 2, r.stdout + r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"bad.yaml: {field}: " in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not runs.exists()  # no study folder, no grid.sqlite, no run folder
+    assert seconds < 10, f"{seconds:.1f} s"
+
+
+def test_grid_run_exits_1_naming_each_failed_cell_and_its_log(tmp_path):
+    """Every cell's fine-tuning fails (an SST-2 train file with a label outside {0, 1}, which only reading it finds):
+    each cell is recorded as failed and the grid goes on, then `grid run` exits 1 (ran, but cells failed; 2 is bad
+    input), naming every failed cell by kind, arm and seed with its error and the log its worker wrote."""
+    glue = tmp_path / "glue"
+    (glue / "SST-2").mkdir(parents=True)
+    (glue / "SST-2" / "train.tsv").write_text("sentence\tlabel\na good film\t1\na bad film\t7\n")
+    (glue / "SST-2" / "dev.tsv").write_text("sentence\tlabel\na good film\t1\n")
+    path = write_experiment(tmp_path / "fails.yaml", {"data.input_format": FORMATS}, {"optim.max_steps": 10},
+                            finetune={"tasks": ["sst2"], "protocol": "smoke"})
+    runs = tmp_path / "runs"
+    r = cli("grid", "run", str(path), "--scale", "smoke", "--runs-dir", str(runs), "--data-dir", str(glue),
+            "--workers", "2")
+    assert r.returncode == 1, r.stderr[-3000:]
+    folder = runs / "fails-smoke"
+    assert sorted(s[2] for s in statuses(folder)) == ["failed", "failed"]
+    assert "error: 2 cell(s) failed" in r.stderr, r.stderr[-3000:]
+    for arm in FORMATS:
+        line = next(x for x in r.stderr.splitlines() if x.startswith(f"  run {arm} seed 0: "))
+        assert "train.tsv:3: label '7' is not one of ['0', '1']" in line, line
+        log = Path(line.rsplit("[log: ", 1)[1].removesuffix("]"))
+        assert log.parent == folder / "logs" and f"run {arm} seed 0 failed" in log.read_text(), line
+
+
 def refused(path: Path, runs: Path) -> str:
     """`grid run` of a file whose plan is refused: exit 2, one line on stderr, nothing recorded."""
     r = cli("grid", "run", str(path), "--scale", "smoke", "--runs-dir", str(runs))

@@ -9,8 +9,7 @@ or on real offline stand-ins, under a named protocol, and write per-seed results
     metrics.py    accuracy, F1, MCC, Pearson/Spearman, SQuAD EM/F1
     protocol.py   the protocols in configs/finetune.yaml
     runner.py     `finetune(run_dir, task, data_dir, protocol)`: the loop over seeds and configurations
+
+Nothing is imported here: reading the task registry or the protocols (an experiment file's check, in seconds) must
+not pull in Lightning through the runner.
 """
-
-from harness.finetune.runner import finetune
-
-__all__ = ["finetune"]

@@ -8,7 +8,7 @@ import re
 import string
 
 import numpy as np
-import pandas as pd
+from scipy import stats
 
 
 def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
@@ -30,16 +30,22 @@ def matthews(pred: np.ndarray, gold: np.ndarray) -> float:
     return 100.0 * (tp * tn - fp * fn) / denom if denom else 0.0
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
+def _correlation(statistic, x: np.ndarray, y: np.ndarray) -> float:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.std() == 0 or y.std() == 0:
-        return 0.0  # a constant prediction has no correlation (numpy would give nan)
-    return 100.0 * float(np.corrcoef(x, y)[0, 1])
+        # A constant prediction (a fine-tune stuck on one value) has no correlation: 0, where scipy gives nan and a
+        # ConstantInputWarning. Checked first, so scipy never sees such input.
+        return 0.0
+    return 100.0 * float(statistic(x, y).statistic)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    return _correlation(stats.pearsonr, x, y)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson of average ranks (ties share their mean rank), which is scipy.stats.spearmanr's definition."""
-    return pearson(pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy())
+    """Pearson of average ranks (ties share their mean rank)."""
+    return _correlation(stats.spearmanr, x, y)
 
 
 def classification_metrics(logits: np.ndarray, gold: np.ndarray) -> dict[str, float]:

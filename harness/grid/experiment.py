@@ -23,6 +23,8 @@ TOP_KEYS = {"study", "table", "description", "base", "scientific", "linked", "nu
 SCALE_KEYS = {"base", "overrides", "seeds", "scientific", "linked", "tune", "finetune", "why", "epochs"}
 TUNE_KEYS = {"trials", "tokens"}
 RANGE_KEYS = {"low", "high", "log"}
+FINETUNE_KEYS = {"tasks", "protocol"}
+TABLES = (1, 2, 3, 4)  # RoBERTa's ablation tables (§4.1-4.4); analysis.paper.TABLES holds their rows
 RUN_OVERRIDES = ("train.num_workers", "train.wandb")  # settings that do not change a cell's result (`config_hash`)
 
 
@@ -56,7 +58,6 @@ class Experiment:
     finetune_tasks: tuple[str, ...]
     finetune_protocol: str
     epochs: tuple[float, ...] | None  # planned epochs per arm as the file states them (None: not stated)
-    raw: dict = field(repr=False, default_factory=dict)
     # Set by `grid run`, not by the file, for every cell and applied last: settings that change no result
     # (`--wandb disabled` -> {"train.wandb": "disabled"}); recorded in study.json for the workers.
     run_overrides: dict[str, Any] = field(default_factory=dict)
@@ -138,6 +139,19 @@ def _mapping(value: Any, where: str) -> dict:
     return value
 
 
+def _check(ok: bool, where: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise UserError(f"{where}: expected {expected}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML's true/false are not numbers here
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _unknown(d: dict, allowed: set, where: str) -> None:
     for key in d:
         if key not in allowed:
@@ -181,42 +195,82 @@ def load_experiment(path: str | Path, scale: str) -> Experiment:
     for key in ("study", "table", "base", "scales"):
         if key not in raw:
             raise UserError(f"{path}: {key}: missing; every experiment file names its study, table, base and scales")
+    study, table = raw["study"], raw["table"]
+    _check(isinstance(study, str) and study.strip() != "" and "/" not in study, f"{path}: study",
+           "a non-empty name without '/' (it names the study's run folder)", study)
+    _check(_is_int(table) and table in TABLES, f"{path}: table", f"one of the paper's tables {list(TABLES)}", table)
+    _check(isinstance(raw.get("description", ""), str), f"{path}: description", "a string", raw.get("description"))
     scales = _mapping(raw["scales"], f"{path}: scales")
     if scale not in scales:
         raise UserError(f"{path}: scales.{scale}: this file defines no scale {scale!r}; it has {sorted(scales)}")
     s = _mapping(scales[scale], f"{path}: scales.{scale}")
     where = f"{path}: scales.{scale}."
     _unknown(s, SCALE_KEYS, where)
+    _check(isinstance(s.get("why", ""), str), f"{where}why", "a string", s.get("why"))
+    for key, value in (("base", raw["base"]), (f"scales.{scale}.base", s.get("base", ""))):
+        _check(isinstance(value, str), f"{path}: {key}", "a config file path", value)
     tune_raw = _mapping(s.get("tune"), f"{where}tune")
     _unknown(tune_raw, TUNE_KEYS, f"{where}tune.")
     for key, value in tune_raw.items():
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            raise UserError(f"{where}tune.{key}: expected an integer >= 0, got {value!r}")
+        _check(_is_int(value) and value >= 0, f"{where}tune.{key}", "an integer >= 0", value)
     nuisance = _mapping(raw.get("nuisance"), f"{path}: nuisance")
     for key, space in nuisance.items():
         space = _mapping(space, f"{path}: nuisance.{key}")
         _unknown(space, RANGE_KEYS, f"{path}: nuisance.{key}.")
-        if not (isinstance(space.get("low"), (int, float)) and isinstance(space.get("high"), (int, float))
-                and space["low"] < space["high"]):
-            raise UserError(f"{path}: nuisance.{key}: expected numbers low < high, got {space}")
-    finetune = {**_mapping(raw.get("finetune"), f"{path}: finetune"), **_mapping(s.get("finetune"), f"{where}finetune")}
-    _unknown(finetune, {"tasks", "protocol"}, f"{path}: finetune.")
+        _check(_is_number(space.get("low")) and _is_number(space.get("high")) and space["low"] < space["high"],
+               f"{path}: nuisance.{key}", "numbers low < high", space)
+        _check(isinstance(space.get("log", False), bool), f"{path}: nuisance.{key}.log", "true or false",
+               space.get("log"))
+    finetune_tasks, finetune_protocol = _finetune(raw, s, path, scale)
     seeds = s.get("seeds", [0])
-    if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) for x in seeds)):
-        raise UserError(f"{where}seeds: expected a non-empty list of integers, got {seeds!r}")
+    _check(isinstance(seeds, list) and seeds and all(_is_int(x) for x in seeds) and len(set(seeds)) == len(seeds),
+           f"{where}seeds", "a non-empty list of distinct integers", seeds)
     base = Path(s.get("base", raw["base"]))
     arms = _arms(_mapping(s.get("scientific", raw.get("scientific")), f"{where}scientific"),
                  _mapping(s.get("linked", raw.get("linked")), f"{where}linked"), f"{path}: ")
     exp = Experiment(
-        path=path, study=str(raw["study"]), table=int(raw["table"]), scale=scale, base=base, arms=tuple(arms),
+        path=path, study=study, table=table, scale=scale, base=base, arms=tuple(arms),
         nuisance=nuisance,
         fixed=_mapping(raw.get("fixed"), f"{path}: fixed"), overrides=_mapping(s.get("overrides"), f"{where}overrides"),
         seeds=tuple(seeds), tune=Tune(**tune_raw),
-        finetune_tasks=tuple(finetune.get("tasks", [])), finetune_protocol=str(finetune.get("protocol", scale)),
-        epochs=_epochs(s.get("epochs"), arms, f"{where}epochs"), raw=raw,
+        finetune_tasks=finetune_tasks, finetune_protocol=finetune_protocol,
+        epochs=_epochs(s.get("epochs"), arms, f"{where}epochs"),
     )
     _validate(exp)
     return exp
+
+
+def _finetune(raw: dict, s: dict, path: Path, scale: str) -> tuple[tuple[str, ...], str]:
+    """The fine-tuning tasks and protocol (the scale's section over the file's), resolved against the task registry
+    and configs/finetune.yaml now, so an unknown name fails before any cell pretrains. The protocol defaults to the
+    scale's name; it must exist when there are tasks to fine-tune or when the file names it."""
+    where, values = {}, {}
+    for prefix, section in ((f"{path}: finetune", raw.get("finetune")),
+                            (f"{path}: scales.{scale}.finetune", s.get("finetune"))):
+        section = _mapping(section, prefix)
+        _unknown(section, FINETUNE_KEYS, f"{prefix}.")
+        for key, value in section.items():
+            where[key], values[key] = f"{prefix}.{key}", value
+    tasks = values.get("tasks", [])
+    _check(isinstance(tasks, list) and all(isinstance(t, str) for t in tasks) and len(set(tasks)) == len(tasks),
+           where.get("tasks", ""), "a list of distinct task names", tasks)
+    protocol = values.get("protocol", scale)
+    _check(isinstance(protocol, str), where.get("protocol", ""), "a protocol name from configs/finetune.yaml",
+           protocol)
+    if not tasks and "protocol" not in values:
+        return (), protocol  # nothing fine-tunes: the default protocol is never used
+    from harness.finetune.protocol import PROTOCOLS_FILE, load_protocols
+    from harness.finetune.tasks import TASKS
+
+    for task in tasks:
+        if task not in TASKS:
+            raise UserError(f"{where['tasks']}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    protocols = load_protocols()
+    if protocol not in protocols:
+        named = where.get("protocol", f"{path}: scales.{scale}.finetune.protocol (not set: the scale's name)")
+        raise UserError(f"{named}: unknown protocol {protocol!r}; expected one of {sorted(protocols)} "
+                        f"(in {PROTOCOLS_FILE.name})")
+    return tuple(tasks), protocol
 
 
 def _epochs(value: Any, arms: list[Arm], where: str) -> tuple[float, ...] | None:
@@ -225,7 +279,7 @@ def _epochs(value: Any, arms: list[Arm], where: str) -> tuple[float, ...] | None
         return None
     names = [a.name for a in arms]
     if not (isinstance(value, list) and len(value) == len(arms)
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)):
+            and all(_is_number(v) and v > 0 for v in value)):
         raise UserError(f"{where}: expected one positive number per arm, in the order {names}, got {value!r}")
     return tuple(float(v) for v in value)
 

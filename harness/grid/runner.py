@@ -5,7 +5,8 @@ when either is refused), writes runs/<study>-<scale>/study.json, adds the cells 
 studies, then starts workers: in this process (1 worker), as local subprocesses (`--workers N`, one cell each at a
 time, GPUs split between them), or as a SLURM job array through submitit. Every worker runs the same loop, so a crashed
 or pre-empted worker only costs its current cell's progress since the last checkpoint: the cell goes back to pending
-and resumes there.
+and resumes there. A cell that raised is recorded as failed and the grid goes on; `grid run` then names the failed
+cells and where they logged, and exits 1 (CellsFailed).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from harness.config import Config, with_overrides
+from harness.config import Config, flatten, with_overrides
 from harness.errors import UserError
+from harness.files import read_json, write_json
 from harness.grid.experiment import Arm, Experiment, config_hash, load_experiment
 from harness.grid.provenance import provenance
 from harness.grid.store import CellStore, worker_id
@@ -108,9 +110,7 @@ class Heartbeat:
 
 def _write_cell_json(exp: Experiment, cell: dict, cfg: Config, nuisance: dict, tuning: dict) -> None:
     arm = next(a for a in exp.arms if a.name == cell["arm"])
-    run_dir = Path(cell["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    flat = {f"{s}.{k}": v for s, values in cfg.to_dict().items() for k, v in values.items()}
+    flat = flatten(cfg.to_dict())
     nuisance_keys = [*(nuisance or exp.nuisance)] or ["optim.peak_lr"]  # the LR is recorded even when not tuned
     info = {
         "study": exp.study, "table": exp.table, "arm": cell["arm"], "seed": cell["seed"], "scale": exp.scale,
@@ -121,9 +121,7 @@ def _write_cell_json(exp: Experiment, cell: dict, cfg: Config, nuisance: dict, t
         "tuning": tuning,
         "provenance": {**provenance(), "config_hash": config_hash(cfg)},
     }
-    tmp = run_dir / ".cell.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    os.replace(tmp, run_dir / "cell.json")
+    write_json(Path(cell["run_dir"]) / "cell.json", info)
 
 
 def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker: str,
@@ -184,7 +182,9 @@ def _pretrain_ddp(cfg: Config, run_dir: Path) -> dict:
 
 def work(folder: Path) -> int:
     """The worker loop: claim, run, record, until no cell is left. Returns the number of cells this worker ran."""
-    info = json.loads((folder / "study.json").read_text())
+    info = read_json(folder / "study.json")
+    if info is None:
+        raise UserError(f"{folder}: no readable study.json here; expected a study folder made by `grid run`")
     exp = load_experiment(folder / "experiment.yaml", info["scale"]).with_run_overrides(info.get("run_overrides", {}))
     runs_dir = str(folder.parent)
     storage = info["optuna_storage"]
@@ -209,6 +209,8 @@ def work(folder: Path) -> int:
                 status = run_one(exp, store, cell, storage, me, info.get("data_dir"))
             except UserError as e:
                 error = str(e)
+                print(f"[grid {exp.folder}] {cell['kind']} {cell['arm']} seed {cell['seed']} failed: {error}",
+                      file=sys.stderr, flush=True)
             except Exception as e:  # the grid goes on; the cell records why it failed
                 error = f"{type(e).__name__}: {e}"
                 traceback.print_exc()
@@ -228,7 +230,7 @@ def prepare_study(exp: Experiment, runs_dir: str, optuna_storage: str | None, da
     storage = optuna_storage or f"sqlite:///{(folder / 'optuna.sqlite').resolve()}"
     shutil.copyfile(exp.path, folder / "experiment.yaml")
     info = {**exp.study_json(), "plan": plan, "optuna_storage": storage, "data_dir": data_dir}  # workers read it
-    (folder / "study.json").write_text(json.dumps(info, indent=2))
+    write_json(folder / "study.json", info)
     store = CellStore(folder / "grid.sqlite")
     if exp.tune.trials and exp.nuisance:
         from harness.grid import tune
@@ -255,10 +257,11 @@ def _progress(folder: Path, procs: list) -> None:
     bar.close()
 
 
-def launch_local(folder: Path, workers: int, devices_per_worker: int) -> None:
+def launch_local(folder: Path, workers: int, devices_per_worker: int) -> dict[str, str]:
+    """Run the workers to the end; returns where each logged, by worker id as the store records it."""
     if workers == 1:
         work(folder)
-        return
+        return {worker_id(): "above, on this terminal"}
     import torch
 
     gpus = torch.cuda.device_count()
@@ -277,6 +280,7 @@ def launch_local(folder: Path, workers: int, devices_per_worker: int) -> None:
     _progress(folder, procs)
     if any(p.wait() for p in procs):
         print(f"some workers exited with an error; see {logs}/", file=sys.stderr)
+    return {worker_id(p.pid): str(logs / f"worker_{i}.log") for i, p in enumerate(procs)}
 
 
 def launch_submitit(folder: Path, workers: int, cluster: str | None, slurm: dict) -> None:
@@ -287,7 +291,7 @@ def launch_submitit(folder: Path, workers: int, cluster: str | None, slurm: dict
     executor.update_parameters(**slurm)
     if cluster != "local":
         executor.update_parameters(slurm_array_parallelism=workers)
-    jobs = executor.map_array(SubmititWorker(folder), [folder] * workers)
+    jobs = executor.map_array(SubmititWorker(), [folder] * workers)
     print(f"submitted {len(jobs)} worker(s): {jobs[0].job_id.split('_')[0]}; `python -m harness grid status {folder}`")
     if cluster == "local":
         for job in jobs:
@@ -297,16 +301,13 @@ def launch_submitit(folder: Path, workers: int, cluster: str | None, slurm: dict
 class SubmititWorker:
     """Picklable worker for submitit; `checkpoint` makes SLURM pre-emption requeue the worker, which resumes."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-
     def __call__(self, folder: Path) -> int:
         return work(folder)
 
     def checkpoint(self, folder: Path):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(SubmititWorker(folder), folder)
+        return submitit.helpers.DelayedSubmission(SubmititWorker(), folder)
 
 
 def status_table(folder: Path) -> str:
@@ -327,11 +328,19 @@ def status_table(folder: Path) -> str:
 def check_data_dir(exp: Experiment, data_dir: str | None) -> str | None:
     """`grid run --data-dir` as every cell's fine-tuning gets it: an absolute folder (workers may start elsewhere)
     holding each fine-tuning task's official files; a UserError naming what is missing, before anything is
-    recorded. None (stand-ins) and "hf" (HF datasets' cache) pass as they are."""
-    if data_dir in (None, "hf"):
+    recorded. "hf" (HF datasets' cache) passes as it is; None (the offline stand-ins) only when every task has one:
+    a grid whose fine-tuning could only read "n/a offline" is refused."""
+    if data_dir == "hf":
         return data_dir
     from harness.finetune.tasks import check_files, get_task
 
+    if data_dir is None:
+        for name in exp.finetune_tasks:
+            task = get_task(name)
+            if task.standin is None:
+                raise UserError(f"{exp.path}: finetune.tasks: {name} has no offline stand-in; give --data-dir DIR "
+                                f"with {' and '.join(task.files)} (or --data-dir hf), or drop {name} at this scale")
+        return None
     if not Path(data_dir).is_dir():
         raise UserError(f"--data-dir {data_dir}: not a folder")
     folder = Path(data_dir).resolve()
@@ -350,11 +359,33 @@ def run_grid(path: str, scale: str, runs_dir: str = "runs", backend: str = "loca
     data_dir = check_data_dir(exp, data_dir)
     folder = prepare_study(exp, runs_dir, optuna_storage, data_dir)
     if backend == "local":
-        launch_local(folder, workers, devices_per_worker)
+        logs = launch_local(folder, workers, devices_per_worker)
     else:
         launch_submitit(folder, workers, "local" if backend == "submitit-local" else "slurm", slurm or {})
+        logs = {}
     print(status_table(folder))
+    if backend != "slurm":  # the local backends waited for every cell; SLURM's array is still running
+        other = (f"{folder / 'submitit'}/" if backend == "submitit-local"
+                 else f"an earlier `grid run`: its terminal, or {folder / 'logs'}/ with --workers > 1")
+        raise_if_failed(folder, logs, other)
     return folder
+
+
+class CellsFailed(Exception):
+    """`grid run` ran, but cells failed: the CLI prints the message and exits 1 (exit 2 is bad input)."""
+
+
+def raise_if_failed(folder: Path, logs: dict[str, str], other: str) -> None:
+    """CellsFailed naming every failed cell (kind, arm, seed), its recorded error and where its worker logged
+    (`logs`: worker id -> log; `other` for a worker not in it: under submitit, or in an earlier `grid run`)."""
+    failed = [r for r in CellStore(folder / "grid.sqlite").rows() if r["status"] == "failed"]
+    if not failed:
+        return
+    lines = [f"{len(failed)} cell(s) failed in {folder} (`python -m harness grid status {folder}` lists every cell):"]
+    for r in failed:
+        error = (r["error"] or "no error recorded").strip().splitlines()[0][:200]
+        lines.append(f"  {r['kind']} {r['arm']} seed {r['seed']}: {error} [log: {logs.get(r['worker'], other)}]")
+    raise CellsFailed("\n".join(lines))
 
 
 def load_slurm_options(text: str | None) -> dict:

@@ -20,17 +20,18 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
     cell_id TEXT PRIMARY KEY, study TEXT, arm TEXT, seed INTEGER, kind TEXT, status TEXT,
     attempts INTEGER DEFAULT 0, worker TEXT, lease_until REAL, started REAL, finished REAL, error TEXT,
-    run_dir TEXT, config TEXT, trial INTEGER, value REAL, seconds REAL, ord INTEGER
+    run_dir TEXT, config TEXT, trial INTEGER, seconds REAL, ord INTEGER
 );
 CREATE TABLE IF NOT EXISTS arms (arm TEXT PRIMARY KEY, best TEXT);
 """
 LEASE_S = 60.0
 OPEN = ("pending", "running")
-DONE = ("finished", "diverged", "failed", "pruned")
+TERMINAL = ("finished", "diverged", "failed", "pruned")  # a cell in one of these is not claimed again
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_id(pid: int | None = None) -> str:
+    """host:pid of this process (or of `pid`, a worker started on this host), as the store records it."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
 def _dead_here(worker: str | None) -> bool:
@@ -121,23 +122,22 @@ class CellStore:
         with self.transaction() as db:
             db.execute("UPDATE cells SET trial = ? WHERE cell_id = ?", (trial, cell_id))
 
-    def finish(self, cell_id: str, worker: str, status: str, error: str | None = None,
-               value: float | None = None) -> None:
-        assert status in DONE, status
+    def finish(self, cell_id: str, worker: str, status: str, error: str | None = None) -> None:
+        assert status in TERMINAL, status
         with self.transaction() as db:
             row = db.execute("SELECT started FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
             now = time.time()
             db.execute(
-                "UPDATE cells SET status = ?, error = ?, value = ?, finished = ?, seconds = ?, lease_until = NULL "
+                "UPDATE cells SET status = ?, error = ?, finished = ?, seconds = ?, lease_until = NULL "
                 "WHERE cell_id = ? AND worker = ?",
-                (status, error, value, now, now - (row["started"] or now), cell_id, worker),
+                (status, error, now, now - (row["started"] or now), cell_id, worker),
             )
 
     def rows(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM cells ORDER BY ord")]
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys((*OPEN, *DONE), 0)
+        out = dict.fromkeys((*OPEN, *TERMINAL), 0)
         for r in self.db.execute("SELECT status, COUNT(*) AS n FROM cells GROUP BY status"):
             out[r["status"]] = r["n"]
         return out
