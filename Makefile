@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 SCALE ?= demo
 WORKERS ?= 1
 
-.PHONY: help setup test test-slow lint data bench ablation-nsp ablation-masking ablation-batch ablation-data tables \
-	notebook clean
+.PHONY: help setup test test-slow lint data bench gpu-check gpu-wheels ablation-nsp ablation-masking ablation-batch \
+	ablation-data tables notebook clean
 
 help:  ## list targets
 	@grep -E '^[a-z -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -36,6 +36,20 @@ data: $(STAMP)  ## fetch and prepare the demo corpus as configs/demo.yaml uses i
 
 bench: $(STAMP)  ## benchmarks -> runs/bench/latest.json
 	$(PY) -m harness bench
+
+# The device machine has no venv and no registry: `make gpu-check PY=python3` there uses its own torch, with the
+# wheels from `make gpu-wheels` and the data a CPU rehearsal left in .gpu/cache (docs/gpu.md has the exact call).
+GPU_CACHE := $(CURDIR)/.gpu/cache
+gpu-check: $(if $(findstring $(VENV)/,$(PY)),$(STAMP))  ## what only a GPU shows; without one, a CPU rehearsal (docs/gpu.md)
+	HARNESS_CACHE=$(GPU_CACHE) PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m harness gpu-check
+
+# nltk and mwparserfromhell at this venv's versions (the corpus cache key names them), for the device's Python 3.12
+gpu-wheels: $(STAMP)  ## wheels the device call carries in .gpu/wheels (docs/gpu.md)
+	rm -rf .gpu/wheels
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .gpu/wheels \
+		$$($(PY) -c 'import importlib.metadata as m; print(*(f"{p}=={m.version(p)}" for p in ("nltk", "mwparserfromhell")))')
 
 ablation-nsp: EXP = table2_nsp
 ablation-masking: EXP = table1_masking

@@ -174,8 +174,8 @@ def parser() -> argparse.ArgumentParser:
     gpu.add_argument("--out", help="report folder (default: $OUT when set, else runs/gpu-check)")
     gpu.add_argument("--sections", default="environment,peak,numerics,throughput,real_path,ddp,compile",
                      help="comma-separated subset of the default")
-    gpu.add_argument("--budget-s", type=float, default=270.0,
-                     help="seconds the whole check may take; compile runs only while 120 s are left (default 270)")
+    gpu.add_argument("--budget-s", type=float, default=300.0,
+                     help="seconds the whole check may take; compile starts only while 100 s are left (default 300)")
     gpu.set_defaults(func=_gpu_check)
     return p
 
