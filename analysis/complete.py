@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from analysis.load import DONE, Study, StudyError
+from analysis.load import RESULT_STATUSES, Study, StudyError
 
 
 class IncompleteStudyError(StudyError):
@@ -45,7 +45,7 @@ def check_complete(study: Study) -> None:
     for run in runs.to_dict("records"):
         if run["status"] == "finished":  # a result that is not this cell's (e.g. a tuning trial left in the folder)
             problems += _foreign_result(run)
-        if run["status"] in DONE or run["arm"] in missing_arms:
+        if run["status"] in RESULT_STATUSES or run["arm"] in missing_arms:
             continue
         grid = f"; grid: {run['grid_status']}" if run["grid_status"] else ""
         if run["grid_error"]:

@@ -30,7 +30,8 @@ import yaml
 
 from analysis.paper import HIGHER_IS_BETTER, PPL
 
-DONE = ("finished", "diverged")  # a result.json with either status is a complete run
+RESULT_STATUSES = ("finished", "diverged")  # a result.json with either is a complete run (harness.pretrain's own list;
+# analysis never imports harness)
 PRETRAIN_SOURCE = "held-out pretraining split"
 OWN_PPL = "own_ppl"  # perplexity on the held-out split in the arm's own input format (PPL is the yardstick's)
 NA_OFFLINE = "n/a offline"
@@ -161,7 +162,7 @@ def _run_row(study_dir: Path, meta: dict, arm_meta: dict, arm: str, seed: int, c
     detail = None
     if cell_json.get("kind", "run") != "run":  # a tuning trial's folder is not the arm's result, whatever it holds
         status, detail, result = "unfinished", f"holds a {cell_json['kind']!r} cell, not a run (cell.json)", None
-    elif result is not None and result.get("status") in DONE:
+    elif result is not None and result.get("status") in RESULT_STATUSES:
         status = result["status"]
     elif run_dir.is_dir():
         status, detail = "unfinished", "no result.json"
@@ -235,7 +236,7 @@ def tidy_frame(study: Study) -> pd.DataFrame:
                          "max": max(values, default=math.nan),
                          "higher_is_better": HIGHER_IS_BETTER.get(metric, True), **kw})
 
-        if run["status"] not in DONE:
+        if run["status"] not in RESULT_STATUSES:
             add(PPL, math.nan, [], metric_status=run["status"], data_source=PRETRAIN_SOURCE)
             continue
         diverged = run["status"] == "diverged"

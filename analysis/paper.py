@@ -40,6 +40,14 @@ class PaperTable:
     claims: dict[str, str]
     """Claim id -> the claim in the paper's words (or close to them); analysis.tables gives each a verdict."""
     source: str
+    plots: tuple[str, ...] = ("learning_curves", "downstream")
+    """The figures analysis.plots draws for this table, in order (Table 3 adds perplexity against batch size)."""
+
+    @property
+    def reports_ppl(self) -> bool:
+        """The paper gives perplexity for this table (Table 3, on held-out training data), so a verdict may rest on
+        ours; elsewhere a perplexity-only verdict says it had no downstream scores."""
+        return PPL in self.columns
 
     def row(self, label: str) -> PaperRow:
         for r in self.rows:
@@ -104,6 +112,7 @@ TABLE3 = PaperTable(
         "bigger_batch_lower_ppl": "bigger batches at equal compute lower the perplexity of the 256 batch",
     },
     "RoBERTa Table 3 (§4.3)",
+    plots=("learning_curves", "ppl_vs_batch", "downstream"),
 )
 
 TABLE4 = PaperTable(

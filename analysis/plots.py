@@ -159,8 +159,6 @@ def _save(fig: Figure, path: Path, rect: tuple[float, float, float, float] = (0,
 def plot_table(t: TableResult, outdir: str | Path) -> list[Path]:
     """Every figure for this table into outdir; returns the files written."""
     outdir = Path(outdir)
-    made = [learning_curves(t, outdir / "learning_curves.png")]
-    if t.number == 3:
-        made.append(ppl_vs_batch(t, outdir / "ppl_vs_batch.png"))
-    made.append(downstream(t, outdir / "downstream.png"))
+    figures = {"learning_curves": learning_curves, "ppl_vs_batch": ppl_vs_batch, "downstream": downstream}
+    made = [figures[name](t, outdir / f"{name}.png") for name in t.paper.plots]  # the table's own list (paper.py)
     return [p for p in made if p is not None]

@@ -30,12 +30,17 @@ def _num(m: Metric, x: float | None, signed: bool = False) -> str:
     return f"+{s}" if signed and x > 0 else s
 
 
+def _with_metric(t: TableResult, frame: pd.DataFrame):
+    """Each row of `frame` as a dict, with the Metric its "metric" column names."""
+    metric = {m.key: m for m in t.metrics}
+    for r in frame.to_dict("records"):
+        yield r, metric[r["metric"]]
+
+
 def detail_frame(t: TableResult) -> pd.DataFrame:
     """Per arm x metric, as display strings."""
-    metric = {m.key: m for m in t.metrics}
     rows = []
-    for r in t.detail.to_dict("records"):
-        m = metric[r["metric"]]
+    for r, m in _with_metric(t, t.detail):
         delta = "reference" if r["arm"] == t.reference_arm else (
             f"{_num(m, r['delta'], True)} [{_num(m, r['delta_lo'], True)}, {_num(m, r['delta_hi'], True)}]")
         level = r["range_level"]
@@ -54,10 +59,8 @@ def detail_frame(t: TableResult) -> pd.DataFrame:
 
 
 def claims_frame(t: TableResult) -> pd.DataFrame:
-    metric = {m.key: m for m in t.metrics}
     rows = []
-    for r in t.claims.to_dict("records"):
-        m = metric[r["metric"]]
+    for r, m in _with_metric(t, t.claims):
         level = f"{r['level']:.1%}" if r["level"] == r["level"] else "none"
         rows.append({
             "claim": r["claim"], "comparison (A vs B)": f"{r['comparison']} ({r['arm_a']} vs {r['arm_b']})",

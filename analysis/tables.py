@@ -1,10 +1,11 @@
-"""One function per paper table: our medians over seeds beside the paper's numbers, with their range, paired deltas
-against the table's reference arm, the tokens, steps and epochs each arm trained, and a verdict per paper claim.
+"""`make_table`, one function for every paper table (what differs per table lives in analysis.paper and
+analysis.rows): our medians over seeds beside the paper's numbers, with their range, paired deltas against the
+table's reference arm, the tokens, steps and epochs each arm trained, and a verdict per paper claim.
 
 Statistics and verdicts (paired by seed, "no signal" where the arms did not learn what the metric measures):
 analysis.stats. Arms map to the paper's rows by their factor values (analysis.rows).
 
-Every function fails loudly (IncompleteStudyError, naming each run folder or summary) on a missing arm, seed or
+It fails loudly (IncompleteStudyError, naming each run folder or summary) on a missing arm, seed or
 fine-tuning summary, or an unfinished run: a half-empty table would read as a result.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.complete import check_complete
-from analysis.load import DONE, NA_OFFLINE, OWN_PPL, Study, StudyError, load_study, random_init_scores
+from analysis.load import NA_OFFLINE, OWN_PPL, RESULT_STATUSES, Study, StudyError, load_study, random_init_scores
 from analysis.paper import PPL, TABLES, TASK_COLUMN, PaperTable
 from analysis.rows import ROW_MAPPINGS, arm_factors, row_pairs
 from analysis.stats import (
@@ -158,7 +159,7 @@ def _metrics(study: Study, paper: PaperTable, notes: list[str]) -> list[Metric]:
 def _by_seed(tidy: pd.DataFrame, arm: str, m: Metric) -> dict[int, float]:
     """Seed -> the run's number: perplexity, or the mean over its fine-tuning seeds. A diverged run is the worst
     result there is (ppl +inf, score -inf), never dropped."""
-    rows = tidy[(tidy["arm"] == arm) & (tidy["metric"] == m.key) & tidy["status"].isin(DONE)]
+    rows = tidy[(tidy["arm"] == arm) & (tidy["metric"] == m.key) & tidy["status"].isin(RESULT_STATUSES)]
     out = {}
     for r in rows.to_dict("records"):
         value = (-math.inf if m.higher_is_better else math.inf) if r["status"] == "diverged" else r["value"]
@@ -385,7 +386,7 @@ def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], met
         else:
             v = list(deciding["verdict"])
             basis = "downstream scores" if deciding["metric"].str.startswith("finetune/").all() else (
-                "perplexity (yardstick)" if number == 3 or has_downstream else
+                "perplexity (yardstick)" if paper.reports_ppl or has_downstream else
                 "perplexity (yardstick) only: no downstream scores in this study")
             adjust = (f"Holm across {len(deciding)} comparisons (contradicted at {holm_level(len(deciding)):.1%} "
                       f"each)" if len(deciding) > 1 else "one comparison")
@@ -456,29 +457,6 @@ def _run_notes(study: Study, runs: pd.DataFrame, settings: dict) -> list[str]:
     if len(edge_ft):
         notes.append(f"Fine-tuning LR chose the edge of its grid in {len(edge_ft)} run x task summaries.")
     return notes
-
-
-def table1(study: Study | str | Path, **kw: Any) -> TableResult:
-    """Table 1, static vs dynamic masking; claim: dynamic is comparable to or slightly better than static."""
-    return make_table(study, 1, **kw)
-
-
-def table2(study: Study | str | Path, **kw: Any) -> TableResult:
-    """Table 2, input format and NSP; claims: removing NSP does not hurt, single sentences hurt, DOC >= FULL."""
-    return make_table(study, 2, **kw)
-
-
-def table3(study: Study | str | Path, **kw: Any) -> TableResult:
-    """Table 3, batch size at equal compute; claims: the 2K batch has the lowest perplexity, bigger beats 256."""
-    return make_table(study, 3, **kw)
-
-
-def table4(study: Study | str | Path, **kw: Any) -> TableResult:
-    """Table 4, more data and longer training; claims: both improve downstream scores."""
-    return make_table(study, 4, **kw)
-
-
-TABLE_FUNCTIONS = {1: table1, 2: table2, 3: table3, 4: table4}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -169,6 +169,14 @@ class OptimConfig:
         _check(0 <= self.warmup_steps <= self.max_steps, "optim.warmup_steps", "in [0, optim.max_steps]",
                self.warmup_steps)
 
+    def accumulation(self, devices: int) -> int:
+        """Micro-batches per device per optimizer step: batch_size = micro_batch_size x accumulation x devices."""
+        per_step = self.micro_batch_size * devices
+        _check(self.batch_size % per_step == 0, "optim.batch_size",
+               f"a multiple of optim.micro_batch_size x devices = {self.micro_batch_size} x {devices} = {per_step}",
+               self.batch_size)
+        return self.batch_size // per_step
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -181,10 +181,7 @@ def preflight(cfg: Config) -> str:
     if d.max_seq_len > m.max_positions:
         raise UserError(f"data.max_seq_len: expected at most model.max_positions={m.max_positions} (the position "
                         f"table), got {d.max_seq_len}")
-    per_step = o.micro_batch_size * t.devices
-    if o.batch_size % per_step:
-        raise UserError(f"optim.batch_size: expected a multiple of optim.micro_batch_size x train.devices = "
-                        f"{o.micro_batch_size} x {t.devices} = {per_step}, got {o.batch_size}")
+    o.accumulation(t.devices)  # checks that the batch splits evenly over micro-batches and devices
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     if accelerator == "gpu" and t.devices > torch.cuda.device_count():
         raise UserError(f"train.devices: expected at most the {torch.cuda.device_count()} visible GPUs, "
@@ -206,7 +203,7 @@ def build_trainer(cfg: Config, run_dir: Path, *, resuming: bool = False, callbac
     info = system_info(cfg, run_dir, accelerator, precision)
     if rank_zero_only.rank == 0:
         write_json(run_dir / "system.json", info)
-    accumulate = o.batch_size // (o.micro_batch_size * t.devices)
+    accumulate = o.accumulation(t.devices)
 
     strategy: Any = "auto"
     if t.devices > 1:

@@ -568,7 +568,7 @@ def test_load_run_checks_each_file_and_names_it(tmp_path):
         assert "\n" not in str(error.value)
 
 
-def test_finetuning_lr_schedule_is_pretrainings():
+def test_finetuning_lr_schedule_is_pretrainings(lr_trace):
     """One schedule (harness.pretrain.lr_factor): the first step already has peak / warmup (fairseq's warmup, not
     0), the peak is reached at the end of the warmup, and the LR decays linearly to 0 at the last step."""
     from types import SimpleNamespace
@@ -580,13 +580,7 @@ def test_finetuning_lr_schedule_is_pretrainings():
     module = FinetuneModule(model, make_head("classification", 128, 2, 0.1), "classification", lr=1e-3,
                             warmup_ratio=0.06, weight_decay=0.1, beta2=0.98, eps=1e-6, score=None)
     module.trainer = SimpleNamespace(estimated_stepping_batches=100)  # 100 steps, so 6 of warmup
-    opt = module.configure_optimizers()
-    optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
-    lrs = []
-    for _ in range(101):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = lr_trace(module.configure_optimizers(), 100)
     assert lrs[0] == pytest.approx(1e-3 / 6) and lrs[5] == pytest.approx(1e-3) == lrs[6]
     assert all(a > b for a, b in zip(lrs[6:], lrs[7:])) and lrs[100] == 0.0
 

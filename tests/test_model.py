@@ -18,14 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 V = 1000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine every parallel op would wait
-    for the other core (30 tiny training steps: 1 s on one thread, 28 s on two under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def batch(B=3, T=24, vocab=V, pad_lengths=(24, 17, 9), seed=0, p=0.3):

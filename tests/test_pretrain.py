@@ -46,29 +46,17 @@ def tiny_data():
     return prepare(load_config(TINY).data)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from a second thread, and one thread is robust to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
-def test_lr_schedule_warms_up_then_decays_to_zero():
+def test_lr_schedule_warms_up_then_decays_to_zero(lr_trace):
     f = [lr_factor(s, warmup=4, total=10) for s in range(11)]
     assert f[:4] == [0.25, 0.5, 0.75, 1.0] and f[4] == 1.0  # step 0 trains at 1/warmup of the peak, not at 0
     assert all(a > b for a, b in zip(f[4:], f[5:])) and f[10] == 0.0
     assert lr_factor(0, warmup=0, total=10) == 1.0
     # the module's scheduler is this schedule over optim.max_steps (fine-tuning's: test_finetune.py)
     cfg = load_config(TINY, ["optim.max_steps=10", "optim.warmup_steps=4"])
-    opt = PretrainModule(cfg, vocab_size=400).configure_optimizers()
-    optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
-    lrs = []
-    for _ in range(11):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = lr_trace(PretrainModule(cfg, vocab_size=400).configure_optimizers(), 10)
     assert lrs == pytest.approx([cfg.optim.peak_lr * x for x in f]) and lrs[0] > 0 and lrs[10] == 0.0
 
 

