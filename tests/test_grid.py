@@ -126,6 +126,7 @@ def test_bad_field_in_a_table_file_exits_2_in_seconds_before_any_pretraining(tmp
     assert seconds < 10, f"{seconds:.1f} s"
 
 
+@pytest.mark.slow  # `make test-slow` (two workers, ~1 minute): keeps `make test` inside its 15 minutes
 def test_grid_run_exits_1_naming_each_failed_cell_and_its_log(tmp_path):
     """Every cell's fine-tuning fails (an SST-2 train file with a label outside {0, 1}, which only reading it finds):
     each cell is recorded as failed and the grid goes on, then `grid run` exits 1 (ran, but cells failed; 2 is bad
