@@ -356,7 +356,7 @@ def _run(cmd: list[str], log: Path, env: dict) -> tuple[int, str]:
     return p.returncode, p.stdout
 
 
-def real_path(out: Path, workdir: Path) -> tuple[dict, dict[str, bool]]:
+def real_path(out: Path, workdir: Path, device: str) -> tuple[dict, dict[str, bool]]:
     """Table 2's smoke grid and its table, as `make ablation-nsp SCALE=smoke` runs them, with W&B disabled."""
     import json
 
@@ -382,7 +382,11 @@ def real_path(out: Path, workdir: Path) -> tuple[dict, dict[str, bool]]:
     result = {"grid_exit": rc, "report_exit": rc_report, "grid_s": round(grid_s, 1), "cells": cells,
               "wandb_folders": len(wandb_dirs), "table": "table2_smoke.md", "log": "grid.log"}
     ok = rc == 0 and rc_report == 0 and len(cells) == 8 and all(c["status"] == "finished" for c in cells)
-    return result, {"real_path.grid_and_table": ok, "real_path.no_wandb": not wandb_dirs}
+    checks = {"real_path.grid_and_table": ok, "real_path.no_wandb": not wandb_dirs}
+    if device == "cuda":  # train.precision=auto must have chosen the GPU and bf16-mixed for every cell
+        checks["real_path.gpu_bf16_mixed"] = bool(cells) and all(
+            c["accelerator"] == "gpu" and c["precision"] == "bf16-mixed" for c in cells)
+    return result, checks
 
 
 def ddp(out: Path, workdir: Path) -> tuple[dict, dict[str, bool]]:
@@ -454,7 +458,7 @@ def run(out: Path, sections: tuple[str, ...], budget_s: float) -> bool:
             eager = throughput(shape, device, peak_flops)
             report.section("throughput", eager)
         if "real_path" in sections:
-            report.section("real_path", *real_path(out, workdir))
+            report.section("real_path", *real_path(out, workdir, device))
         if "ddp" in sections:
             report.section("ddp", *ddp(out, workdir))
         if "compile" in sections:
