@@ -56,7 +56,8 @@ def read_json(path: Path) -> dict | None:
 
 
 def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
-    """{'data': {'masking': 'static'}} -> {'data.masking': 'static'}."""
+    """{'data': {'masking': 'static'}} -> {'data.masking': 'static'}, at any depth. harness.config.flatten does the
+    same for a Config's two levels; this one stays here because analysis never imports harness (a test guards it)."""
     out: dict[str, Any] = {}
     for key, value in (nested or {}).items():
         if isinstance(value, dict):
