@@ -13,9 +13,8 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from harness.config import Config
@@ -219,25 +218,58 @@ class ProgressBar(TQDMProgressBar):
         return items
 
 
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that it keeps an existing metrics.csv (a resumed run appends to its curve)."""
-
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = next(csv.reader(f), [])
-
-
-class RunCSVLogger(CSVLogger):
-    """metrics.csv directly in the run folder, no version subfolders, appended to on resume."""
+class RunCSVLogger(Logger):
+    """metrics.csv directly in the run folder, a row per logged step, columns sorted; a resumed run appends to its
+    curve (pretrain truncates the file to the checkpoint's step first). Lightning's CSVLogger (2.6) deletes an
+    existing metrics.csv when it starts, so the run folder has its own writer on Lightning's public Logger API."""
 
     def __init__(self, run_dir: Path):
-        super().__init__(save_dir=str(run_dir), name="", version="")
+        super().__init__()
+        self.path = Path(run_dir) / "metrics.csv"
+        self.rows: list[dict[str, Any]] = []
 
     @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.log_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def name(self) -> str:
+        return "run"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the run folder's config.yaml holds them
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        row = {k: v.item() if isinstance(v, Tensor) else v for k, v in metrics.items()}
+        self.rows.append({**row, "step": step})
+
+    @rank_zero_only
+    def save(self) -> None:
+        """Append the rows logged since the last save; a new column rewrites the file with the wider header."""
+        if not self.rows:
+            return
+        old_keys: list[str] = []
+        old_rows: list[dict] = []
+        new_keys: set[str] = set()
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                old_keys = list(reader.fieldnames or [])
+                new_keys = set().union(*self.rows) - set(old_keys)
+                if new_keys:
+                    old_rows = list(reader)
+        if old_keys and not new_keys:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=old_keys).writerows(self.rows)
+        else:
+            with open(self.path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=sorted(set(old_keys).union(*self.rows)))
+                writer.writeheader()
+                writer.writerows(old_rows + self.rows)
+        self.rows = []
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
