@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.metadata
 import math
 import os
 import platform
@@ -44,7 +43,8 @@ import torch.nn.functional as F
 
 from harness import speed
 from harness.config import ModelConfig
-from harness.files import write_json
+from harness.files import read_json, write_json
+from harness.grid.provenance import package_versions
 from harness.model import MaskedLM
 from harness.pretrain import lr_factor
 from harness.tokens import BOS, EOS, IGNORE_INDEX, MASK, PAD, SPECIAL_TOKENS
@@ -105,12 +105,8 @@ class Report:
 
 
 def environment(device: str) -> dict:
-    versions = {}
-    for name in ("torch", "lightning", "transformers", "tokenizers", "numpy", "pandas", "nltk", "mwparserfromhell"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = package_versions(("torch", "lightning", "transformers", "tokenizers", "numpy", "pandas", "nltk",
+                                 "mwparserfromhell"))
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     info = {"python": platform.python_version(), "versions": versions, "device": device, "cuda": torch.version.cuda,
             "gpus": gpus}
@@ -201,18 +197,13 @@ def adamw(model, device: str) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-4, **speed.adamw_kwargs(device))
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _timed(step, n: int, device: str) -> list[float]:
     times = []
     for _ in range(n):
-        _sync(device)
+        speed.sync(device)
         t = time.perf_counter()
         step()
-        _sync(device)
+        speed.sync(device)
         times.append(time.perf_counter() - t)
     return times
 
@@ -347,7 +338,14 @@ def compiled(shape: Shape, device: str, which: str, eager_tps: float) -> dict:
     return {"compile_s": round(compile_s, 1), "tokens_per_s": round(tps), "vs_eager": round(tps / eager_tps, 3)}
 
 
-def _run(cmd: list[str], log: Path, env: dict) -> tuple[int, str]:
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd: list[str], log: Path) -> tuple[int, str]:
+    """`python -m ...` from this checkout (repository on PYTHONPATH), its output appended to `log` and returned."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", *cmd]
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
@@ -358,25 +356,20 @@ def _run(cmd: list[str], log: Path, env: dict) -> tuple[int, str]:
 
 def real_path(out: Path, workdir: Path, device: str) -> tuple[dict, dict[str, bool]]:
     """Table 2's smoke grid and its table, as `make ablation-nsp SCALE=smoke` runs them, with W&B disabled."""
-    import json
-
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
-    repo = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
     log = out / "grid.log"
     log.write_text("")
     t = time.perf_counter()
-    rc, _ = _run([sys.executable, "-m", "harness", "grid", "run", str(repo / "experiments/table2_nsp.yaml"),
-                  "--scale", "smoke", "--wandb", "disabled", "--runs-dir", str(workdir)], log, env)
+    rc, _ = _run(["harness", "grid", "run", str(REPO / "experiments/table2_nsp.yaml"), "--scale", "smoke",
+                  "--wandb", "disabled", "--runs-dir", str(workdir)], log)
     grid_s = time.perf_counter() - t
     folder = workdir / "table2_nsp-smoke"
-    rc_report, table = _run([sys.executable, "-m", "analysis", "report", str(folder)], log, env)
+    rc_report, table = _run(["analysis", "report", str(folder)], log)
     (out / "table2_smoke.md").write_text(table)
     cells = []
     for result in sorted(folder.glob("*/seed_*/result.json")):
-        system = json.loads((result.parent / "system.json").read_text())
+        system = read_json(result.parent / "system.json")
         cells.append({"cell": f"{result.parent.parent.name}/{result.parent.name}",
-                      "status": json.loads(result.read_text())["status"],
+                      "status": read_json(result)["status"],
                       "accelerator": system["accelerator"], "precision": system["precision"]})
     wandb_dirs = list(folder.glob("*/seed_*/wandb"))
     result = {"grid_exit": rc, "report_exit": rc_report, "grid_s": round(grid_s, 1), "cells": cells,
@@ -394,13 +387,10 @@ def ddp(out: Path, workdir: Path) -> tuple[dict, dict[str, bool]]:
     if n < 2:
         why = "one GPU visible" if n == 1 else "no GPU (rehearsal); tests/test_ddp.py covers DDP on CPU (gloo)"
         return {"skipped": why}, {}
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
-    rc, _ = _run([sys.executable, "-m", "harness", "pretrain", "--config", str(repo / "configs/tiny.yaml"),
+    rc, _ = _run(["harness", "pretrain", "--config", str(REPO / "configs/tiny.yaml"),
                   "train.devices=2", "optim.batch_size=16", "optim.micro_batch_size=8", "optim.max_steps=30",
                   "train.wandb=disabled", "train.study=gpu-check-ddp", f"train.runs_dir={workdir}"],
-                 out / "grid.log", env)
+                 out / "grid.log")
     return {"gpus": n, "exit": rc}, {"ddp.two_gpu_cell": rc == 0}
 
 

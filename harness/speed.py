@@ -32,10 +32,10 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 3, device: str 
     b = torch.randn(n, n, device=device).to(dtype)
     times = []
     for i in range(reps + 1):
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         if i:
             times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times) / 1e9
@@ -131,6 +131,7 @@ def cpu_description() -> str:
     return f"{name}, {os.cpu_count()} cores, {bf16}"
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
+    """Wait for the device's queued work (a timer around GPU work measures nothing without it); no-op on CPU."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -20,10 +20,15 @@ def provenance() -> dict:
                                     capture_output=True, text=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = None, None
+    return {"git_commit": commit, "git_dirty": dirty, "packages": package_versions(PACKAGES)}
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed version of each distribution, None where it is not installed."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"git_commit": commit, "git_dirty": dirty, "packages": versions}
+    return versions
