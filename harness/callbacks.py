@@ -227,6 +227,7 @@ class RunCSVLogger(Logger):
         super().__init__()
         self.path = Path(run_dir) / "metrics.csv"
         self.rows: list[dict[str, Any]] = []
+        self.keys: list[str] | None = None  # the file's columns, once known
 
     @property
     def name(self) -> str:
@@ -250,22 +251,22 @@ class RunCSVLogger(Logger):
         """Append the rows logged since the last save; a new column rewrites the file with the wider header."""
         if not self.rows:
             return
-        old_keys: list[str] = []
-        old_rows: list[dict] = []
-        new_keys: set[str] = set()
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                reader = csv.DictReader(f)
-                old_keys = list(reader.fieldnames or [])
-                new_keys = set().union(*self.rows) - set(old_keys)
-                if new_keys:
-                    old_rows = list(reader)
-        if old_keys and not new_keys:
+        if self.keys is None:  # the header of a file a previous session wrote, read once per process
+            self.keys = []
+            if self.path.is_file():
+                with open(self.path, newline="") as f:
+                    self.keys = list(csv.DictReader(f).fieldnames or [])
+        if self.keys and set().union(*self.rows) <= set(self.keys):
             with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=old_keys).writerows(self.rows)
-        else:
+                csv.DictWriter(f, fieldnames=self.keys).writerows(self.rows)
+        else:  # a new column: rewrite the file under the wider header
+            old_rows = []
+            if self.keys:
+                with open(self.path, newline="") as f:
+                    old_rows = list(csv.DictReader(f))
+            self.keys = sorted(set(self.keys).union(*self.rows))
             with open(self.path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=sorted(set(old_keys).union(*self.rows)))
+                writer = csv.DictWriter(f, fieldnames=self.keys)
                 writer.writeheader()
                 writer.writerows(old_rows + self.rows)
         self.rows = []
