@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
@@ -217,8 +218,11 @@ def build_trainer(cfg: Config, run_dir: Path, *, resuming: bool = False, callbac
     loggers: list = [RunCSVLogger(run_dir)]
     if t.wandb != "disabled":
         loggers.append(_wandb_logger(cfg, run_dir, info))
+    # Under SLURM, submitit owns pre-emption: it checkpoints the grid worker and requeues the job (harness.grid.runner).
+    # Lightning 2.6 would also requeue on its own (USR1, hpc_ckpt files that our resume does not read): turned off.
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     return L.Trainer(
-        accelerator=accelerator, devices=t.devices, strategy=strategy, precision=precision,
+        accelerator=accelerator, devices=t.devices, strategy=strategy, precision=precision, plugins=plugins,
         max_steps=t.stop_at_step or o.max_steps, max_epochs=-1, accumulate_grad_batches=accumulate,
         gradient_clip_val=o.grad_clip if o.grad_clip > 0 else None, gradient_clip_algorithm="norm",
         val_check_interval=t.val_every * accumulate, check_val_every_n_epoch=None,  # in micro-batches
