@@ -1,10 +1,9 @@
-"""What the pretraining Trainer runs beside the module: exact metrics per optimizer step, exact resume, the
-progress bar, and the run folder's metrics.csv logger."""
+"""What the pretraining Trainer runs beside the module: exact metrics per optimizer step, the progress bar, and the
+run folder's metrics.csv logger (exact resume is harness.steps.StepBook)."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -163,49 +162,6 @@ class StepMetrics(L.Callback):
         self.bar["yardstick_ppl"] = f"{m['val/yardstick_ppl']:.2f}"
 
 
-def _step_seed(*parts: int) -> int:
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1  # torch seeds are < 2**63
-
-
-class ExactResume(L.Callback):
-    """Makes a resumed run replay the uninterrupted one exactly.
-
-    Data: the data module's step sampler is put at the next unseen micro-batch (epoch and offset derived from the
-    checkpoint's optimizer step, since every step takes exactly `accumulate` micro-batches per rank) before
-    Lightning first iterates it, and given each new epoch. Randomness: dropout draws from a generator reseeded per
-    (seed, rank, step, micro-batch), so nothing in between (validation, data-loader start-up, a restart) shifts it.
-    """
-
-    def __init__(self, seed: int):
-        self.seed = seed
-        self.resume_step = 0
-        self._expect: tuple[int, int] | None = None
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        self.resume_step = int(checkpoint["global_step"])
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sampler = trainer.datamodule.train_sampler
-        consumed = self.resume_step * trainer.accumulate_grad_batches  # micro-batches of this rank
-        epoch, start = divmod(consumed, len(sampler))  # every epoch has the same number of steps
-        sampler.set_epoch(epoch)
-        sampler.set_start(start)
-        self._expect = (epoch, start) if self.resume_step else None
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.datamodule.train_sampler.set_epoch(trainer.current_epoch)  # Lightning's own call misses it
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        if self._expect is not None:  # first batch after a resume: Lightning's counters must agree with ours
-            if (trainer.current_epoch, batch_idx) != self._expect:
-                raise RuntimeError(f"resume position mismatch: Lightning is at (epoch, micro-batch) "
-                                   f"{(trainer.current_epoch, batch_idx)}, the sampler at {self._expect}")
-            self._expect = None
-        torch.manual_seed(_step_seed(self.seed, trainer.global_rank, trainer.global_step, batch_idx))
-
-
 class ProgressBar(TQDMProgressBar):
     """Lightning's bar, showing the latest logged loss, tokens/s and validation perplexity."""
 
@@ -220,8 +176,8 @@ class ProgressBar(TQDMProgressBar):
 
 class RunCSVLogger(Logger):
     """metrics.csv directly in the run folder, a row per logged step, columns sorted; a resumed run appends to its
-    curve (pretrain truncates the file to the checkpoint's step first). Lightning's CSVLogger (2.6) deletes an
-    existing metrics.csv when it starts, so the run folder has its own writer on Lightning's public Logger API."""
+    curve (StepBook.start_metrics cuts the file back to the checkpoint's step first). Lightning's CSVLogger (2.6)
+    deletes an existing metrics.csv when it starts, so the run folder has its own writer on Lightning's public API."""
 
     def __init__(self, run_dir: Path):
         super().__init__()

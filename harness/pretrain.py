@@ -1,6 +1,6 @@
 """Pretraining: a thin LightningModule (loss, AdamW, schedule) and the Trainer around it (precision, DDP,
-checkpoints, loggers, exact resume; the callbacks are in harness.callbacks), writing one run folder per
-(study, arm, seed).
+checkpoints, loggers; the callbacks are in harness.callbacks, accumulation and exact resume in harness.steps),
+writing one run folder per (study, arm, seed).
 
 The run folder `runs/<study>/<arm>/seed_<k>/` is the data format the analysis layer reads:
   config.yaml      the resolved Config, written before training
@@ -16,7 +16,6 @@ The run folder `runs/<study>/<arm>/seed_<k>/` is the data format the analysis la
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
@@ -41,14 +40,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from harness import speed
-from harness.callbacks import ExactResume, ProgressBar, RunCSVLogger, StepMetrics, Sums
-from harness.config import Config, flatten, load_config, read_yaml, with_overrides
+from harness.callbacks import ProgressBar, RunCSVLogger, StepMetrics, Sums
+from harness.config import Config, load_config, read_yaml, with_overrides
 from harness.data import yardstick
 from harness.errors import UserError
 from harness.files import read_json, write_json
 from harness.model import MaskedLM
+from harness.steps import StepBook, loss_denominators
 
-# Lightning warnings that do not apply here: ExactResume makes mid-epoch resume exact, and a resumed run's folder
+# Lightning warnings that do not apply here: StepBook makes mid-epoch resume exact, and a resumed run's folder
 # holds checkpoints by design.
 for _message in ("You're resuming from a checkpoint that ended before the epoch ended",
                  "Checkpoint directory .* exists and is not empty", "The dirpath has changed from"):
@@ -61,9 +61,6 @@ NOMINAL_BF16_PEAK = (
     ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("B200", 2250e12),
     ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12),
 )
-# Fields a resumed run must share with its checkpoint: everything that shapes the loss curve, and how each step is
-# cut into micro-batches (Lightning's restored counters count micro-batches). Logging, precision and workers may change.
-RESUME_FIELDS = ("data.", "model.", "optim.", "train.seed", "train.devices")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -109,12 +106,8 @@ class PretrainModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        # The data module gives each micro-batch its step's totals over all micro-batches and ranks. Lightning divides
-        # the returned loss by accumulate_grad_batches and DDP averages gradients over ranks, so dividing by the
-        # totals over (accumulate x world size) makes the step's gradient sum over all masked tokens / their count.
-        chunks = self.trainer.accumulate_grad_batches * self.trainer.world_size
-        return self._loss(batch, self.train_sums, max(batch["step_predicted"], 1) / chunks,
-                          batch["step_sequences"] / chunks)
+        return self._loss(batch, self.train_sums,
+                          *loss_denominators(batch, self.trainer.accumulate_grad_batches, self.trainer.world_size))
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx != yardstick.LOADER_INDEX:
@@ -192,7 +185,7 @@ def preflight(cfg: Config) -> str:
     return accelerator
 
 
-def build_trainer(cfg: Config, run_dir: Path, *, resuming: bool = False, callbacks: tuple = ()) -> L.Trainer:
+def build_trainer(cfg: Config, run_dir: Path, book: StepBook, callbacks: tuple = ()) -> L.Trainer:
     """Precision, devices/DDP, accumulation, schedule of validation and checkpoints, loggers and progress bar."""
     t, o = cfg.train, cfg.optim
     accelerator = preflight(cfg)
@@ -204,7 +197,6 @@ def build_trainer(cfg: Config, run_dir: Path, *, resuming: bool = False, callbac
     info = system_info(cfg, run_dir, accelerator, precision)
     if rank_zero_only.rank == 0:
         write_json(run_dir / "system.json", info)
-    accumulate = o.accumulation(t.devices)
 
     strategy: Any = "auto"
     if t.devices > 1:
@@ -223,12 +215,12 @@ def build_trainer(cfg: Config, run_dir: Path, *, resuming: bool = False, callbac
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     return L.Trainer(
         accelerator=accelerator, devices=t.devices, strategy=strategy, precision=precision, plugins=plugins,
-        max_steps=t.stop_at_step or o.max_steps, max_epochs=-1, accumulate_grad_batches=accumulate,
+        max_steps=t.stop_at_step or o.max_steps, max_epochs=-1, accumulate_grad_batches=book.accumulate,
         gradient_clip_val=o.grad_clip if o.grad_clip > 0 else None, gradient_clip_algorithm="norm",
-        val_check_interval=t.val_every * accumulate, check_val_every_n_epoch=None,  # in micro-batches
-        num_sanity_val_steps=0 if resuming else -1,  # a fresh run validates once at step 0, on the whole split
+        val_check_interval=t.val_every * book.accumulate, check_val_every_n_epoch=None,  # in micro-batches
+        num_sanity_val_steps=0 if book.resume_step else -1,  # a fresh run validates once at step 0, on the whole split
         logger=loggers, enable_autolog_hparams=False, log_every_n_steps=t.log_every,
-        callbacks=[ExactResume(t.seed), StepMetrics(cfg, info["mfu_denominator"]), checkpoint, ProgressBar(),
+        callbacks=[book, StepMetrics(cfg, info["mfu_denominator"]), checkpoint, ProgressBar(),
                    *callbacks],
         use_distributed_sampler=False,  # the data module splits each step across ranks itself
         default_root_dir=run_dir, enable_model_summary=False,
@@ -261,53 +253,6 @@ def _wandb_logger(cfg: Config, run_dir: Path, info: dict) -> Any:
 def run_dir_of(cfg: Config) -> Path:
     t = cfg.train
     return Path(t.runs_dir) / t.study / t.arm / f"seed_{t.seed}"
-
-
-def check_checkpoint(path: Path, cfg: Config) -> int:
-    """The checkpoint's optimizer step, after checking it was made with this run's config."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # any unreadable file gets the same advice
-        raise UserError(f"{path}: cannot read this checkpoint ({type(e).__name__}); delete it to restart the run"
-                        ) from None
-    saved = (ckpt.get("harness") or {}).get("config")
-    if saved is None:
-        raise UserError(f"{path}: not a checkpoint of this harness; use a new arm or delete the run folder")
-    old, new = flatten(saved), flatten(cfg.to_dict())
-    for key, value in new.items():
-        if key.startswith(RESUME_FIELDS) and key in old and old[key] != value:
-            raise UserError(f"{path}: checkpoint was made with a different config ({key}: {old[key]!r} vs "
-                            f"{value!r}); use a new arm or delete the run folder")
-    return int(ckpt["global_step"])
-
-
-def _newest_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint with the most steps: a kill between writing step_N.ckpt and last.ckpt leaves last.ckpt older.
-    A file that cannot be read (killed mid-write) is passed over."""
-    best, best_step = None, -1
-    for path in folder.glob("*.ckpt"):
-        try:
-            step = int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
-        except Exception:  # noqa: BLE001 - a torn file is simply not a candidate
-            continue
-        if step > best_step:
-            best, best_step = path, step
-    return best
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop rows logged after the checkpoint, which the resumed run logs again."""
-    if not path.is_file():
-        return
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames or [], [r for r in reader if int(float(r["step"])) <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _write_run_files(run_dir: Path, cfg: Config, prepared: Any) -> None:
@@ -402,29 +347,22 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
         if rank_zero_only.rank == 0:
             print(f"{run_dir}: already {done['status']} ({done.get('steps')} steps); delete the folder to retrain")
         return done
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    resume_from = _newest_checkpoint(ckpt.parent)
-    resume_step = check_checkpoint(resume_from, cfg) if resume_from else None
+    book = StepBook(cfg, run_dir)
 
     prepared = prepare(cfg.data, verbose=rank_zero_only.rank == 0)
     if rank_zero_only.rank == 0:
         _write_run_files(run_dir, cfg, prepared)
-        if resume_step is not None:
-            _truncate_metrics(run_dir / "metrics.csv", resume_step)
-            print(f"{run_dir}: resuming from step {resume_step} ({resume_from.name})")
-        else:  # a run killed before its first checkpoint starts over: its partial curve goes too
-            (run_dir / "metrics.csv").unlink(missing_ok=True)
-    trainer = build_trainer(cfg, run_dir, resuming=resume_step is not None, callbacks=callbacks)
+        book.start_metrics(run_dir / "metrics.csv")
+        if book.checkpoint:
+            print(f"{run_dir}: resuming from step {book.resume_step} ({book.checkpoint.name})")
+    trainer = build_trainer(cfg, run_dir, book, callbacks=callbacks)
     data = PretrainDataModule(prepared, cfg.data, cfg.optim, cfg.train.seed, cfg.train.num_workers,
                               world_size=trainer.world_size, rank=trainer.global_rank)
-    if data.accumulate != trainer.accumulate_grad_batches:
-        raise RuntimeError(f"data module accumulates {data.accumulate} micro-batches, the trainer "
-                           f"{trainer.accumulate_grad_batches}")
     # The model's init has its own generators (MaskedLM's seed); this covers any other draw, e.g. the default init
     # torch modules make before MaskedLM overwrites it.
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     module = PretrainModule(cfg, prepared.vocab_size)
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    trainer.fit(module, datamodule=data, ckpt_path=book.checkpoint)
 
     metrics = next(cb for cb in trainer.callbacks if isinstance(cb, StepMetrics))
     last_step = cfg.train.stop_at_step or cfg.optim.max_steps  # a tuning trial stops early on its own schedule
@@ -432,7 +370,7 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
         raise RuntimeError(f"{run_dir}: training stopped at step {trainer.global_step} of {last_step}")
     every = cfg.train.checkpoint_every or cfg.train.val_every
     if trainer.global_step % every:  # last.ckpt holds the final weights (export and fine-tuning read it)
-        trainer.save_checkpoint(ckpt)
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if metrics.last_val.get("step") != trainer.global_step:
         trainer.validate(module, datamodule=data, verbose=False)
     result = {

@@ -21,6 +21,7 @@ from harness.config import Config, load_config
 from harness.data.datamodule import PretrainDataModule
 from harness.data.pipeline import prepare
 from harness.pretrain import PretrainModule, lr_factor, pretrain, run_dir_of
+from harness.steps import loss_denominators
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -101,6 +102,13 @@ class SaveAt(L.Callback):
         step = trainer.global_step
         if step in self.steps and not (path := self.folder / f"{step}.ckpt").exists():
             trainer.save_checkpoint(path)
+
+
+def test_loss_denominators_split_the_step_totals_over_micro_batches_and_ranks():
+    # 30 masked tokens and 8 sequences in a step of 2 micro-batches on each of 3 ranks: Lightning divides by 2, DDP
+    # averages over 3, so each micro-batch divides its sums by 30 / 6 and 8 / 6.
+    assert loss_denominators({"step_predicted": 30, "step_sequences": 8}, 2, 3) == (5.0, 8 / 6)
+    assert loss_denominators({"step_predicted": 0, "step_sequences": 4}, 1, 1) == (1.0, 4.0)  # nothing masked: no 0/0
 
 
 def test_resume_replays_the_uninterrupted_loss_curve(tmp_path, tiny_data):
