@@ -167,3 +167,22 @@ def test_tiny_fetches_real_text_and_is_cached():
     mtime = corpus.path.stat().st_mtime_ns
     again = prepare_corpus("tiny")
     assert again.key == corpus.key and again.path.stat().st_mtime_ns == mtime
+
+
+def test_splitting_on_two_workers_writes_the_same_corpus_byte_for_byte(tmp_path, monkeypatch):
+    """The text of `tiny` as unsplit paragraphs, split by Punkt on 1 and on 2 processes in chunks of 3 documents (a
+    window of 8 chunks at a time, so order across chunks and across windows counts): the same documents.txt."""
+    import harness.data.corpus as corpus_module
+
+    docs = list(read_documents(prepare_corpus("tiny").path))
+    monkeypatch.setattr(corpus_module, "SPLIT_CHUNK", 3)
+    text, stats = {}, {}
+    for workers in (1, 2):
+        folder = tmp_path / f"workers_{workers}"
+        folder.mkdir()
+        stream = ((False, [" ".join(doc)]) for doc in docs)
+        stats[workers] = corpus_module._build(folder, "tiny", [("tiny", stream)], False, workers)
+        text[workers] = (folder / "documents.txt").read_bytes()
+    assert stats[1]["documents"] == len(docs) > 8 * 3 * 2
+    assert stats[1]["sentences"] > 5 * len(docs)  # Punkt did split the paragraphs
+    assert text[1] == text[2] and stats[1] == stats[2]

@@ -6,6 +6,8 @@ BERT / fairseq convention that the paper's input formats, Section 4.2, are built
 1. gather: read each source's documents, apply Unicode NFC and collapse whitespace, and spool them to disk;
 2. train NLTK's Punkt sentence splitter unsupervised on a sample spread over the whole corpus (no download);
 3. split the paragraphs into sentences, drop empty ones and empty documents, write documents.txt + stats.json.
+   Splitting runs on `workers` processes (default: every core), a bounded window of chunks at a time, written back in
+   the spool's order: the file is the same byte for byte with any number of workers.
 
 The result is cached under `cache_root()/corpus/<name>-<key>/`; the key hashes everything the text depends on,
 so a second prepare is a no-op and downstream caches can key on it.
@@ -15,6 +17,7 @@ import hashlib
 import importlib.metadata
 import itertools
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -42,6 +45,8 @@ from harness.data.sources import (
 from harness.errors import UserError
 
 VERSION = 3  # of the normaliser: bump it whenever the text a corpus gets could change, so old caches are not reused
+# Documents per task for a splitting worker: ~0.5 MB of demo text, so a task costs far more than sending it.
+SPLIT_CHUNK = 256
 SAMPLE_BYTES = 3_000_000  # Punkt training text: ~8 s, and enough to learn the abbreviations of the corpus
 # Titles written before a name. Punkt cannot learn these from a corpus that mixes American "Mr." with British
 # "Mr" (BBC, much of the news): seen mostly without a period they do not look like abbreviations, and every
@@ -85,8 +90,10 @@ REGISTRY_CORPORA = {
 Stream = Iterable[tuple[bool, Document]]  # (presplit, document) pairs from one source
 
 
-def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = False) -> Corpus:
+def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = False, workers: int | None = None
+                   ) -> Corpus:
     """Build (or find in the cache) the corpus `spec`: "demo", "tiny", or a .txt/.jsonl file or folder of them.
+    `workers`: processes that split sentences (None: every core); the result does not depend on it.
 
     A folder that is itself called demo or tiny is given as ./demo or ./tiny."""
     if decode_errors not in ("strict", "replace"):
@@ -122,7 +129,7 @@ def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = Fal
         else:
             streams = [(name, user_files.documents())]
         try:
-            stats = _build(tmp, name, streams, verbose)
+            stats = _build(tmp, name, streams, verbose, workers or os.cpu_count() or 1)
         except FetchError as e:  # offline, or a registry serving other bytes: one line for the CLI, not a traceback
             raise UserError(f"{spec}: a source could not be fetched ({e})") from None
         stats["decode_replacements"] = user_files.replacements if user_files else 0
@@ -189,7 +196,7 @@ def _normalise(text: str) -> str:
     return " ".join(_CONTROL.sub("", unicodedata.normalize("NFC", text)).split())
 
 
-def _build(folder: Path, name: str, streams: list[tuple[str, Stream]], verbose: bool) -> dict:
+def _build(folder: Path, name: str, streams: list[tuple[str, Stream]], verbose: bool, workers: int) -> dict:
     spool = folder / "spool.jsonl"
     source_names = []
     with open(spool, "w", encoding="utf-8") as out:
@@ -209,10 +216,9 @@ def _build(folder: Path, name: str, streams: list[tuple[str, Stream]], verbose: 
     splitter = _train_splitter(spool, verbose)
     totals = {"documents": 0, "sentences": 0}
     per_source = {n: {"bytes": 0, "documents": 0, "sentences": 0} for n in source_names}
+    started = time.perf_counter()
     with open(folder / "documents.txt", "w", encoding="utf-8", newline="\n") as out:
-        for index, presplit, units in _read_spool(spool):
-            sentences = units if presplit else [s for u in units for s in splitter.tokenize(u)]
-            sentences = [s for s in map(_normalise, sentences) if _HAS_WORD.search(s)]
+        for index, sentences in _split_spool(spool, splitter, workers):
             if not sentences:
                 continue
             text = ("\n" if totals["documents"] else "") + "".join(s + "\n" for s in sentences)
@@ -223,8 +229,50 @@ def _build(folder: Path, name: str, streams: list[tuple[str, Stream]], verbose: 
                 counts["documents"] += 1
                 counts["sentences"] += len(sentences)
     spool.unlink()
+    if verbose:
+        _log(f"  split {totals['documents']:,} documents into {totals['sentences']:,} sentences on {workers} "
+             f"process(es)  ({time.perf_counter() - started:.1f} s)")  # fmt: skip
     size = (folder / "documents.txt").stat().st_size
     return {"name": name, "bytes": size, **totals, "sources": per_source}
+
+
+def _split_document(splitter, presplit: bool, units: Document) -> list[str]:
+    """A document's sentences: Punkt on each paragraph unless the source split it already; no empty or word-less one."""
+    sentences = units if presplit else [s for u in units for s in splitter.tokenize(u)]
+    return [s for s in map(_normalise, sentences) if _HAS_WORD.search(s)]
+
+
+_WORKER_SPLITTER = None  # the splitter of a splitting worker process, set once when it starts
+
+
+def _start_worker(splitter) -> None:
+    global _WORKER_SPLITTER
+    _WORKER_SPLITTER = splitter
+
+
+def _split_chunk(chunk: list[tuple[int, bool, Document]]) -> list[tuple[int, list[str]]]:
+    return [(index, _split_document(_WORKER_SPLITTER, presplit, units)) for index, presplit, units in chunk]
+
+
+def _split_spool(spool: Path, splitter, workers: int) -> Iterator[tuple[int, list[str]]]:
+    """(source index, sentences) of every spooled document, in spool order. With several workers, chunks of
+    SPLIT_CHUNK documents go out a window of 4 per worker at a time (Pool.imap alone would read the whole spool ahead,
+    so memory would grow with the corpus), and come back in order."""
+    chunks = _chunked(_read_spool(spool), SPLIT_CHUNK)
+    if workers <= 1:
+        for chunk in chunks:
+            yield from ((index, _split_document(splitter, presplit, units)) for index, presplit, units in chunk)
+        return
+    with multiprocessing.Pool(workers, initializer=_start_worker, initargs=(splitter,)) as pool:
+        while window := list(itertools.islice(chunks, 4 * workers)):
+            for done in pool.imap(_split_chunk, window):
+                yield from done
+
+
+def _chunked(items: Iterable, n: int) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
 
 
 def _read_spool(spool: Path) -> Iterator[tuple[int, bool, Document]]:

@@ -80,9 +80,10 @@ def _key(corpus_key: str, cfg: DataConfig) -> str:
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
 
 
-def prepare(cfg: DataConfig, verbose: bool = False) -> PreparedData:
-    """Everything a training run needs from the corpus; a no-op when the cache already holds it."""
-    corpus = prepare_corpus(cfg.corpus, decode_errors=cfg.decode_errors, verbose=verbose)
+def prepare(cfg: DataConfig, verbose: bool = False, workers: int | None = None) -> PreparedData:
+    """Everything a training run needs from the corpus; a no-op when the cache already holds it. `workers`: the
+    corpus's sentence-splitting processes (None: every core)."""
+    corpus = prepare_corpus(cfg.corpus, decode_errors=cfg.decode_errors, verbose=verbose, workers=workers)
     out = cache_root() / "binarized" / f"{cfg.tokenizer}-{cfg.vocab_size}-{_key(corpus.key, cfg)}"
     if not (out / "meta.json").exists():
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
