@@ -101,28 +101,35 @@ def prepare(cfg: DataConfig, verbose: bool = False, workers: int | None = None) 
 
 
 def binarize(corpus_path: Path, cfg: DataConfig, out: Path, corpus_stats: dict, verbose: bool) -> None:
+    """Stream documents.txt three times (keys, tokenizer training, encoding), holding per-document numbers only, never
+    the text: memory grows with the number of documents and sentences (8 bytes each), not with their length."""
     t0 = time.perf_counter()
-    docs = list(read_documents(corpus_path))
-    keys = np.array([doc_hash(d, "valid") for d in docs])
+    valid_keys, size_keys, n_sentences, n_bytes = [], [], [], 0
+    for doc in read_documents(corpus_path):
+        valid_keys.append(doc_hash(doc, "valid"))
+        size_keys.append(doc_hash(doc, "size"))
+        n_sentences.append(len(doc))
+        n_bytes += sum(len(s.encode()) for s in doc)
+    keys = np.array(valid_keys)
     # The documents hashing below valid_fraction, but at least MIN_VALID_DOCS (pair formats need two documents).
-    n_valid = min(max(int((keys < cfg.valid_fraction).sum()), MIN_VALID_DOCS), len(docs) // 2)
-    is_valid = np.zeros(len(docs), dtype=bool)
+    n_valid = min(max(int((keys < cfg.valid_fraction).sum()), MIN_VALID_DOCS), len(keys) // 2)
+    is_valid = np.zeros(len(keys), dtype=bool)
     is_valid[np.argsort(keys)[:n_valid]] = True
-    splits = {"train": [d for d, v in zip(docs, is_valid) if not v], "valid": [d for d, v in zip(docs, is_valid) if v]}
     if verbose:
-        print(f"training the {cfg.tokenizer} tokenizer ({cfg.vocab_size:,} tokens) on {len(splits['train']):,} "
+        print(f"training the {cfg.tokenizer} tokenizer ({cfg.vocab_size:,} tokens) on {len(keys) - n_valid:,} "
               "training documents ...", flush=True)
     # The tokenizer learns from the training split only, so validation text stays unseen.
-    tok = train_tokenizer((s for d in splits["train"] for s in d), cfg, out / "tokenizer.json")
+    tok = train_tokenizer((s for d in _split_docs(corpus_path, ~is_valid) for s in d), cfg, out / "tokenizer.json")
     t_tok = time.perf_counter()
     vocab_size = tok.get_vocab_size()
     dtype = "uint16" if vocab_size <= 2**16 else "uint32"
     os.environ["TOKENIZERS_PARALLELISM"] = "true"  # encode on every core; loader workers never tokenize
     counts = {}
-    for name, split_docs in splits.items():
-        counts[name] = _write_split(tok, split_docs, out, name, dtype, verbose)
+    sentences, sizes = np.array(n_sentences, dtype=np.int64), np.array(size_keys, dtype=np.float64)
+    for name, member in (("train", ~is_valid), ("valid", is_valid)):
+        counts[name] = _write_split(tok, _split_docs(corpus_path, member), sentences[member], sizes[member], out,
+                                    name, dtype, verbose)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # DataLoader workers fork later: keep tokenizers quiet
-    n_bytes = sum(len(s.encode()) for d in docs for s in d)
     meta = {
         "version": VERSION,
         "vocab_size": vocab_size,
@@ -136,30 +143,42 @@ def binarize(corpus_path: Path, cfg: DataConfig, out: Path, corpus_stats: dict, 
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
-def _batches(items: list[str], n: int) -> Iterator[list[str]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
+def _split_docs(corpus_path: Path, member: np.ndarray) -> Iterator[list[str]]:
+    """The documents of one split, in corpus order: those whose entry in `member` is True."""
+    return (doc for doc, keep in zip(read_documents(corpus_path), member, strict=True) if keep)
 
 
-def _write_split(tok, docs: list[list[str]], out: Path, name: str, dtype: str, verbose: bool) -> dict:
-    sentences = [s for d in docs for s in d]
-    n_batches = -(-len(sentences) // ENCODE_BATCH)
-    lengths = np.zeros(len(sentences), dtype=np.int64)
+def _sentence_batches(docs: Iterator[list[str]], n: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for doc in docs:
+        batch.extend(doc)
+        while len(batch) >= n:
+            yield batch[:n]
+            batch = batch[n:]
+    if batch:
+        yield batch
+
+
+def _write_split(tok, docs: Iterator[list[str]], doc_sentences: np.ndarray, size_keys: np.ndarray, out: Path,
+                 name: str, dtype: str, verbose: bool) -> dict:
+    n_sentences = int(doc_sentences.sum())
+    lengths = np.zeros(n_sentences, dtype=np.int64)
     with open(out / f"{name}.tokens.bin", "wb") as f:
         i = 0
-        for batch in tqdm(_batches(sentences, ENCODE_BATCH), total=n_batches, desc=f"binarize {name}",
-                          unit="batch", disable=not verbose):
+        for batch in tqdm(_sentence_batches(docs, ENCODE_BATCH), total=-(-n_sentences // ENCODE_BATCH),
+                          desc=f"binarize {name}", unit="batch", disable=not verbose):
             for enc in tok.encode_batch(batch, add_special_tokens=False):
                 ids = np.asarray(enc.ids, dtype=dtype)
                 f.write(ids.tobytes())
                 lengths[i] = len(ids)
                 i += 1
+    assert i == n_sentences, f"{name}: encoded {i} sentences, expected {n_sentences}"
     sent_offsets = np.concatenate([[0], np.cumsum(lengths)])
-    doc_offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
+    doc_offsets = np.concatenate([[0], np.cumsum(doc_sentences)]).astype(np.int64)
     np.save(out / f"{name}.sentences.npy", sent_offsets)
     np.save(out / f"{name}.documents.npy", doc_offsets)
-    np.save(out / f"{name}.size_keys.npy", np.array([doc_hash(d, "size") for d in docs], dtype=np.float64))
-    return {"documents": len(docs), "sentences": len(sentences), "tokens": int(sent_offsets[-1])}
+    np.save(out / f"{name}.size_keys.npy", size_keys)
+    return {"documents": len(doc_sentences), "sentences": n_sentences, "tokens": int(sent_offsets[-1])}
 
 
 def _summary(meta: dict) -> None:
