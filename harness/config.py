@@ -38,6 +38,9 @@ class DataConfig:
     """16K suits a ~40 MB corpus; the paper uses 50,265 (byte BPE) and 30K (BERT)."""
     lowercase: bool = False
     """Lowercase before WordPiece (BERT-uncased); byte-level BPE is always cased."""
+    tokenizer_path: str = ""
+    """A `tokenizers` JSON file to use instead of training one (the paper reused GPT-2's 50K byte-level BPE; bring
+    RoBERTa's this way). Its special tokens are found by name; data.tokenizer and data.vocab_size are then unused."""
     input_format: InputFormat = "full_sentences"
     """The Table 2 factor; the RoBERTa default is FULL-SENTENCES."""
     masking: Masking = "dynamic"
@@ -96,7 +99,9 @@ class DataConfig:
     def tokenizer_settings(self) -> tuple:
         """What the tokenizer and the train/valid split depend on besides the corpus: runs that share these and the
         corpus share the prepared data (its cache key) and the token ids."""
-        return (self.tokenizer, self.vocab_size, self.lowercase, self.valid_fraction)
+        # A given tokenizer file is appended only when set, so the keys of trained tokenizers stay as they were.
+        given = (self.tokenizer_path,) if self.tokenizer_path else ()
+        return (self.tokenizer, self.vocab_size, self.lowercase, self.valid_fraction, *given)
 
 
 @dataclass(frozen=True)

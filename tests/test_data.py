@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from harness.config import DataConfig, OptimConfig
+from harness.data.corpus import prepare_corpus, read_documents
 from harness.data.datamodule import MaskedLMDataset, PretrainDataModule, candidate_counts, plan_epoch
 from harness.data.formats import build_examples, select_documents
 from harness.data.masking import is_candidate, mask_tokens
 from harness.data.pipeline import Split, prepare
 from harness.errors import UserError
-from harness.tokens import BOS, EOS, IGNORE_INDEX, MASK
+from harness.tokens import BOS, EOS, IGNORE_INDEX, MASK, SPECIAL_TOKENS
 
 FORMATS = ["segment_pair_nsp", "sentence_pair_nsp", "full_sentences", "doc_sentences"]
 CFG = DataConfig(corpus="tiny", vocab_size=2000, max_seq_len=64)
@@ -288,6 +289,62 @@ def test_wordpiece_tokenizer(tmp_path):
     tok = Tokenizer.from_file(str(p.tokenizer_path))
     assert [tok.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")] == [0, 1, 2, 3, 4]
     assert p.split("train").sentences[-1] > 100_000
+
+
+def _roberta_like_tokenizer(path, text_of) -> None:
+    """A byte-level BPE laid out like RoBERTa's: <mask> added last (RoBERTa's is 50264), the others not at 0..4."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer(add_prefix_space=True)
+    tok.train_from_iterator(text_of, vocab_size=600, special_tokens=["<unk>", "</s>", "<pad>", "<s>"],
+                            show_progress=False)
+    tok.add_special_tokens(["<mask>"])
+    tok.save(str(path))
+
+
+def test_given_tokenizer_is_renumbered_by_name_and_splits_text_as_before(tmp_path, train):
+    from tokenizers import Tokenizer
+
+    given = tmp_path / "roberta_like.json"
+    _roberta_like_tokenizer(given, (s for d in read_documents(prepare_corpus("tiny").path) for s in d))
+    original = Tokenizer.from_file(str(given))
+    assert [original.token_to_id(t) for t in SPECIAL_TOKENS] == [3, 2, 1, 0, 600]
+    p = prepare(replace(CFG, tokenizer_path=str(given)))
+    tok = Tokenizer.from_file(str(p.tokenizer_path))
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]  # ours, whatever the file said
+    assert p.vocab_size == original.get_vocab_size() == 601
+    ours = p.split("train")
+    sentence = next(iter(read_documents(prepare_corpus("tiny").path)))[0]
+    first = ours.tokens[ours.sentences[0] : ours.sentences[1]]
+    assert [tok.id_to_token(int(i)) for i in first] == original.encode(sentence).tokens  # the same pieces
+    assert not np.isin(ours.tokens, [0, 1, 2, 3, 4]).any()  # no text token took a special id
+
+
+def test_given_tokenizer_errors_name_the_file_and_what_is_missing(tmp_path):
+    from tokenizers import Tokenizer
+
+    bert_like = tmp_path / "bert_like.json"
+    _roberta_like_tokenizer(bert_like, ["a few words of text", "and some more words"])
+    spec = Tokenizer.from_file(str(bert_like)).to_str().replace('"<mask>"', '"[MASK]"')
+    bert_like.write_text(spec)
+    not_json = tmp_path / "vocab.txt"
+    not_json.write_text("hello\nworld\n")
+    cases = {str(bert_like): "has no <mask>", str(not_json): "expected a `tokenizers` JSON file",
+             str(tmp_path / "missing.json"): "no such file"}
+    for path, expected in cases.items():
+        with pytest.raises(UserError, match=f"data.tokenizer_path={path}: .*{expected}"):
+            prepare(replace(CFG, tokenizer_path=path))
+
+
+def test_tokenizer_sample_takes_every_kth_training_document(monkeypatch):
+    import harness.data.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "TOKENIZER_SAMPLE_BYTES", 20)
+    train = np.array([True, False, True, True, True, True])
+    doc_bytes = np.full(6, 10)  # 50 training bytes: every 3rd training document (ranks 0 and 3)
+    assert pipeline.tokenizer_sample(doc_bytes, train).tolist() == [True, False, False, False, True, False]
+    monkeypatch.setattr(pipeline, "TOKENIZER_SAMPLE_BYTES", 1000)  # a split smaller than the sample: all of it
+    assert pipeline.tokenizer_sample(doc_bytes, train).tolist() == train.tolist()
 
 
 def test_pair_formats_reject_one_sentence_documents(tmp_path):

@@ -24,12 +24,19 @@ import numpy as np
 from tqdm import tqdm
 
 from harness.config import DataConfig
-from harness.data.corpus import cache_root, prepare_corpus, read_documents
-from harness.data.tokenizer import train_tokenizer
+from harness.data.corpus import Corpus, cache_root, prepare_corpus, read_documents
+from harness.data.tokenizer import train_tokenizer, use_tokenizer_file
+from harness.errors import UserError
 
 VERSION = 2  # bump when the binarized layout or split rule changes
 MIN_VALID_DOCS = 2
 ENCODE_BATCH = 20_000  # sentences per encode_batch call (Rust-parallel inside)
+# The tokenizer trains on every k-th training document, k chosen so that the sample holds about this much text; a
+# smaller training split is used whole (the demo's 36 MB). Byte-level BPE's merges are settled by the frequencies of
+# common words, which a few hundred MB fix (the paper did not train one on its 160 GB at all: it reused GPT-2's 50K
+# vocabulary, learned on WebText); training on 256 MB takes minutes and a few GB of memory, where the whole of a
+# 16-160 GB corpus would take hours and more memory than a node has.
+TOKENIZER_SAMPLE_BYTES = 256_000_000
 
 
 @dataclass(frozen=True)
@@ -75,8 +82,12 @@ def doc_hash(sentences: list[str], salt: str) -> float:
     return int.from_bytes(h.digest(), "big") / 2**64
 
 
-def _key(corpus_key: str, cfg: DataConfig) -> str:
-    settings = [VERSION, corpus_key, *cfg.tokenizer_settings]
+def _key(corpus: Corpus, cfg: DataConfig) -> str:
+    settings = [VERSION, corpus.key, *cfg.tokenizer_settings]
+    if cfg.tokenizer_path:  # the file's content, not only its name
+        settings.append(hashlib.sha256(Path(cfg.tokenizer_path).expanduser().read_bytes()).hexdigest())
+    elif corpus.stats["bytes"] > TOKENIZER_SAMPLE_BYTES:  # the sample's size matters only where it bites
+        settings.append(TOKENIZER_SAMPLE_BYTES)
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
 
 
@@ -84,7 +95,10 @@ def prepare(cfg: DataConfig, verbose: bool = False, workers: int | None = None) 
     """Everything a training run needs from the corpus; a no-op when the cache already holds it. `workers`: the
     corpus's sentence-splitting processes (None: every core)."""
     corpus = prepare_corpus(cfg.corpus, decode_errors=cfg.decode_errors, verbose=verbose, workers=workers)
-    out = cache_root() / "binarized" / f"{cfg.tokenizer}-{cfg.vocab_size}-{_key(corpus.key, cfg)}"
+    if cfg.tokenizer_path and not Path(cfg.tokenizer_path).expanduser().is_file():
+        raise UserError(f"data.tokenizer_path={cfg.tokenizer_path}: no such file (expected a tokenizer.json)")
+    kind = "given" if cfg.tokenizer_path else f"{cfg.tokenizer}-{cfg.vocab_size}"
+    out = cache_root() / "binarized" / f"{kind}-{_key(corpus, cfg)}"
     if not (out / "meta.json").exists():
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -104,22 +118,29 @@ def binarize(corpus_path: Path, cfg: DataConfig, out: Path, corpus_stats: dict, 
     """Stream documents.txt three times (keys, tokenizer training, encoding), holding per-document numbers only, never
     the text: memory grows with the number of documents and sentences (8 bytes each), not with their length."""
     t0 = time.perf_counter()
-    valid_keys, size_keys, n_sentences, n_bytes = [], [], [], 0
+    valid_keys, size_keys, n_sentences, doc_bytes = [], [], [], []
     for doc in read_documents(corpus_path):
         valid_keys.append(doc_hash(doc, "valid"))
         size_keys.append(doc_hash(doc, "size"))
         n_sentences.append(len(doc))
-        n_bytes += sum(len(s.encode()) for s in doc)
+        doc_bytes.append(sum(len(s.encode()) for s in doc))
+    n_bytes = sum(doc_bytes)
     keys = np.array(valid_keys)
     # The documents hashing below valid_fraction, but at least MIN_VALID_DOCS (pair formats need two documents).
     n_valid = min(max(int((keys < cfg.valid_fraction).sum()), MIN_VALID_DOCS), len(keys) // 2)
     is_valid = np.zeros(len(keys), dtype=bool)
     is_valid[np.argsort(keys)[:n_valid]] = True
-    if verbose:
-        print(f"training the {cfg.tokenizer} tokenizer ({cfg.vocab_size:,} tokens) on {len(keys) - n_valid:,} "
-              "training documents ...", flush=True)
-    # The tokenizer learns from the training split only, so validation text stays unseen.
-    tok = train_tokenizer((s for d in _split_docs(corpus_path, ~is_valid) for s in d), cfg, out / "tokenizer.json")
+    if cfg.tokenizer_path:
+        tok = use_tokenizer_file(cfg.tokenizer_path, out / "tokenizer.json")
+        if verbose:
+            print(f"tokenizer: {cfg.tokenizer_path} ({tok.get_vocab_size():,} tokens; data.tokenizer and "
+                  f"data.vocab_size are not used)", flush=True)
+    else:  # the training split only, so validation text stays unseen
+        sample = tokenizer_sample(np.array(doc_bytes), ~is_valid)
+        if verbose:
+            print(f"training the {cfg.tokenizer} tokenizer ({cfg.vocab_size:,} tokens) on {sample.sum():,} of "
+                  f"{len(keys) - n_valid:,} training documents ...", flush=True)
+        tok = train_tokenizer((s for d in _split_docs(corpus_path, sample) for s in d), cfg, out / "tokenizer.json")
     t_tok = time.perf_counter()
     vocab_size = tok.get_vocab_size()
     dtype = "uint16" if vocab_size <= 2**16 else "uint32"
@@ -134,13 +155,21 @@ def binarize(corpus_path: Path, cfg: DataConfig, out: Path, corpus_stats: dict, 
         "version": VERSION,
         "vocab_size": vocab_size,
         "dtype": dtype,
-        "tokenizer": cfg.tokenizer,
+        "tokenizer": f"given: {cfg.tokenizer_path}" if cfg.tokenizer_path else cfg.tokenizer,
         "corpus": corpus_stats.get("name", cfg.corpus),
         "splits": counts,
         "seconds": {"tokenizer": round(t_tok - t0, 2), "total": round(time.perf_counter() - t0, 2)},
         "mb_per_s": round(n_bytes / 1e6 / (time.perf_counter() - t0), 3),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def tokenizer_sample(doc_bytes: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Which documents the tokenizer trains on: every k-th training document, in corpus order, with the smallest k
+    that keeps the sample within TOKENIZER_SAMPLE_BYTES (k = 1, all of them, for a smaller training split)."""
+    stride = max(1, -(-int(doc_bytes[train].sum()) // TOKENIZER_SAMPLE_BYTES))
+    rank = np.cumsum(train) - 1  # position of each training document among the training documents
+    return train & (rank % stride == 0)
 
 
 def _split_docs(corpus_path: Path, member: np.ndarray) -> Iterator[list[str]]:
