@@ -347,6 +347,25 @@ def test_tokenizer_sample_takes_every_kth_training_document(monkeypatch):
     assert pipeline.tokenizer_sample(doc_bytes, train).tolist() == train.tolist()
 
 
+def test_example_index_is_built_once_and_read_back_identical(prepared, monkeypatch):
+    import harness.data.formats as formats
+
+    cfg = replace(CFG, input_format="segment_pair_nsp", max_seq_len=48)
+    built, folder = formats.cached_examples(prepared, "train", cfg, seed=11)
+    assert (folder / "done").exists() and folder.parent == prepared.dir / "examples"
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("rebuilt an example index that is cached")
+
+    monkeypatch.setattr(formats, "build_examples", no_rebuild)
+    again, same_folder = formats.cached_examples(prepared, "train", cfg, seed=11)
+    assert same_folder == folder
+    for name in ("spans", "offsets", "b_start", "nsp", "docs", "lengths"):
+        assert np.array_equal(getattr(again, name), getattr(built, name)), name
+    with pytest.raises(AssertionError, match="rebuilt"):  # another seed draws other NSP pairs: its own index
+        formats.cached_examples(prepared, "train", cfg, seed=12)
+
+
 def test_pair_formats_reject_one_sentence_documents(tmp_path):
     corpus = tmp_path / "short"
     corpus.mkdir()

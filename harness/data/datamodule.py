@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.config import DataConfig, OptimConfig
 from harness.data import yardstick
-from harness.data.formats import Examples, build_examples
+from harness.data.formats import Examples, cached_array, cached_examples
 from harness.data.masking import epoch_key, is_candidate, mask_tokens, n_selected
 from harness.data.pipeline import PreparedData, Split
 from harness.errors import UserError
@@ -189,15 +189,16 @@ class PretrainDataModule(L.LightningDataModule):
             self.world_size, self.rank = self.trainer.world_size, self.trainer.global_rank
         if self.train_sampler is not None:
             return
-        vocab = self.prepared.vocab_size
-        train = self.prepared.split("train")
-        self.train_examples = build_examples(train, self.cfg, self.seed)
+        prepared, vocab = self.prepared, self.prepared.vocab_size
+        train = prepared.split("train")
+        self.train_examples, folder = cached_examples(prepared, "train", self.cfg, self.seed)
         self.train_set = MaskedLMDataset(train, self.train_examples, self.cfg, vocab, self.seed)
         self.token_budget = None
         if self.cfg.input_format != REFERENCE_FORMAT:
-            ref = build_examples(train, self.cfg, self.seed, REFERENCE_FORMAT)
+            ref, _ = cached_examples(prepared, "train", self.cfg, self.seed, REFERENCE_FORMAT)
             self.token_budget = int(round(self.optim.batch_size * ref.lengths.mean()))
-        candidates = candidate_counts(train.tokens, self.train_examples)
+        candidates = cached_array(folder / "candidates.npy",
+                                  lambda: candidate_counts(train.tokens, self.train_examples))
         self.train_sampler = StepSampler(self.train_examples.lengths, candidates, self.cfg, self.seed,
                                          self.optim.batch_size, self.token_budget, self.accumulate, self.world_size,
                                          self.rank)
@@ -206,16 +207,19 @@ class PretrainDataModule(L.LightningDataModule):
                             f"{self.optim.batch_size} ({len(self.train_examples)} sequences); lower the batch size")
         valid = self.prepared.split("valid")
         # Data size (Table 4) shrinks the training documents only: every arm is measured on the same held-out set.
-        self.valid_examples = build_examples(valid, replace(self.cfg, data_fraction=1.0, data_tokens=0), self.seed)
+        self.valid_examples, _ = cached_examples(prepared, "valid", replace(self.cfg, data_fraction=1.0, data_tokens=0),
+                                                 self.seed)
         self.valid_set = MaskedLMDataset(valid, self.valid_examples, self.cfg, vocab, self.seed)
         # The yardstick: the same held-out windows and positions for every arm (harness.data.yardstick).
         ycfg = yardstick.yardstick_config(self.cfg)
-        self.yardstick_set = MaskedLMDataset(valid, build_examples(valid, ycfg, yardstick.SEED), ycfg, vocab,
-                                             yardstick.SEED)
+        self.yardstick_set = MaskedLMDataset(valid, cached_examples(prepared, "valid", ycfg, yardstick.SEED)[0], ycfg,
+                                             vocab, yardstick.SEED)
         n = min(self.valid_sequences, len(self.yardstick_set))
         targets = np.concatenate([self.yardstick_set[(i, 0)]["labels"] for i in range(n)])
         targets = targets[targets != IGNORE_INDEX]
-        self.yardstick_unigram_ppl = yardstick.unigram_ppl(yardstick.unigram_counts(train.tokens, vocab), targets)
+        counts = cached_array(prepared.dir / "train.unigram_counts.npy", lambda: yardstick.unigram_counts(train.tokens,
+                                                                                                          vocab))
+        self.yardstick_unigram_ppl = yardstick.unigram_ppl(counts, targets)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -7,12 +7,18 @@ puts an extra `</s>` where a sequence crosses into the next document (fairseq's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
-from harness.config import DataConfig, InputFormat
-from harness.data.pipeline import Split
+from harness.config import NSP_FORMATS, DataConfig, InputFormat
+from harness.data.pipeline import PreparedData, Split
 from harness.errors import UserError
 
 SEP = (-1, -1)  # a span row meaning "document separator </s>"
@@ -214,3 +220,42 @@ def build_examples(split: Split, cfg: DataConfig, seed: int, input_format: Input
         raise UserError(f"data.corpus={cfg.corpus}: documents too short for {fmt} (it needs documents with at "
                         f"least 2 sentences); got no examples from {len(docs)} documents")
     return ex
+
+
+def cached_examples(prepared: PreparedData, split_name: str, cfg: DataConfig, seed: int,
+                    input_format: InputFormat | None = None) -> tuple[Examples, Path]:
+    """`build_examples` of a prepared split, built once and kept beside the binarized data in
+    examples/<key>/ (one .npy per array, memory-mapped when read), so runs and ranks that share the view share the
+    work: the key holds what the view depends on (split, format, sequence length, data size, and for the NSP
+    formats the seed and pairing rate). Returns the examples and their folder, where callers keep more per-view
+    arrays (`cached_array`)."""
+    fmt = input_format or cfg.input_format
+    what = [split_name, fmt, cfg.max_seq_len, cfg.data_fraction, cfg.data_tokens]
+    if fmt in NSP_FORMATS:  # only the NSP formats draw (pairs and cut points)
+        what += [seed, cfg.nsp_positive_prob]
+    folder = prepared.dir / "examples" / hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
+    names = [f.name for f in fields(Examples)]
+    if not (folder / "done").exists():
+        ex = build_examples(prepared.split(split_name), cfg, seed, fmt)
+        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if getattr(ex, name) is not None:
+                np.save(tmp / f"{name}.npy", getattr(ex, name))
+        (tmp / "done").write_text(json.dumps(what) + "\n")
+        try:
+            tmp.rename(folder)
+        except OSError:  # another rank or run finished the same view first: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") if (folder / f"{n}.npy").exists() else None
+              for n in names}
+    return Examples(**arrays), folder
+
+
+def cached_array(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """np.load(path), computing and saving it (atomically) the first time."""
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+        np.save(tmp, compute())
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")

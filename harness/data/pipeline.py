@@ -6,7 +6,9 @@ On disk, per split (`train`, `valid`), in `cache_root()/binarized/<key>/`:
   <split>.documents.npy   int64 (D+1,) offsets of each document into sentences
   <split>.size_keys.npy   float64 (D,) hash of each document in [0, 1): data-size subsets take the lowest keys,
                           so a smaller subset is always contained in a larger one
-plus tokenizer.json and meta.json (written last: its presence marks the folder complete).
+plus tokenizer.json and meta.json (written last: its presence marks the folder complete). Later, what runs derive
+from a split and would otherwise rebuild per run and per rank: examples/<key>/ (each input format's example index,
+harness.data.formats.cached_examples, with its candidates.npy) and train.unigram_counts.npy (the yardstick's).
 """
 
 from __future__ import annotations
