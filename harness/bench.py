@@ -1,6 +1,7 @@
-"""`make bench`: run the benchmark sections in one process and write runs/bench/latest.json (also printed).
+"""`make bench` (sections data, pretrain) and `make bench-prep` (prep): run the sections in one process and write
+them into runs/bench/latest.json (also printed), keeping the sections another command wrote there.
 
-Each section returns a flat dict of numbers; ratios are taken against baselines measured in the same run.
+Each section returns a dict of numbers; ratios are taken against baselines measured in the same run.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 import torch
 
 from harness.errors import UserError
-from harness.files import write_json
+from harness.files import read_json, write_json
 
-SECTIONS = ("data", "pretrain")
+SECTIONS = ("data", "pretrain", "prep")
 
 
 def bench_from_cli(args: argparse.Namespace) -> None:
@@ -25,7 +26,9 @@ def bench_from_cli(args: argparse.Namespace) -> None:
     for name in names:
         if name not in SECTIONS:
             raise UserError(f"--sections: expected names from {list(SECTIONS)}, got {name!r}")
-    report = {
+    out = Path(args.out)
+    report = read_json(out) or {}
+    report |= {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
@@ -34,10 +37,9 @@ def bench_from_cli(args: argparse.Namespace) -> None:
     for name in names:
         print(f"== bench: {name}", flush=True)
         report[name] = importlib.import_module(f"harness.benchmarks.{name}").run()
-    if "data" in report and "pretrain" in report:
+    if "data" in names and "pretrain" in names:
         consumed = report["pretrain"]["tokens_per_s"] / report["data"]["seq_len"]  # sequences/s the model eats
         report["data"]["loader_headroom_vs_model"] = round(report["data"]["loader_seq_per_s"] / consumed, 1)
-    out = Path(args.out)
     write_json(out, report)
     print(json.dumps(report, indent=2))
     print(f"wrote {out}")

@@ -199,6 +199,7 @@ def _normalise(text: str) -> str:
 def _build(folder: Path, name: str, streams: list[tuple[str, Stream]], verbose: bool, workers: int) -> dict:
     spool = folder / "spool.jsonl"
     source_names = []
+    t0 = time.perf_counter()
     with open(spool, "w", encoding="utf-8") as out:
         for index, (source_name, stream) in enumerate(streams):
             started, documents, chars = time.perf_counter(), 0, 0
@@ -213,6 +214,7 @@ def _build(folder: Path, name: str, streams: list[tuple[str, Stream]], verbose: 
                 _log(f"  read {source_name:<12} {documents:>7,} documents {chars / 1e6:7.2f} M chars"
                      f"  ({time.perf_counter() - started:.1f} s)")  # fmt: skip
 
+    t1 = time.perf_counter()
     splitter = _train_splitter(spool, verbose)
     totals = {"documents": 0, "sentences": 0}
     per_source = {n: {"bytes": 0, "documents": 0, "sentences": 0} for n in source_names}
@@ -229,9 +231,11 @@ def _build(folder: Path, name: str, streams: list[tuple[str, Stream]], verbose: 
                 counts["documents"] += 1
                 counts["sentences"] += len(sentences)
     spool.unlink()
+    seconds = {"read": t1 - t0, "punkt_training": started - t1, "splitting": time.perf_counter() - started}
+    (folder / "timing.json").write_text(json.dumps({"workers": workers, "seconds": seconds}) + "\n")  # for bench-prep
     if verbose:
         _log(f"  split {totals['documents']:,} documents into {totals['sentences']:,} sentences on {workers} "
-             f"process(es)  ({time.perf_counter() - started:.1f} s)")  # fmt: skip
+             f"process(es)  ({seconds['splitting']:.1f} s)")  # fmt: skip
     size = (folder / "documents.txt").stat().st_size
     return {"name": name, "bytes": size, **totals, "sources": per_source}
 

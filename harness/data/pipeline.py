@@ -127,6 +127,7 @@ def binarize(corpus_path: Path, cfg: DataConfig, out: Path, corpus_stats: dict, 
         n_sentences.append(len(doc))
         doc_bytes.append(sum(len(s.encode()) for s in doc))
     n_bytes = sum(doc_bytes)
+    t_keys = time.perf_counter()
     keys = np.array(valid_keys)
     # The documents hashing below valid_fraction, but at least MIN_VALID_DOCS (pair formats need two documents).
     n_valid = min(max(int((keys < cfg.valid_fraction).sum()), MIN_VALID_DOCS), len(keys) // 2)
@@ -147,6 +148,7 @@ def binarize(corpus_path: Path, cfg: DataConfig, out: Path, corpus_stats: dict, 
     vocab_size = tok.get_vocab_size()
     dtype = "uint16" if vocab_size <= 2**16 else "uint32"
     os.environ["TOKENIZERS_PARALLELISM"] = "true"  # encode on every core; loader workers never tokenize
+    t_encode = time.perf_counter()
     counts = {}
     sentences, sizes = np.array(n_sentences, dtype=np.int64), np.array(size_keys, dtype=np.float64)
     for name, member in (("train", ~is_valid), ("valid", is_valid)):
@@ -160,7 +162,9 @@ def binarize(corpus_path: Path, cfg: DataConfig, out: Path, corpus_stats: dict, 
         "tokenizer": f"given: {cfg.tokenizer_path}" if cfg.tokenizer_path else cfg.tokenizer,
         "corpus": corpus_stats.get("name", cfg.corpus),
         "splits": counts,
-        "seconds": {"tokenizer": round(t_tok - t0, 2), "total": round(time.perf_counter() - t0, 2)},
+        "seconds": {"keys": round(t_keys - t0, 2), "tokenizer": round(t_tok - t_keys, 2),
+                    "encode_and_write": round(time.perf_counter() - t_encode, 2),
+                    "total": round(time.perf_counter() - t0, 2)},
         "mb_per_s": round(n_bytes / 1e6 / (time.perf_counter() - t0), 3),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -1,0 +1,131 @@
+"""`make bench-prep`: data preparation end to end (corpus to binarized splits) on corpora of 50 and 500 MB.
+
+The corpora repeat the demo corpus's documents as .jsonl prose (one document per line, its sentences joined, so Punkt
+splits them again), each copy's documents prefixed with the copy number: every document hashes differently, so the
+train/valid split and the data-size subsets work as on real text. Each measured run is a fresh
+`python -m harness data prepare --workers N` in an empty cache (downloads aside), sampled every SAMPLE_S for the
+resident memory of its process tree: the largest single process and the sum of all. Sizes and workers can be narrowed
+with HARNESS_BENCH_PREP="50:1,50:2,500:2" (MB:workers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from harness.config import DataConfig, OptimConfig
+from harness.data.corpus import cache_root, prepare_corpus, read_documents
+
+RUNS = "50:1,50:2,500:2"  # (MB, workers): the speed-up at 50 MB, and memory at 50 MB against 500 MB
+SAMPLE_S = 0.25
+SEQ_LEN = 128
+
+
+def run() -> dict:
+    runs = [tuple(map(int, item.split(":"))) for item in os.environ.get("HARNESS_BENCH_PREP", RUNS).split(",")]
+    demo = prepare_corpus("demo")
+    out: dict = {"demo_mb": round(demo.stats["bytes"] / 1e6, 2)}
+    with tempfile.TemporaryDirectory(prefix="bench-prep-") as tmp:
+        for mb in sorted({mb for mb, _ in runs}):
+            corpus = _repeat_demo(demo.path, Path(tmp) / f"corpus_{mb}mb", mb * 10**6)
+            for workers in sorted(w for m, w in runs if m == mb):
+                out[f"{mb}mb_{workers}w"] = _measure(corpus, workers, Path(tmp) / f"cache_{mb}_{workers}")
+    one, two = out.get("50mb_1w"), out.get("50mb_2w")
+    if one and two:
+        out["speedup_2_workers_50mb"] = round(two["mb_per_s"] / one["mb_per_s"], 2)
+    small, large = out.get("50mb_2w"), out.get("500mb_2w")
+    if small and large:
+        out["peak_rss_ratio_500_vs_50mb"] = round(large["peak_rss_mb_largest"] / small["peak_rss_mb_largest"], 2)
+    return out
+
+
+def _repeat_demo(documents_txt: Path, folder: Path, size: int) -> Path:
+    """Copies of the demo's documents as .jsonl prose, one file per copy, until `size` bytes of text."""
+    folder.mkdir(parents=True)
+    written, copy = 0, 0
+    while written < size:
+        with open(folder / f"copy_{copy:03d}.jsonl", "w", encoding="utf-8") as f:
+            for doc in read_documents(documents_txt):
+                text = f"({copy}) " + " ".join(doc)
+                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+                written += len(text.encode())
+                if written >= size:
+                    break
+        copy += 1
+    return folder
+
+
+def _measure(corpus: Path, workers: int, cache: Path) -> dict:
+    cache.mkdir()
+    (cache / "downloads").symlink_to(cache_root() / "downloads")
+    env = {**os.environ, "HARNESS_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "harness", "data", "prepare", "--corpus", str(corpus), "--workers", str(workers)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    largest = total = 0
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            rss = [p.memory_info().rss for p in tree]
+        except psutil.Error:  # a worker ended between listing and reading
+            continue
+        largest, total = max(largest, max(rss)), max(total, sum(rss))
+        time.sleep(SAMPLE_S)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+    corpus_dir = next((cache / "corpus").glob("*/timing.json")).parent
+    binarized = next((cache / "binarized").glob("*/meta.json")).parent
+    corpus_mb = json.loads((corpus_dir / "stats.json").read_text())["bytes"] / 1e6
+    timing = json.loads((corpus_dir / "timing.json").read_text())["seconds"]
+    meta = json.loads((binarized / "meta.json").read_text())
+    index = _index_bytes(cache, corpus)
+    train_tokens = meta["splits"]["train"]["tokens"]
+    return {
+        "corpus_mb": round(corpus_mb, 1),
+        "wall_s": round(wall, 1),
+        "mb_per_s": round(corpus_mb / wall, 3),
+        "mb_per_s_per_worker": round(corpus_mb / wall / workers, 3),
+        "seconds": {**{k: round(v, 1) for k, v in timing.items()},
+                    **{f"binarize_{k}": v for k, v in meta["seconds"].items() if k != "total"}},
+        "peak_rss_mb_largest": round(largest / 2**20),
+        "peak_rss_mb_sum": round(total / 2**20),
+        "disk_mb_per_corpus_mb": {"corpus": round(_du(corpus_dir) / 1e6 / corpus_mb, 3),
+                                  "binarized": round(_du(binarized, skip="examples") / 1e6 / corpus_mb, 3)},
+        "index_bytes_per_billion_tokens": round(index / train_tokens * 1e9),
+    }
+
+
+def _index_bytes(cache: Path, corpus: Path) -> int:
+    """Bytes of the default view's example index (FULL-SENTENCES at SEQ_LEN), built by the data module as a run
+    builds it, in the run's cache."""
+    from harness.data.datamodule import PretrainDataModule
+    from harness.data.pipeline import prepare
+
+    before = os.environ.get("HARNESS_CACHE")
+    os.environ["HARNESS_CACHE"] = str(cache)
+    try:
+        cfg = DataConfig(corpus=str(corpus), max_seq_len=SEQ_LEN)
+        prepared = prepare(cfg)
+        data = PretrainDataModule(prepared, cfg, OptimConfig(batch_size=32, micro_batch_size=32), seed=0,
+                                  num_workers=0)
+        data.setup()
+        folder = Path(data.train_examples.lengths.filename).parent
+        return _du(folder)
+    finally:
+        if before is None:
+            os.environ.pop("HARNESS_CACHE")
+        else:
+            os.environ["HARNESS_CACHE"] = before
+
+
+def _du(folder: Path, skip: str | None = None) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and (skip is None or skip not in p.parts))
