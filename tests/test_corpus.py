@@ -1,6 +1,7 @@
 """The corpus layer on real files: the three user formats, every user error, the cache, and `tiny` fetched for real."""
 
 import json
+import os
 import unicodedata
 from pathlib import Path
 
@@ -97,8 +98,12 @@ def test_second_prepare_is_cached_and_content_keyed(tmp_path, own_cache):
     mtime = first.path.stat().st_mtime_ns
     again = prepare_corpus(str(path.parent))
     assert again == first and again.path.stat().st_mtime_ns == mtime
+    assert len(list((Path(os.environ["HARNESS_CACHE"]) / "file_hashes").iterdir())) == 1  # hashed once, then kept
     write(path, "One sentence here.\nAnother one, changed.\n")
-    assert prepare_corpus(str(path.parent)).key != first.key
+    changed = prepare_corpus(str(path.parent))
+    assert changed.key != first.key
+    write(path, "One sentence here.\nAnother one, chAnged.\n")  # same size, rewritten in place
+    assert prepare_corpus(str(path.parent)).key not in (first.key, changed.key)
     assert prepare_corpus(str(path.parent), decode_errors="replace").key != first.key
 
 

@@ -306,6 +306,25 @@ def _train_splitter(spool: Path, verbose: bool):
     return PunktSentenceTokenizer(params)
 
 
+def _file_hash(path: Path) -> str:
+    """sha256 of a file's bytes, remembered in cache_root()/file_hashes/ under its absolute path, size, mtime, ctime
+    and inode: a file rewritten in place gets new times, so a remembered hash is only reused for the same bytes."""
+    st = path.stat()
+    stamp = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    memo = cache_root() / "file_hashes" / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.txt"
+    if memo.is_file():
+        return memo.read_text().strip()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+    tmp.write_text(h.hexdigest() + "\n")
+    os.replace(tmp, memo)
+    return h.hexdigest()
+
+
 # ---- the user's own files -----------------------------------------------------------------------------------
 
 _SUFFIXES = (".txt", ".jsonl")
@@ -335,14 +354,13 @@ class _UserFiles:
         self.name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "corpus"
 
     def key(self) -> str:
-        """sha256 over the sorted relative paths and contents, the decode setting and the normaliser version."""
+        """sha256 over the sorted relative paths and each file's content hash, the decode setting and the normaliser
+        version. A file's hash is kept (`_file_hash`), so a run that starts on an unchanged corpus of many GB reads
+        no text to find its key."""
         h = hashlib.sha256(json.dumps({**_fingerprint(), "decode_errors": self.decode_errors}).encode())
         for path in self.files:
             relative = path.name if path == self.root else path.relative_to(self.root).as_posix()
-            h.update(f"{relative}\0{path.stat().st_size}\0".encode())
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            h.update(f"{relative}\0{_file_hash(path)}\0".encode())
         return h.hexdigest()[:16]
 
     def documents(self) -> Stream:
