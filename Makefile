@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SCALE ?= demo
 WORKERS ?= 1
 
-.PHONY: help setup test test-slow lint data bench gpu-check gpu-wheels ablation-nsp ablation-masking ablation-batch \
+.PHONY: help setup test test-slow test-slurm lint data bench bench-prep gpu-check gpu-wheels ablation-nsp ablation-masking ablation-batch \
 	ablation-data tables notebook clean
 
 help:  ## list targets
@@ -28,6 +28,9 @@ test: $(STAMP)  ## the default test suite (CPU, 2 cores)
 test-slow: $(STAMP)  ## only the tests marked slow
 	$(PY) -m pytest -q -m slow
 
+test-slurm: $(STAMP)  ## only the tests marked slurm: a real one-node cluster (.ci/slurm.sh; .ci/run starts it)
+	$(PY) -m pytest -q -m slurm
+
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check harness analysis tests
 
@@ -36,6 +39,9 @@ data: $(STAMP)  ## fetch and prepare the demo corpus as configs/demo.yaml uses i
 
 bench: $(STAMP)  ## benchmarks -> runs/bench/latest.json
 	$(PY) -m harness bench
+
+bench-prep: $(STAMP)  ## data preparation at 50 and 500 MB (1 and 2 workers) -> runs/bench/latest.json (~30 min)
+	$(PY) -m harness bench --sections prep
 
 # The device machine has no venv and no registry: `make gpu-check PY=python3` there uses its own torch, with the
 # wheels from `make gpu-wheels` and the data a CPU rehearsal left in .gpu/cache (docs/gpu.md has the exact call).

@@ -19,8 +19,10 @@ def _data_prepare(args: argparse.Namespace) -> None:
     overrides = list(args.overrides)
     if args.corpus:
         overrides.append(f"data.corpus={args.corpus}")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
     cfg = load_config(args.config, overrides)
-    prepare(cfg.data, verbose=True)
+    prepare(cfg.data, verbose=True, workers=args.workers)
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -43,12 +45,18 @@ def _finetune(args: argparse.Namespace) -> None:
 
 def _grid_run(args: argparse.Namespace) -> None:
     from harness.grid.runner import CellsFailed, load_slurm_options, run_grid
+    from harness.grid.stopping import stop_on_signals
+    from harness.grid.store import check_store
 
     if args.workers < 1:
         raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
+    if args.store is not None:
+        check_store(args.store)  # before anything is recorded
     try:
-        run_grid(args.experiment, args.scale, args.runs_dir, args.backend, args.workers, args.devices_per_worker,
-                 args.optuna_storage, load_slurm_options(args.slurm), data_dir=args.data_dir, wandb=args.wandb)
+        with stop_on_signals():  # SIGTERM/SIGINT stop every process it started (harness.grid.stopping)
+                run_grid(args.experiment, args.scale, args.runs_dir, args.backend, args.workers,
+                     args.devices_per_worker, args.optuna_storage, load_slurm_options(args.slurm),
+                     data_dir=args.data_dir, wandb=args.wandb, wait=args.wait, store=args.store)
     except CellsFailed as e:  # it ran, but not every cell has a result: exit 1, apart from bad input's 2
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -56,14 +64,24 @@ def _grid_run(args: argparse.Namespace) -> None:
 
 def _grid_worker(args: argparse.Namespace) -> None:
     from harness.grid.runner import work
+    from harness.grid.stopping import stop_on_signals
 
-    work(Path(args.folder))
+    with stop_on_signals():  # the stop `grid run` forwards: hand the cell back, exit (harness.grid.stopping)
+        work(Path(args.folder))
 
 
 def _grid_status(args: argparse.Namespace) -> None:
     from harness.grid.runner import status_table
 
     print(status_table(Path(args.folder)))
+
+
+def _grid_plan(args: argparse.Namespace) -> None:
+    from harness.grid.cost import plan_report
+    from harness.grid.runner import load_slurm_options
+
+    print(plan_report(args.experiment, args.scale, args.runs_dir, args.workers, load_slurm_options(args.slurm),
+                      args.data_dir, args.mfu))
 
 
 def _gpu_check(args: argparse.Namespace) -> None:
@@ -100,6 +118,8 @@ def parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("--corpus", help="demo (~38 MB), tiny (< 2 MB) or a path to your own corpus")
     prep.add_argument("--config", help=CONFIG_HELP)
+    prep.add_argument("--workers", type=int, help="processes that split sentences (default: every core); the "
+                      "prepared data is the same with any number")
     prep.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
     prep.set_defaults(func=_data_prepare)
 
@@ -145,12 +165,19 @@ def parser() -> argparse.ArgumentParser:
                      "e.g. postgresql://user@host/db for many nodes")
     run.add_argument("--slurm", help="submitit/SLURM parameters, e.g. 'slurm_partition=gpu,gpus_per_node=8,"
                      "timeout_min=600'")
+    run.add_argument("--store", help="the cell store: a PostgreSQL URL as for --optuna-storage (postgresql://user@"
+                     "host/db; one schema per study folder) for many nodes, whose network filesystem SQLite cannot "
+                     "share safely; default: SQLite in the study folder. Recorded in study.json for the workers")
     run.add_argument("--data-dir", help="official task files for every cell's fine-tuning, laid out as for "
                      "`finetune --data-dir` (or 'hf'); recorded in study.json for the workers; without it: the "
                      "tasks' offline stand-ins, else n/a offline")
     run.add_argument("--wandb", choices=("offline", "online", "disabled"),
                      help="every cell's W&B logging (default: each config's train.wandb, offline unless changed); "
                      "disabled imports no wandb")
+    run.add_argument("--wait", action="store_true",
+                     help="--backend slurm: wait for the job array to finish, print the status table and exit 1 "
+                     "naming failed cells, as the local backends (which always wait) do; without it, return once "
+                     "the array is submitted")
     run.set_defaults(func=_grid_run)
     worker = grid_sub.add_parser("worker", help="one worker loop on a study folder (started by `grid run`)")
     worker.add_argument("folder")
@@ -158,10 +185,29 @@ def parser() -> argparse.ArgumentParser:
     status = grid_sub.add_parser("status", help="cells done / running / failed of a study folder")
     status.add_argument("folder", help="runs/<study>-<scale>")
     status.set_defaults(func=_grid_status)
+    plan = grid_sub.add_parser(
+        "plan", help="a cost preview: cells, tokens, FLOPs, GPU-hours, SLURM resources; submits nothing",
+        description="Price an experiment file before running it: per scale (every scale without --scale), its cells "
+        "(tuning trials and seed runs), tokens and FLOPs per cell and in total (fine-tuning included), GPU-hours on "
+        "A100 and H100 SXM at a stated MFU, the SLURM array `grid run --backend slurm` would submit with these "
+        "--workers/--slurm (submitit parameters and #SBATCH lines), and warnings for fine-tuning data this machine "
+        "cannot reach. Figures come from the configs alone (no corpus is read or prepared; harness/grid/cost.py "
+        "says how each is counted); nothing is recorded or submitted.",
+    )
+    plan.add_argument("experiment", help="an experiment file, e.g. experiments/table4_data.yaml")
+    plan.add_argument("--scale", help="one scale (default: every scale of the file)")
+    plan.add_argument("--workers", type=int, default=1, help="array tasks, as for `grid run`")
+    plan.add_argument("--slurm", help="submitit/SLURM parameters, as for `grid run`")
+    plan.add_argument("--data-dir", help="fine-tuning data, as for `grid run`: checked here, a warning if missing")
+    plan.add_argument("--runs-dir", default="runs")
+    plan.add_argument("--mfu", type=float, default=None,
+                      help="model FLOPs utilization for GPU-hours (default: harness.grid.cost.MFU, 0.35)")
+    plan.set_defaults(func=_grid_plan)
 
     bench = sub.add_parser("bench", help="benchmarks; writes runs/bench/latest.json")
     bench.add_argument("--out", default="runs/bench/latest.json")
-    bench.add_argument("--sections", default="data,pretrain", help="comma-separated: data,pretrain")
+    bench.add_argument("--sections", default="data,pretrain", help="comma-separated: data,pretrain (make bench) "
+                       "or prep (make bench-prep: data preparation at 50 and 500 MB, minutes)")
     bench.set_defaults(func=_bench)
 
     gpu = sub.add_parser(
@@ -190,4 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BaseException as e:  # a grid stopped by SIGTERM/SIGINT: 128 + the signal, as a shell reports it
+        from harness.grid.stopping import Interrupted
+
+        if not isinstance(e, Interrupted):
+            raise
+        print(f"error: {e}; every process it started has stopped", file=sys.stderr)
+        return 128 + e.signum
     return 0

@@ -1,6 +1,7 @@
 """Test session settings (a repo-local data cache ignored by git, offline W&B and HF) and shared fixtures."""
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,17 @@ def lr_trace():
         return lrs
 
     return trace
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The CI's PostgreSQL (HARNESS_TEST_POSTGRES_URL, started by .ci/run), else one started here by .ci/postgres.sh
+    on port 55433, so a session starts at most one; skips where no server binaries are installed."""
+    url = os.environ.get("HARNESS_TEST_POSTGRES_URL")
+    if not url:
+        r = subprocess.run([str(REPO / ".ci" / "postgres.sh"), "55433"], capture_output=True, text=True)
+        if r.returncode == 3:
+            pytest.skip("no PostgreSQL server binaries; .ci/run installs them")
+        assert r.returncode == 0, r.stderr
+        url = r.stdout.strip().splitlines()[-1]
+    return url

@@ -320,18 +320,6 @@ def test_two_workers_started_together_run_every_cell_exactly_once(tmp_path):
     assert len(claimed) == 4  # four claims in all, split between the two workers
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    url = os.environ.get("HARNESS_TEST_POSTGRES_URL")
-    if not url:
-        r = subprocess.run([str(REPO / ".ci" / "postgres.sh"), "55433"], capture_output=True, text=True)
-        if r.returncode == 3:
-            pytest.skip("no PostgreSQL server binaries; .ci/run installs them")
-        assert r.returncode == 0, r.stderr
-        url = r.stdout.strip().splitlines()[-1]
-    return url
-
-
 @pytest.mark.slow  # `make test-slow`, which .ci/run runs after `make test`
 def test_optuna_tuning_on_postgresql_then_best_values_for_every_seed(tmp_path, postgres_url):
     path = write_experiment(tmp_path / f"pg{os.getpid()}.yaml", {"data.input_format": FORMATS},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -36,6 +37,13 @@ POLL_S = 2.0
 
 def study_dir(exp: Experiment, runs_dir: str) -> Path:
     return Path(runs_dir) / exp.folder
+
+
+def open_store(folder: Path) -> CellStore:
+    """The study's cell store as study.json names it ("store": a PostgreSQL URL, `grid run --store`; absent: SQLite
+    in the folder, the embedded default), so `grid status`, every worker and `grid run` open the one it chose."""
+    url = (read_json(folder / "study.json") or {}).get("store")
+    return CellStore(url, schema=folder.name) if url else CellStore(folder / "grid.sqlite")
 
 
 def _cell(exp: Experiment, arm: Arm, seed: int, kind: str, cfg: Config, trial_slot: int | None = None) -> dict:
@@ -90,12 +98,12 @@ def _make_run_cells(exp: Experiment, store: CellStore, runs_dir: str, storage: s
 class Heartbeat:
     """Renews the cell's lease in a background thread while it runs."""
 
-    def __init__(self, store_path: Path, cell_id: str, worker: str):
+    def __init__(self, store: CellStore, cell_id: str, worker: str):
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, args=(store_path, cell_id, worker), daemon=True)
+        self.thread = threading.Thread(target=self._beat, args=(store, cell_id, worker), daemon=True)
 
-    def _beat(self, store_path: Path, cell_id: str, worker: str) -> None:
-        store = CellStore(store_path)
+    def _beat(self, store: CellStore, cell_id: str, worker: str) -> None:
+        store = store.reopen()  # its own connection: this thread's
         while not self.stop.wait(10.0):
             store.renew(cell_id, worker)
 
@@ -105,7 +113,7 @@ class Heartbeat:
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
-        self.thread.join()
+        self.thread.join(timeout=15.0)  # a renewal waiting on a locked store must not hold up a stopping worker
 
 
 def _write_cell_json(exp: Experiment, cell: dict, cfg: Config, nuisance: dict, tuning: dict) -> None:
@@ -128,6 +136,7 @@ def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker:
             data_dir: str | None = None) -> str:
     """Run a claimed cell to the end; returns its final status. data_dir: the official task files for fine-tuning
     (`grid run --data-dir`; None: each task's stand-in, else n/a offline)."""
+    from harness.grid.stopping import stop_at_step
     from harness.pretrain import pretrain
 
     cfg = with_overrides(cell["config"])
@@ -143,7 +152,7 @@ def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker:
         cfg = with_overrides(cell["config"], [f"{k}={v!r}" for k, v in params.items()])
         _write_cell_json(exp, cell, cfg, params, {})
         try:
-            result = pretrain(cfg, callbacks=(tune.PruneOnStep(trial),))
+            result = pretrain(cfg, callbacks=(tune.PruneOnStep(trial), stop_at_step(Path(cell["run_dir"]))))
         except tune.optuna.TrialPruned:
             study.tell(trial, state=tune.optuna.trial.TrialState.PRUNED)
             return "pruned"
@@ -159,7 +168,10 @@ def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker:
         tuning = {k: {**exp.nuisance[k], "best": (best["params"] or {}).get(k), "trials": best["trials"],
                       "at_edge": best["at_edge"].get(k)} for k in exp.nuisance}
     _write_cell_json(exp, cell, cfg, best and best["params"] or {}, tuning)
-    result = pretrain(cfg) if cfg.train.devices == 1 else _pretrain_ddp(cfg, Path(cell["run_dir"]))
+    if cfg.train.devices == 1:  # stops at the end of its optimizer step on SIGTERM/SIGINT (harness.grid.stopping)
+        result = pretrain(cfg, callbacks=(stop_at_step(Path(cell["run_dir"])),))
+    else:
+        result = _pretrain_ddp(cfg, Path(cell["run_dir"]))
     if result["status"] == "finished" and exp.finetune_tasks:
         from harness.finetune.runner import finetune
 
@@ -176,8 +188,30 @@ def _pretrain_ddp(cfg: Config, run_dir: Path) -> dict:
     command line for every rank, which must not be a grid worker."""
     config = run_dir / "cell_config.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    subprocess.run([sys.executable, "-m", "harness", "pretrain", "--config", str(config)], check=True)
+    # A session of its own: a terminal's Ctrl+C reaches it only through this worker, and a kill of its process
+    # group reaches every rank (harness.grid.stopping).
+    cmd = [sys.executable, "-m", "harness", "pretrain", "--config", str(config)]
+    proc = subprocess.Popen(cmd, env=_without_slurm(os.environ), start_new_session=True)
+    try:
+        code = proc.wait()
+    except BaseException:  # the worker is stopping: rank 0 gets SIGTERM (Lightning forwards it), then the group a kill
+        from harness.grid.stopping import CHILD_GRACE_S, stop_processes
+
+        stop_processes([proc], signal.SIGTERM, CHILD_GRACE_S)
+        raise
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
     return json.loads((run_dir / "result.json").read_text())
+
+
+def _without_slurm(env: os._Environ | dict) -> dict:
+    """The DDP cell's environment without SLURM_*. Under SLURM a worker is one array task (one task per node), and
+    Lightning, seeing SLURM_NTASKS, would take its ranks to be SLURM tasks and reject devices=N against ntasks=1.
+    Giving the worker N tasks instead would run N worker loops, each claiming its own cell; `srun -n N` from inside
+    the task would need the array to request N tasks all the same. Without SLURM_* the cell launches its own ranks on
+    this node, as under the local backend (same command, same ranks, same loss curve); they stay inside the task, so
+    scancel and requeue still stop them, and CUDA_VISIBLE_DEVICES (SLURM's GPUs for the task) passes through."""
+    return {k: v for k, v in env.items() if not k.startswith("SLURM_")}
 
 
 def work(folder: Path) -> int:
@@ -188,39 +222,66 @@ def work(folder: Path) -> int:
     exp = load_experiment(folder / "experiment.yaml", info["scale"]).with_run_overrides(info.get("run_overrides", {}))
     runs_dir = str(folder.parent)
     storage = info["optuna_storage"]
-    store = CellStore(folder / "grid.sqlite")
+    store = open_store(folder)
     me = worker_id()
     make_more = _make_run_cells(exp, store, runs_dir, storage)
     ran = 0
-    while True:
-        cell = store.claim(me, make_more)
-        if cell is None:
-            if store.counts()["running"]:
-                time.sleep(POLL_S)  # another worker's cell may unlock more (an arm's last tuning trial)
-                continue
-            break
-        c = store.counts()
-        print(f"[grid {exp.folder}] {cell['kind']} {cell['arm']} seed {cell['seed']} (attempt {cell['attempts']}; "
-              f"{c['finished'] + c['diverged'] + c['pruned']} done, {c['failed']} failed, {c['pending']} pending)",
-              flush=True)
-        status, error = "failed", None
-        with Heartbeat(store.path, cell["cell_id"], me):
-            try:
-                status = run_one(exp, store, cell, storage, me, info.get("data_dir"))
-            except UserError as e:
-                error = str(e)
-                print(f"[grid {exp.folder}] {cell['kind']} {cell['arm']} seed {cell['seed']} failed: {error}",
-                      file=sys.stderr, flush=True)
-            except Exception as e:  # the grid goes on; the cell records why it failed
-                error = f"{type(e).__name__}: {e}"
-                traceback.print_exc()
-        store.finish(cell["cell_id"], me, status, error)
-        ran += 1
+    try:
+        while True:
+            cell = store.claim(me, make_more)
+            if cell is None:
+                if store.counts()["running"]:
+                    time.sleep(POLL_S)  # another worker's cell may unlock more (an arm's last tuning trial)
+                    continue
+                break
+            _run_claimed(exp, store, cell, storage, me, info.get("data_dir"))
+            ran += 1
+    except BaseException as e:  # a stop signal (harness.grid.stopping), or anything else that ends this process
+        _hand_back(exp, store, me, e)
+        raise
     return ran
 
 
-def prepare_study(exp: Experiment, runs_dir: str, optuna_storage: str | None, data_dir: str | None = None) -> Path:
-    """Plan the study, then record it and its cells (idempotent: a second `grid run` keeps what is done)."""
+def _run_claimed(exp: Experiment, store: CellStore, cell: dict, storage: str, me: str, data_dir: str | None) -> None:
+    """Run one claimed cell under its lease heartbeat and record how it ended; a cell that raised is failed."""
+    c = store.counts()
+    print(f"[grid {exp.folder}] {cell['kind']} {cell['arm']} seed {cell['seed']} (attempt {cell['attempts']}; "
+          f"{c['finished'] + c['diverged'] + c['pruned']} done, {c['failed']} failed, {c['pending']} pending)",
+          flush=True)
+    status, error = "failed", None
+    with Heartbeat(store, cell["cell_id"], me):
+        try:
+            status = run_one(exp, store, cell, storage, me, data_dir)
+        except UserError as e:
+            error = str(e)
+            print(f"[grid {exp.folder}] {cell['kind']} {cell['arm']} seed {cell['seed']} failed: {error}",
+                  file=sys.stderr, flush=True)
+        except Exception as e:  # the grid goes on; the cell records why it failed
+            error = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+    store.finish(cell["cell_id"], me, status, error)
+
+
+def _hand_back(exp: Experiment, store: CellStore, me: str, exc: BaseException) -> None:
+    """The worker is ending before its cell did: the cell goes back to pending now, not after its lease runs out
+    (the heartbeat has stopped with the `with` block). A stop signal is re-raised as Interrupted (exit 128 + signal)."""
+    from harness.grid.stopping import interrupted_by
+
+    try:
+        n = store.release([me])
+    except Exception:  # noqa: BLE001 - the store itself may be what failed; the lease then runs out as before
+        n = 0
+    stop = interrupted_by(exc)
+    if stop is not None:
+        print(f"[grid {exp.folder}] {stop}: {n} cell(s) of this worker pending again", file=sys.stderr, flush=True)
+        raise stop from None
+
+
+def prepare_study(exp: Experiment, runs_dir: str, optuna_storage: str | None, data_dir: str | None = None,
+                  store_url: str | None = None) -> Path:
+    """Plan the study, then record it and its cells (idempotent: a second `grid run` keeps what is done). store_url:
+    the cell store (`--store`, a PostgreSQL URL for many nodes; None: SQLite in the study folder), recorded in
+    study.json for the workers; a study keeps the store it started with."""
     from harness.grid.plan import grid_plan, plan_table
 
     plan = grid_plan(exp)  # refuses a design that cannot show its factor before anything is recorded
@@ -229,9 +290,12 @@ def prepare_study(exp: Experiment, runs_dir: str, optuna_storage: str | None, da
     folder.mkdir(parents=True, exist_ok=True)
     storage = optuna_storage or f"sqlite:///{(folder / 'optuna.sqlite').resolve()}"
     shutil.copyfile(exp.path, folder / "experiment.yaml")
-    info = {**exp.study_json(), "plan": plan, "optuna_storage": storage, "data_dir": data_dir}  # workers read it
+    store_url = _study_store(folder, store_url)
+    store = CellStore(store_url, schema=folder.name) if store_url else CellStore(folder / "grid.sqlite")  # reachable?
+    _check_store_holds_this_study(store, folder)
+    info = {**exp.study_json(), "plan": plan, "optuna_storage": storage, "data_dir": data_dir,
+            "store": store_url}  # workers read it
     write_json(folder / "study.json", info)
-    store = CellStore(folder / "grid.sqlite")
     if exp.tune.trials and exp.nuisance:
         from harness.grid import tune
 
@@ -242,8 +306,38 @@ def prepare_study(exp: Experiment, runs_dir: str, optuna_storage: str | None, da
     return folder
 
 
+def _study_store(folder: Path, store_url: str | None) -> str | None:
+    """The store a study records: `--store` (checked by check_store), else the one the study started with; a store
+    other than the one it started with is refused, as its finished cells live there."""
+    from harness.grid.store import check_store
+
+    before = (read_json(folder / "study.json") or {}).get("store")
+    if store_url is None:
+        return before
+    store_url = check_store(store_url)
+    started = before or ("SQLite in the study folder" if (folder / "grid.sqlite").is_file() else None)
+    if started is not None and started != store_url:
+        raise UserError(f"--store {store_url}: {folder} was started with the store {started}; give that one, or "
+                        f"another --runs-dir")
+    return store_url
+
+
+def _check_store_holds_this_study(store: CellStore, folder: Path) -> None:
+    """A PostgreSQL schema is named after the study folder: one of the same name under another runs folder would share
+    its cells, so a store whose cells live elsewhere is refused before anything runs. (A SQLite file is the folder's
+    own, which may have been moved: not checked.)"""
+    from harness.grid.store import is_postgres
+
+    if not is_postgres(store.path):
+        return
+    other = next((r["run_dir"] for r in store.rows() if not Path(r["run_dir"]).is_relative_to(folder)), None)
+    if other is not None:
+        raise UserError(f"--store {store.path}: schema {folder.name!r} already holds cells of another runs folder "
+                        f"({other}); use another database, or the same --runs-dir")
+
+
 def _progress(folder: Path, procs: list) -> None:
-    store = CellStore(folder / "grid.sqlite")
+    store = open_store(folder)
     bar = tqdm(desc=f"grid {folder.name}", unit="cell", dynamic_ncols=True)
     t0 = time.time()
     while any(p.poll() is None for p in procs) if procs else False:
@@ -267,42 +361,120 @@ def launch_local(folder: Path, workers: int, devices_per_worker: int) -> dict[st
     gpus = torch.cuda.device_count()
     procs, logs = [], folder / "logs"
     logs.mkdir(exist_ok=True)
-    for i in range(workers):
-        env = dict(os.environ)
-        if gpus:  # one cell per GPU (or per group of GPUs, for DDP inside a cell)
-            ids = range(i * devices_per_worker, (i + 1) * devices_per_worker)
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g % gpus) for g in ids)
-        else:  # share the CPU cores instead of oversubscribing them
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-        log = open(logs / f"worker_{i}.log", "a")
-        procs.append(subprocess.Popen([sys.executable, "-m", "harness", "grid", "worker", str(folder)], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT))
-    _progress(folder, procs)
+    try:
+        for i in range(workers):
+            env = dict(os.environ)
+            if gpus:  # one cell per GPU (or per group of GPUs, for DDP inside a cell)
+                ids = range(i * devices_per_worker, (i + 1) * devices_per_worker)
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g % gpus) for g in ids)
+            else:  # share the CPU cores instead of oversubscribing them
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+            log = open(logs / f"worker_{i}.log", "a")
+            # Sessions of their own: a stop reaches a worker only through this process (harness.grid.stopping).
+            procs.append(subprocess.Popen([sys.executable, "-m", "harness", "grid", "worker", str(folder)], env=env,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        _progress(folder, procs)
+    except BaseException:  # SIGTERM/SIGINT (Interrupted), or this process failing: no worker may outlive it
+        _stop_workers(folder, procs)
+        raise
     if any(p.wait() for p in procs):
         print(f"some workers exited with an error; see {logs}/", file=sys.stderr)
     return {worker_id(p.pid): str(logs / f"worker_{i}.log") for i, p in enumerate(procs)}
 
 
-def launch_submitit(folder: Path, workers: int, cluster: str | None, slurm: dict) -> None:
-    """A job array of workers; each re-queues itself on pre-emption (submitit's checkpoint hook)."""
+def _stop_workers(folder: Path, procs: list[subprocess.Popen]) -> None:
+    """Forward the stop to each worker (SIGINT: harness.grid.stopping says why), kill what is left after
+    WORKER_GRACE_S, and hand back to pending any cell a killed worker still held."""
+    from harness.grid.stopping import WORKER_GRACE_S, stop_processes
+
+    print(f"stopping {len(procs)} worker(s) (pids {' '.join(str(p.pid) for p in procs)}); cells they hold go back "
+          f"to pending", file=sys.stderr, flush=True)
+    stop_processes(procs, signal.SIGINT, WORKER_GRACE_S)
+    open_store(folder).release([worker_id(p.pid) for p in procs])
+
+
+def submitit_executor(folder: Path, cluster: str | None, workers: int, slurm: dict):
+    """The executor `grid run` submits its array with (and `grid plan` shows): --slurm's parameters, then on SLURM the
+    array's parallelism. An unknown or mistyped --slurm parameter is a UserError. Creates nothing on disk."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=cluster)
-    executor.update_parameters(**slurm)
+    try:
+        executor.update_parameters(**slurm)
+    except (AssertionError, NameError, ValueError, TypeError) as e:  # submitit: an unknown or mistyped parameter
+        raise UserError(f"--slurm: {str(e).splitlines()[0]}") from None
     if cluster != "local":
         executor.update_parameters(slurm_array_parallelism=workers)
+    return executor
+
+
+def launch_submitit(folder: Path, workers: int, cluster: str | None, slurm: dict, wait: bool = False) -> str:
+    """A job array of workers; each re-queues itself on pre-emption (submitit's checkpoint hook). Returns the array's
+    job id. The local executor always waits; a SLURM array is waited for with `wait` (`grid run --wait`)."""
+    executor = submitit_executor(folder, cluster, workers, slurm)
     jobs = executor.map_array(SubmititWorker(), [folder] * workers)
-    print(f"submitted {len(jobs)} worker(s): {jobs[0].job_id.split('_')[0]}; `python -m harness grid status {folder}`")
+    array = jobs[0].job_id.split("_")[0]
+    print(f"submitted {len(jobs)} worker(s): {array}; `python -m harness grid status {folder}`", flush=True)
     if cluster == "local":
         for job in jobs:
             job.result()
+    elif wait:
+        wait_for_array(array, folder)
+    return array
+
+
+def wait_for_array(array: str, folder: Path, poll_s: float = POLL_S) -> None:
+    """Until no task of the SLURM array is in the queue (pending, running, requeued), printing the cells' counts as
+    they change. squeue, not submitit's job states: those come from sacct, which a cluster without an accounting
+    database (and a task requeued on pre-emption) cannot answer."""
+    store = open_store(folder)
+    last, failures = None, 0
+    while True:
+        r = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%T"], capture_output=True, text=True)
+        if r.returncode and "Invalid job id" in r.stderr:
+            return  # the array ended long enough ago that slurmctld has forgotten it
+        if r.returncode:  # slurmctld busy or restarting: try again, for a while
+            failures += 1
+            if failures > 30:
+                raise RuntimeError(f"squeue -j {array} failed {failures} times in a row: {r.stderr.strip()}")
+        else:
+            failures = 0
+            tasks = r.stdout.split()
+            if not tasks:
+                return
+            c = store.counts()
+            line = (f"[grid {folder.name}] array {array}: {tasks.count('RUNNING')} task(s) running, "
+                    f"{len(tasks) - tasks.count('RUNNING')} queued; cells: "
+                    + ", ".join(f"{v} {k}" for k, v in c.items() if v))
+            if line != last:
+                print(line, flush=True)
+                last = line
+        time.sleep(poll_s)
 
 
 class SubmititWorker:
-    """Picklable worker for submitit; `checkpoint` makes SLURM pre-emption requeue the worker, which resumes."""
+    """Picklable worker for submitit; `checkpoint` makes SLURM pre-emption requeue the worker, which resumes.
+
+    Pre-emption's USR2 (submitit's signal, `--signal=USR2@90`) first goes through harness.grid.stopping, as a stop
+    signal does for a local worker: a single-device cell runs on to the end of its optimizer step, saves last.ckpt
+    there and goes back to pending. Only then does submitit's own handler run: it pickles `checkpoint`'s resubmission,
+    requeues the task (`scontrol requeue`) and exits. Called straight from the signal, as submitit installs it, that
+    handler would exit mid-step, and the cell would lose what it trained since its last periodic checkpoint."""
 
     def __call__(self, folder: Path) -> int:
-        return work(folder)
+        import signal
+
+        from harness.grid import stopping
+
+        requeue = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue (None outside submitit)
+        if callable(requeue):
+            signal.signal(signal.SIGUSR2, stopping.on_signal)
+        try:
+            return work(folder)
+        except stopping.Interrupted as e:
+            if e.signum == signal.SIGUSR2 and callable(requeue):
+                requeue(signal.SIGUSR2, None)  # exits once the task is requeued
+            raise
 
     def checkpoint(self, folder: Path):
         import submitit
@@ -311,9 +483,9 @@ class SubmititWorker:
 
 
 def status_table(folder: Path) -> str:
-    if not (folder / "grid.sqlite").is_file():
-        raise UserError(f"{folder}: no grid.sqlite here; expected a study folder made by `grid run`")
-    store = CellStore(folder / "grid.sqlite")
+    if not (folder / "study.json").is_file() and not (folder / "grid.sqlite").is_file():
+        raise UserError(f"{folder}: no study.json or grid.sqlite here; expected a study folder made by `grid run`")
+    store = open_store(folder)
     rows = store.rows()
     lines = [f"{'kind':5} {'arm':32} {'seed':>4} {'status':9} {'tries':>5} {'minutes':>7}  error"]
     for r in rows:
@@ -351,20 +523,33 @@ def check_data_dir(exp: Experiment, data_dir: str | None) -> str | None:
 
 def run_grid(path: str, scale: str, runs_dir: str = "runs", backend: str = "local", workers: int = 1,
              devices_per_worker: int = 1, optuna_storage: str | None = None, slurm: dict | None = None,
-             data_dir: str | None = None, wandb: str | None = None) -> Path:
-    """wandb: every cell's train.wandb (offline | online | disabled); None keeps the configs' own."""
+             data_dir: str | None = None, wandb: str | None = None, wait: bool = False,
+             store: str | None = None) -> Path:
+    """store: the cell store's URL (`--store`; None: SQLite in the study folder, or the store the study started
+    with). wandb: every cell's train.wandb (offline | online | disabled); None keeps the configs' own. wait: with the
+    slurm backend, wait for the array and end as the local backends do (CellsFailed naming failed cells); without
+    it, return once the array is submitted."""
     exp = load_experiment(path, scale)  # fails before anything is recorded
     if wandb is not None:
         exp = exp.with_run_overrides({"train.wandb": wandb})
     data_dir = check_data_dir(exp, data_dir)
-    folder = prepare_study(exp, runs_dir, optuna_storage, data_dir)
+    folder = prepare_study(exp, runs_dir, optuna_storage, data_dir, store)
     if backend == "local":
         logs = launch_local(folder, workers, devices_per_worker)
     else:
-        launch_submitit(folder, workers, "local" if backend == "submitit-local" else "slurm", slurm or {})
+        array = launch_submitit(folder, workers, "local" if backend == "submitit-local" else "slurm", slurm or {},
+                                wait)
         logs = {}
     print(status_table(folder))
-    if backend != "slurm":  # the local backends waited for every cell; SLURM's array is still running
+    if backend == "slurm" and wait:
+        # Worker ids are host:pid, which SLURM does not give: point at the array tasks' stderr, where a failed cell's
+        # error and traceback are (submitit names it <array>_<task>_0_log.err; a requeued task appends to its own).
+        raise_if_failed(folder, logs, f"{folder / 'submitit'}/{array}_*_log.err")
+        left = [r for r in open_store(folder).rows() if r["status"] in ("pending", "running")]
+        if left:  # the array ended (scancel, time limit) before every cell did
+            raise CellsFailed(f"SLURM array {array} ended with {len(left)} cell(s) not done in {folder}; "
+                              f"`grid run` again runs only those")
+    elif backend != "slurm":  # the local backends waited for every cell
         other = (f"{folder / 'submitit'}/" if backend == "submitit-local"
                  else f"an earlier `grid run`: its terminal, or {folder / 'logs'}/ with --workers > 1")
         raise_if_failed(folder, logs, other)
@@ -378,7 +563,7 @@ class CellsFailed(Exception):
 def raise_if_failed(folder: Path, logs: dict[str, str], other: str) -> None:
     """CellsFailed naming every failed cell (kind, arm, seed), its recorded error and where its worker logged
     (`logs`: worker id -> log; `other` for a worker not in it: under submitit, or in an earlier `grid run`)."""
-    failed = [r for r in CellStore(folder / "grid.sqlite").rows() if r["status"] == "failed"]
+    failed = [r for r in open_store(folder).rows() if r["status"] == "failed"]
     if not failed:
         return
     lines = [f"{len(failed)} cell(s) failed in {folder} (`python -m harness grid status {folder}` lists every cell):"]

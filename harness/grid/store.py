@@ -1,20 +1,34 @@
-"""The grid's cell store: one SQLite file per study with leased claims, so concurrent workers run each cell once.
+"""The grid's cell store: a study's cells with leased claims, so concurrent workers run each cell once.
 
-A worker claims a pending cell inside `BEGIN IMMEDIATE` (one writer at a time) and holds a lease it renews while the
-cell runs. A cell whose lease ran out, or whose worker process on this host is gone (kill -9), goes back to
-pending and resumes from its last checkpoint. SQLite suits one machine or a shared disk with POSIX locks.
+A worker claims a pending cell inside a transaction that excludes every other writer and holds a lease it renews
+while the cell runs. A cell whose lease ran out, or whose worker process on this host is gone (kill -9), goes back to
+pending and resumes from its last checkpoint; a worker that is stopped hands its cell back at once (`release`).
+
+Two engines, one set of SQL statements:
+  - SQLite, the embedded default: runs/<study>-<scale>/grid.sqlite, one writer at a time by `BEGIN IMMEDIATE`. It
+    suits one machine, or a shared disk whose POSIX locks work; many nodes on a network filesystem cannot share it
+    safely (NFS locking is advisory and often broken), which is what the second engine is for;
+  - PostgreSQL (`grid run --store postgresql://user@host/db`, the URL form Optuna's storage takes, also
+    postgresql+psycopg://): one schema per study folder in that database, named after it, and one writer at a time
+    by `LOCK TABLE cells, arms IN SHARE ROW EXCLUSIVE MODE` inside the transaction, the same exclusion as SQLite's.
+    The driver is psycopg 3, the one SQLAlchemy 2.1 (under Optuna) uses for postgresql:// URLs, so a machine that
+    runs Optuna on PostgreSQL can run the store too; it is used directly, not through SQLAlchemy, because the store
+    is a dozen statements whose locking differs per engine anyway (_Postgres adapts them).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from harness.errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -60,12 +74,95 @@ def _insert(db: sqlite3.Connection, cells: list[dict]) -> None:
         )
 
 
+def is_postgres(where: Path | str) -> bool:
+    return str(where).startswith(("postgresql:", "postgresql+", "postgres:"))
+
+
+def check_store(url: str) -> str:
+    """`--store` as given: a PostgreSQL URL (Optuna's form) or sqlite:///PATH; a UserError for anything else."""
+    if is_postgres(url) or url.startswith("sqlite:///"):
+        return url
+    raise UserError(f"--store {url}: expected postgresql://user@host/db (or postgresql+psycopg://...), or "
+                    f"sqlite:///path/grid.sqlite; without --store, SQLite in the study folder")
+
+
+class _Row(dict):
+    """A result row read by column name or by position, as sqlite3.Row is."""
+
+    def __init__(self, names: list[str], values: tuple):
+        super().__init__(zip(names, values))
+        self.values_ = values
+
+    def __getitem__(self, key):
+        return self.values_[key] if isinstance(key, int) else super().__getitem__(key)
+
+
+UPSERT_ARM = " ON CONFLICT (arm) DO UPDATE SET best = EXCLUDED.best"
+
+
+class _Postgres:
+    """A psycopg connection with the small part of sqlite3's API the store and its callers use: execute() with `?`
+    placeholders and SQLite's `INSERT OR IGNORE` / `INSERT OR REPLACE INTO arms`, BEGIN IMMEDIATE as a table lock,
+    rows by name and position. Autocommit, so that BEGIN ... COMMIT are the store's own, as in SQLite."""
+
+    def __init__(self, url: str, schema: str):
+        try:
+            import psycopg
+        except ImportError:
+            raise UserError("--store postgresql://...: the PostgreSQL driver is missing; pip install "
+                            "'psycopg[binary]'") from None
+        conninfo = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)  # SQLAlchemy's driver suffix
+        try:
+            self.conn = psycopg.connect(conninfo, autocommit=True, row_factory=self._rows, connect_timeout=30)
+        except psycopg.OperationalError as e:
+            raise UserError(f"--store {url}: cannot connect ({str(e).strip().splitlines()[0]})") from None
+        name = '"' + schema.replace('"', '""') + '"'
+        self.conn.execute("BEGIN")
+        self.conn.execute("SELECT pg_advisory_xact_lock(7461)")  # two workers creating one schema at once collide
+        self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {name}")
+        self.conn.execute(f"SET search_path TO {name}")
+        for statement in SCHEMA.replace(" REAL", " DOUBLE PRECISION").split(";"):  # REAL is 4 bytes here
+            if statement.strip():
+                self.conn.execute(statement)
+        self.conn.execute("COMMIT")
+
+    @property
+    def in_transaction(self) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        return self.conn.info.transaction_status != TransactionStatus.IDLE
+
+    @staticmethod
+    def _rows(cursor):
+        names = [c.name for c in cursor.description or ()]
+        return lambda values: _Row(names, values)
+
+    def execute(self, sql: str, params: tuple = ()):
+        if sql == "BEGIN IMMEDIATE":
+            self.conn.execute("BEGIN")
+            return self.conn.execute("LOCK TABLE cells, arms IN SHARE ROW EXCLUSIVE MODE")
+        if sql.startswith("INSERT OR IGNORE "):
+            sql = sql.replace("INSERT OR IGNORE ", "INSERT ", 1) + " ON CONFLICT DO NOTHING"
+        elif sql.startswith("INSERT OR REPLACE INTO arms "):
+            sql = sql.replace("INSERT OR REPLACE ", "INSERT ", 1) + UPSERT_ARM
+        return self.conn.execute(sql.replace("?", "%s"), params)
+
+
 class CellStore:
-    def __init__(self, path: Path):
-        self.path = path
-        self.db = sqlite3.connect(path, timeout=120, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.executescript(SCHEMA)
+    def __init__(self, where: Path | str, schema: str | None = None):
+        """where: a SQLite file (a path, or sqlite:///PATH) or a PostgreSQL URL; schema: PostgreSQL's namespace for
+        this study (its folder name), unused by SQLite, whose file is the study's own."""
+        self.path, self.schema = where, schema  # what it was opened from: `reopen` opens it again
+        if is_postgres(where):
+            self.db = _Postgres(str(where), schema or "harness_grid")
+        else:
+            self.db = sqlite3.connect(str(where).removeprefix("sqlite:///"), timeout=120, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.executescript(SCHEMA)
+
+    def reopen(self) -> CellStore:
+        """The same store on a new connection (a connection is not shared between threads)."""
+        return CellStore(self.path, self.schema)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -117,6 +214,17 @@ class CellStore:
         with self.transaction() as db:
             db.execute("UPDATE cells SET lease_until = ? WHERE cell_id = ? AND worker = ?",
                        (time.time() + LEASE_S, cell_id, worker))
+
+    def release(self, workers: list[str], cell_id: str | None = None) -> int:
+        """Hand the cells that `workers` hold (or only `cell_id`) back to pending at once, as a stopped worker does
+        (harness.grid.stopping), instead of after their lease runs out; returns how many went back."""
+        sql = ("UPDATE cells SET status = 'pending', worker = NULL, lease_until = NULL "
+               "WHERE status = 'running' AND worker = ?")
+        if self.db.in_transaction:  # a signal cut a transaction of this connection short: it never committed
+            self.db.execute("ROLLBACK")
+        with self.transaction() as db:
+            return sum(db.execute(sql, (w,)).rowcount if cell_id is None else
+                       db.execute(f"{sql} AND cell_id = ?", (w, cell_id)).rowcount for w in workers)
 
     def set_trial(self, cell_id: str, trial: int) -> None:
         with self.transaction() as db:
