@@ -40,6 +40,7 @@ from harness.data.sources import (
     FetchError,
     Source,
     fetch,
+    file_sha256,
     split_paragraphs,
 )
 from harness.errors import UserError
@@ -314,15 +315,12 @@ def _file_hash(path: Path) -> str:
     memo = cache_root() / "file_hashes" / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.txt"
     if memo.is_file():
         return memo.read_text().strip()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    digest = file_sha256(path)
     memo.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
-    tmp.write_text(h.hexdigest() + "\n")
+    tmp.write_text(digest + "\n")
     os.replace(tmp, memo)
-    return h.hexdigest()
+    return digest
 
 
 # ---- the user's own files -----------------------------------------------------------------------------------

