@@ -12,6 +12,12 @@ CONFIG_HELP = "YAML config with sections data/model/optim/train (see configs/)"
 OVERRIDE_HELP = "section.field=value overrides, e.g. data.input_format=doc_sentences optim.peak_lr=5e-4"
 
 
+def _check_workers(workers: int | None) -> None:
+    """--workers of `data prepare`, `grid run` and `grid plan` (None: the command's default)."""
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers: expected an integer >= 1, got {workers}")
+
+
 def _data_prepare(args: argparse.Namespace) -> None:
     from harness.config import load_config
     from harness.data.pipeline import prepare
@@ -19,8 +25,7 @@ def _data_prepare(args: argparse.Namespace) -> None:
     overrides = list(args.overrides)
     if args.corpus:
         overrides.append(f"data.corpus={args.corpus}")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
+    _check_workers(args.workers)
     cfg = load_config(args.config, overrides)
     prepare(cfg.data, verbose=True, workers=args.workers)
 
@@ -48,15 +53,14 @@ def _grid_run(args: argparse.Namespace) -> None:
     from harness.grid.stopping import stop_on_signals
     from harness.grid.store import check_store
 
-    if args.workers < 1:
-        raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
+    _check_workers(args.workers)
     if args.store is not None:
         check_store(args.store)  # before anything is recorded
     try:
         with stop_on_signals():  # SIGTERM/SIGINT stop every process it started (harness.grid.stopping)
-                run_grid(args.experiment, args.scale, args.runs_dir, args.backend, args.workers,
-                     args.devices_per_worker, args.optuna_storage, load_slurm_options(args.slurm),
-                     data_dir=args.data_dir, wandb=args.wandb, wait=args.wait, store=args.store)
+            run_grid(args.experiment, args.scale, args.runs_dir, args.backend, args.workers, args.devices_per_worker,
+                     args.optuna_storage, load_slurm_options(args.slurm), data_dir=args.data_dir, wandb=args.wandb,
+                     wait=args.wait, store=args.store)
     except CellsFailed as e:  # it ran, but not every cell has a result: exit 1, apart from bad input's 2
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -80,6 +84,7 @@ def _grid_plan(args: argparse.Namespace) -> None:
     from harness.grid.cost import plan_report
     from harness.grid.runner import load_slurm_options
 
+    _check_workers(args.workers)
     print(plan_report(args.experiment, args.scale, args.runs_dir, args.workers, load_slurm_options(args.slurm),
                       args.data_dir, args.mfu))
 

@@ -385,6 +385,8 @@ def test_pair_formats_reject_one_sentence_documents(tmp_path):
         (["--corpus", "tiny", "data.masking=sometimes"], "data.masking"),
         (["--corpus", "tiny", "data.vocab_size=100"], "data.vocab_size"),
         (["--corpus", "tiny", "data.nope=1"], "data.nope"),
+        (["--corpus", "tiny", "--workers", "0"], "--workers: expected an integer >= 1"),
+        (["--corpus", "tiny", "data.tokenizer_path=/no/such/tokenizer.json"], "data.tokenizer_path"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args, expected):

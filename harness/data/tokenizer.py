@@ -30,8 +30,7 @@ def train_tokenizer(sentences: Iterable[str], cfg: DataConfig, out: Path) -> Tok
                                 special_tokens=list(SPECIAL_TOKENS), show_progress=False)
     tok.save(str(out))
     loaded = Tokenizer.from_file(str(out))
-    for i, special in enumerate(SPECIAL_TOKENS):
-        assert loaded.token_to_id(special) == i, f"special token {special} got id {loaded.token_to_id(special)}"
+    assert _special_ids(loaded, f"data.corpus={cfg.corpus}") == list(range(len(SPECIAL_TOKENS)))
     if loaded.get_vocab_size() <= len(SPECIAL_TOKENS) + 1:
         raise UserError(f"data.corpus={cfg.corpus}: the tokenizer learned no vocabulary (is the corpus empty?)")
     return loaded

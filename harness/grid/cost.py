@@ -279,8 +279,6 @@ def plan_report(path: str, scale: str | None = None, runs_dir: str = "runs", wor
                 slurm: dict | None = None, data_dir: str | None = None, mfu: float | None = None) -> str:
     """`grid plan`: the preview of one scale, or of every scale of the file; reads configs only."""
     mfu = MFU if mfu is None else mfu
-    if workers < 1:
-        raise UserError(f"--workers: expected an integer >= 1, got {workers}")
     if not 0 < mfu <= 1:
         raise UserError(f"--mfu: expected a fraction in (0, 1], got {mfu}")
     reports = []

@@ -462,8 +462,6 @@ class SubmititWorker:
     handler would exit mid-step, and the cell would lose what it trained since its last periodic checkpoint."""
 
     def __call__(self, folder: Path) -> int:
-        import signal
-
         from harness.grid import stopping
 
         requeue = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue (None outside submitit)

@@ -215,16 +215,15 @@ class CellStore:
             db.execute("UPDATE cells SET lease_until = ? WHERE cell_id = ? AND worker = ?",
                        (time.time() + LEASE_S, cell_id, worker))
 
-    def release(self, workers: list[str], cell_id: str | None = None) -> int:
-        """Hand the cells that `workers` hold (or only `cell_id`) back to pending at once, as a stopped worker does
-        (harness.grid.stopping), instead of after their lease runs out; returns how many went back."""
+    def release(self, workers: list[str]) -> int:
+        """Hand the cells that `workers` hold back to pending at once, as a stopped worker does (harness.grid.stopping),
+        instead of after their lease runs out; returns how many went back."""
         sql = ("UPDATE cells SET status = 'pending', worker = NULL, lease_until = NULL "
                "WHERE status = 'running' AND worker = ?")
         if self.db.in_transaction:  # a signal cut a transaction of this connection short: it never committed
             self.db.execute("ROLLBACK")
         with self.transaction() as db:
-            return sum(db.execute(sql, (w,)).rowcount if cell_id is None else
-                       db.execute(f"{sql} AND cell_id = ?", (w, cell_id)).rowcount for w in workers)
+            return sum(db.execute(sql, (w,)).rowcount for w in workers)
 
     def set_trial(self, cell_id: str, trial: int) -> None:
         with self.transaction() as db:
