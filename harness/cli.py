@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from harness.data.shards import SHARD_BYTES
 from harness.errors import UserError
 
 CONFIG_HELP = "YAML config with sections data/model/optim/train (see configs/)"
@@ -21,13 +23,21 @@ def _check_workers(workers: int | None) -> None:
 def _data_prepare(args: argparse.Namespace) -> None:
     from harness.config import load_config
     from harness.data.pipeline import prepare
+    from harness.data.shards import Backend
+    from harness.grid.runner import load_slurm_options
 
     overrides = list(args.overrides)
     if args.corpus:
         overrides.append(f"data.corpus={args.corpus}")
     _check_workers(args.workers)
+    if args.shard_mb <= 0:
+        raise UserError(f"--shard-mb: expected a positive number of MB, got {args.shard_mb}")
     cfg = load_config(args.config, overrides)
-    prepare(cfg.data, verbose=True, workers=args.workers)
+    if args.backend == "local":
+        backend = Backend(workers=args.workers or os.cpu_count() or 1)
+    else:  # an array task uses the cores SLURM gives it; --workers caps the tasks running at once
+        backend = Backend(args.backend, args.workers or 64, load_slurm_options(args.slurm))
+    prepare(cfg.data, verbose=True, backend=backend, shard_bytes=int(args.shard_mb * 1e6))
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -118,13 +128,24 @@ def parser() -> argparse.ArgumentParser:
             "hash of corpus, tokenizer and settings. Your own corpus: a folder of .txt files (one sentence per "
             "line, blank line between documents), plain prose files (one document each), or .jsonl with a "
             "'text' field. Undecodable bytes: with data.decode_errors=strict (default) the run stops naming the "
-            "file and byte offset; with data.decode_errors=replace they become U+FFFD and the count is reported."
+            "file and byte offset; with data.decode_errors=replace they become U+FFFD and the count is reported. "
+            "The corpus is split and encoded in shards of --shard-mb of text, here or as a SLURM job array "
+            "(--backend slurm; the cache must then be on a filesystem every node sees). Each finished shard is "
+            "kept, so a run that was killed, or stopped at a bad byte, resumes where it was; the result is the "
+            "same byte for byte with any --workers, --shard-mb and --backend."
         ),
     )
     prep.add_argument("--corpus", help="demo (~38 MB), tiny (< 2 MB) or a path to your own corpus")
     prep.add_argument("--config", help=CONFIG_HELP)
-    prep.add_argument("--workers", type=int, help="processes that split sentences (default: every core); the "
-                      "prepared data is the same with any number")
+    prep.add_argument("--workers", type=int, help="cores to use (default: every core); with --backend slurm, the "
+                      "array tasks running at once (default 64)")
+    prep.add_argument("--backend", choices=("local", "slurm", "submitit-local"), default="local",
+                      help="where shards are split and encoded: here, a SLURM job array via submitit (as `grid run` "
+                      "submits), or submitit's local executor")
+    prep.add_argument("--slurm", help="submitit/SLURM parameters for the array tasks, e.g. "
+                      "'slurm_partition=cpu,cpus_per_task=16,mem_gb=16,timeout_min=120'")
+    prep.add_argument("--shard-mb", type=float, default=SHARD_BYTES / 1e6,
+                      help=f"MB of text per shard (default {SHARD_BYTES / 1e6:g}; harness/data/shards.py says why)")
     prep.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
     prep.set_defaults(func=_data_prepare)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.data.corpus import Corpus, prepare_corpus, read_documents
+from harness.data.corpus import Corpus, prepare_corpus
 from harness.errors import UserError
 
 
@@ -24,16 +24,21 @@ def write(path: Path, text: str | bytes) -> Path:
 
 
 def check_format(corpus: Corpus) -> list[list[str]]:
-    """documents.txt as promised: sentence lines, single blank lines between documents, stats that add up."""
-    raw = corpus.path.read_text(encoding="utf-8")
-    assert raw.endswith("\n") and not raw.endswith("\n\n") and not raw.startswith("\n")
-    assert "\n\n\n" not in raw
-    assert all(line == line.strip() and "  " not in line for line in raw.split("\n"))
-    docs = list(read_documents(corpus.path))
+    """Each shard's documents.txt as promised: sentence lines, single blank lines between documents, stats that add
+    up."""
+    n_bytes = 0
+    for shard in corpus.shards:
+        raw = shard.read_text(encoding="utf-8")
+        assert raw.endswith("\n") and not raw.endswith("\n\n") and not raw.startswith("\n")
+        assert "\n\n\n" not in raw
+        assert all(line == line.strip() and "  " not in line for line in raw.split("\n"))
+        n_bytes += len(raw.encode())
+    docs = list(corpus.documents())
     s = corpus.stats
     assert s["documents"] == len(docs) > 0
     assert s["sentences"] == sum(map(len, docs))
-    assert s["bytes"] == len(raw.encode()) == sum(src["bytes"] for src in s["sources"].values())
+    blank_lines = len(docs) - len(corpus.shards)  # between documents, within a shard
+    assert s["bytes"] == n_bytes - blank_lines == sum(src["bytes"] for src in s["sources"].values())
     assert s["documents"] == sum(src["documents"] for src in s["sources"].values())
     assert len(corpus.key) == 16 and int(corpus.key, 16) >= 0
     return docs
@@ -53,7 +58,9 @@ def test_one_sentence_per_line_folder(tmp_path, own_cache):
         ["Rain fell all night.", "The river rose."],
     ]
     assert corpus.stats["name"] == "mine" and corpus.stats["decode_replacements"] == 0
-    assert corpus.path.name == "documents.txt" and corpus.path.parent.name == f"mine-{corpus.key}"
+    cache = Path(os.environ["HARNESS_CACHE"])
+    assert (cache / "corpus" / f"mine-{corpus.key}" / "stats.json").is_file()
+    assert [shard.parent.parent for shard in corpus.shards] == [cache / "sentences"]
 
 
 def test_plain_prose_file_is_split_into_sentences(tmp_path, own_cache):
@@ -75,7 +82,7 @@ def test_plain_prose_file_is_split_into_sentences(tmp_path, own_cache):
             "Dr. Jones left early.",
         ]
     ]
-    assert unicodedata.is_normalized("NFC", corpus.path.read_text(encoding="utf-8"))
+    assert unicodedata.is_normalized("NFC", corpus.shards[0].read_text(encoding="utf-8"))
 
 
 def test_jsonl_one_document_per_line(tmp_path, own_cache):
@@ -95,9 +102,9 @@ def test_jsonl_one_document_per_line(tmp_path, own_cache):
 def test_second_prepare_is_cached_and_content_keyed(tmp_path, own_cache):
     path = write(tmp_path / "corpus" / "a.txt", "One sentence here.\nAnother one.\n")
     first = prepare_corpus(str(path.parent))
-    mtime = first.path.stat().st_mtime_ns
+    mtime = first.shards[0].stat().st_mtime_ns
     again = prepare_corpus(str(path.parent))
-    assert again == first and again.path.stat().st_mtime_ns == mtime
+    assert again == first and again.shards[0].stat().st_mtime_ns == mtime
     assert len(list((Path(os.environ["HARNESS_CACHE"]) / "file_hashes").iterdir())) == 1  # hashed once, then kept
     write(path, "One sentence here.\nAnother one, changed.\n")
     changed = prepare_corpus(str(path.parent))
@@ -169,25 +176,53 @@ def test_tiny_fetches_real_text_and_is_cached():
     # Sentence-pair formats need several sentences per document.
     assert sum(len(d) >= 4 for d in docs) >= 0.9 * len(docs)
     assert "Call me Ishmael." in {s for d in docs for s in d}  # Moby-Dick, chapter 1, split by Punkt
-    mtime = corpus.path.stat().st_mtime_ns
+    mtime = corpus.shards[0].stat().st_mtime_ns
     again = prepare_corpus("tiny")
-    assert again.key == corpus.key and again.path.stat().st_mtime_ns == mtime
+    assert again.key == corpus.key and again.shards[0].stat().st_mtime_ns == mtime
 
 
-def test_splitting_on_two_workers_writes_the_same_corpus_byte_for_byte(tmp_path, monkeypatch):
-    """The text of `tiny` as unsplit paragraphs, split by Punkt on 1 and on 2 processes in chunks of 3 documents (a
-    window of 8 chunks at a time, so order across chunks and across windows counts): the same documents.txt."""
+def test_shards_and_workers_write_the_same_corpus_byte_for_byte(tmp_path, monkeypatch):
+    """The text of `tiny` as unsplit paragraphs in four .jsonl files, split by Punkt in one shard on one process, then
+    in shards of ~100 kB (files grouped, and a file cut into several pieces) on 1 and on 2 processes in chunks of 3
+    documents (a window of 8 chunks at a time, so order across chunks and windows counts): the same text and stats."""
     import harness.data.corpus as corpus_module
 
-    docs = list(read_documents(prepare_corpus("tiny").path))
+    docs = list(prepare_corpus("tiny").documents())
+    for i in range(4):
+        write(tmp_path / "paragraphs" / f"{i}.jsonl",
+              "".join(json.dumps({"text": " ".join(doc)}) + "\n" for doc in docs[i::4]))
     monkeypatch.setattr(corpus_module, "SPLIT_CHUNK", 3)
-    text, stats = {}, {}
-    for workers in (1, 2):
-        folder = tmp_path / f"workers_{workers}"
-        folder.mkdir()
-        stream = ((False, [" ".join(doc)]) for doc in docs)
-        stats[workers] = corpus_module._build(folder, "tiny", [("tiny", stream)], False, workers)
-        text[workers] = (folder / "documents.txt").read_bytes()
-    assert stats[1]["documents"] == len(docs) > 8 * 3 * 2
-    assert stats[1]["sentences"] > 5 * len(docs)  # Punkt did split the paragraphs
-    assert text[1] == text[2] and stats[1] == stats[2]
+    text, stats, shards = {}, {}, {}
+    for workers, shard_bytes in ((1, 10**9), (1, 100_000), (2, 100_000)):
+        monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / f"cache_{workers}_{shard_bytes}"))
+        corpus = prepare_corpus(str(tmp_path / "paragraphs"), workers=workers, shard_bytes=shard_bytes)
+        text[workers, shard_bytes] = [doc for doc in corpus.documents()]
+        stats[workers, shard_bytes], shards[workers, shard_bytes] = corpus.stats, len(corpus.shards)
+    assert shards == {(1, 10**9): 1, (1, 100_000): shards[2, 100_000]} | {(2, 100_000): shards[1, 100_000]}
+    assert shards[1, 100_000] > 8  # more pieces than files: files were cut
+    assert stats[1, 10**9]["documents"] == len(docs) > 8 * 3 * 2
+    assert stats[1, 10**9]["sentences"] > 5 * len(docs)  # Punkt did split the paragraphs
+    assert text[1, 10**9] == text[1, 100_000] == text[2, 100_000]
+    assert stats[1, 10**9] == stats[1, 100_000] == stats[2, 100_000]
+
+
+def test_a_bad_byte_keeps_the_groups_before_it_and_the_rerun_resumes(tmp_path, own_cache, monkeypatch):
+    """Four files gathered one group each: a bad byte in the third stops the run naming file and offset; after the fix
+    the re-run reads only the third and fourth files again, and the corpus equals one prepared in one go."""
+    import harness.data.corpus as corpus_module
+
+    root = tmp_path / "mine"
+    for i in range(4):
+        write(root / f"{i}.txt", f"File {i} has a first sentence.\nAnd a second one.\n")
+    write(root / "2.txt", b"File 2 has a first sentence.\nAnd a bad \xff one.\n")
+    with pytest.raises(UserError, match=r"2\.txt: invalid UTF-8 at byte offset 39 \(line 2\)"):
+        prepare_corpus(str(root), shard_bytes=10)
+    write(root / "2.txt", "File 2 has a first sentence.\nAnd a fixed one.\n")
+    read = []
+    documents = corpus_module._UserFiles._documents
+    monkeypatch.setattr(corpus_module._UserFiles, "_documents", lambda self, path: read.append(path.name) or
+                        documents(self, path))
+    corpus = prepare_corpus(str(root), shard_bytes=10)
+    assert read == ["2.txt", "3.txt"]
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "fresh"))
+    assert list(prepare_corpus(str(root)).documents()) == list(corpus.documents())

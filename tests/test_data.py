@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from harness.config import DataConfig, OptimConfig
-from harness.data.corpus import prepare_corpus, read_documents
+from harness.data.corpus import prepare_corpus
 from harness.data.datamodule import MaskedLMDataset, PretrainDataModule, candidate_counts, plan_epoch
 from harness.data.formats import build_examples, select_documents
 from harness.data.masking import is_candidate, mask_tokens
@@ -306,7 +306,7 @@ def test_given_tokenizer_is_renumbered_by_name_and_splits_text_as_before(tmp_pat
     from tokenizers import Tokenizer
 
     given = tmp_path / "roberta_like.json"
-    _roberta_like_tokenizer(given, (s for d in read_documents(prepare_corpus("tiny").path) for s in d))
+    _roberta_like_tokenizer(given, (s for d in prepare_corpus("tiny").documents() for s in d))
     original = Tokenizer.from_file(str(given))
     assert [original.token_to_id(t) for t in SPECIAL_TOKENS] == [3, 2, 1, 0, 600]
     p = prepare(replace(CFG, tokenizer_path=str(given)))
@@ -314,7 +314,7 @@ def test_given_tokenizer_is_renumbered_by_name_and_splits_text_as_before(tmp_pat
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]  # ours, whatever the file said
     assert p.vocab_size == original.get_vocab_size() == 601
     ours = p.split("train")
-    sentence = next(iter(read_documents(prepare_corpus("tiny").path)))[0]
+    sentence = next(iter(prepare_corpus("tiny").documents()))[0]
     first = ours.tokens[ours.sentences[0] : ours.sentences[1]]
     assert [tok.id_to_token(int(i)) for i in first] == original.encode(sentence).tokens  # the same pieces
     assert not np.isin(ours.tokens, [0, 1, 2, 3, 4]).any()  # no text token took a special id

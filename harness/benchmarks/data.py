@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from harness.config import DataConfig, OptimConfig
 from harness.data.corpus import prepare_corpus
 from harness.data.datamodule import PretrainDataModule
 from harness.data.pipeline import binarize, prepare
+from harness.data.shards import Backend
 
 SEQ_LEN = 128  # the pretraining benchmark's sequence length
 MICRO_BATCH = 32
@@ -22,7 +24,7 @@ def run() -> dict:
     mb = corpus.stats["bytes"] / 1e6
     with tempfile.TemporaryDirectory() as tmp:  # re-run tokenizer training + binarization, bypassing the cache
         t0 = time.perf_counter()
-        binarize(corpus.path, cfg, Path(tmp), corpus.stats, verbose=False)
+        binarize(corpus, cfg, Path(tmp) / "out", Backend(workers=os.cpu_count() or 1), verbose=False)
         preprocess_s = time.perf_counter() - t0
     prepared = prepare(cfg)
     dm = PretrainDataModule(prepared, cfg, OptimConfig(batch_size=MICRO_BATCH, micro_batch_size=MICRO_BATCH), seed=0,

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from harness.config import DataConfig, OptimConfig
-from harness.data.corpus import cache_root, prepare_corpus, read_documents
+from harness.data.corpus import Corpus, cache_root, prepare_corpus
 
 RUNS = "50:1,50:2,500:2"  # (MB, workers): the speed-up at 50 MB, and memory at 50 MB against 500 MB
 SAMPLE_S = 0.25
@@ -34,7 +34,7 @@ def run() -> dict:
     out: dict = {"demo_mb": round(demo.stats["bytes"] / 1e6, 2)}
     with tempfile.TemporaryDirectory(prefix="bench-prep-") as tmp:
         for mb in sorted({mb for mb, _ in runs}):
-            corpus = _repeat_demo(demo.path, Path(tmp) / f"corpus_{mb}mb", mb * 10**6)
+            corpus = _repeat_demo(demo, Path(tmp) / f"corpus_{mb}mb", mb * 10**6)
             for workers in sorted(w for m, w in runs if m == mb):
                 out[f"{mb}mb_{workers}w"] = _measure(corpus, workers, Path(tmp) / f"cache_{mb}_{workers}")
     one, two = out.get("50mb_1w"), out.get("50mb_2w")
@@ -46,13 +46,13 @@ def run() -> dict:
     return out
 
 
-def _repeat_demo(documents_txt: Path, folder: Path, size: int) -> Path:
+def _repeat_demo(demo: Corpus, folder: Path, size: int) -> Path:
     """Copies of the demo's documents as .jsonl prose, one file per copy, until `size` bytes of text."""
     folder.mkdir(parents=True)
     written, copy = 0, 0
     while written < size:
         with open(folder / f"copy_{copy:03d}.jsonl", "w", encoding="utf-8") as f:
-            for doc in read_documents(documents_txt):
+            for doc in demo.documents():
                 text = f"({copy}) " + " ".join(doc)
                 f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
                 written += len(text.encode())

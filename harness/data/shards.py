@@ -1,0 +1,115 @@
+"""Shards: the units that data preparation caches, resumes and spreads over a SLURM job array.
+
+A shard is a run of a corpus's documents holding about SHARD_BYTES of text. Two stages work shard by shard, each
+shard's output independent of every other: sentence splitting (harness.data.corpus) and encoding
+(harness.data.pipeline). An output is written under a temporary name and renamed when complete (`publish`), so a
+killed worker never leaves a half shard visible, and a re-run does only the shards whose output is missing. The
+shards' outputs are named by what they are made from, so any run that needs the same shard finds it.
+
+`run_tasks` runs a stage's missing shards: here one after another, each on `workers` cores (`local`), or as one job
+array through submitit, the engine `grid run` uses (`slurm`; `submitit-local` runs the same jobs as local processes,
+for tests). An array task uses the cores SLURM gave it (`--slurm cpus_per_task=N`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from harness.errors import UserError
+
+# 128 MB of text: about two minutes of sentence splitting and encoding on one core here (~1 MB/s), so a killed run
+# loses little and SLURM's start-up cost per task is small beside the work; 16 GB (the paper's BOOKS + WIKI) is 125
+# shards and 160 GB 1,250: arrays of sensible size. Memory does not depend on it: every stage streams.
+SHARD_BYTES = 128_000_000
+MAX_ARRAY = 1000  # tasks per job array; SLURM's default MaxArraySize is 1001
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where the per-shard stages run: `local` (this process, `workers` cores), `slurm` (a job array with at most
+    `workers` tasks at a time and the submitit parameters in `slurm`) or `submitit-local`."""
+
+    name: str = "local"
+    workers: int = 1
+    slurm: dict = field(default_factory=dict)
+
+
+def temporary(path: Path) -> Path:
+    """Where `path` is written before `publish`: beside it, unique to this process on this host."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Rename the finished file or folder `tmp` to `path`. Where another worker published the same shard first (its
+    bytes are the same), ours is dropped."""
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        if not path.exists():
+            raise
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing): concurrent prepares of the same data (DDP ranks, grid
+    workers) wait for the first, then find its result, rather than sharing and removing each other's work. The
+    kernel releases it when its process dies, even by kill -9."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+Task = tuple[Callable, tuple]  # fn(*args, workers=N) writes one shard's output and publishes it
+
+
+def run_tasks(tasks: list[Task], what: str, backend: Backend, verbose: bool) -> None:
+    """Run every task, which writes one shard's output, on `backend`; each is already known to be missing."""
+    if not tasks:
+        return
+    if backend.name == "local":
+        for fn, args in tqdm(tasks, desc=what, unit="shard", disable=not verbose or len(tasks) < 2):
+            fn(*args, workers=backend.workers)
+        return
+    from harness.data.corpus import cache_root
+    from harness.grid.runner import submitit_executor
+
+    folder = cache_root() / "data-prepare"
+    executor = submitit_executor(folder, "local" if backend.name == "submitit-local" else "slurm", backend.workers,
+                                 backend.slurm)
+    executor.update_parameters(name=f"harness-{what.replace(' ', '-')}")
+    jobs = []
+    for start in range(0, len(tasks), MAX_ARRAY):
+        jobs += executor.map_array(_in_task, tasks[start:start + MAX_ARRAY])
+    if verbose:
+        print(f"{what}: {len(jobs)} shard(s) submitted as job array(s) {sorted({j.job_id.split('_')[0] for j in jobs})}"
+              f"; logs in {folder / 'submitit'}", flush=True)
+    failed = []
+    for job in tqdm(jobs, desc=what, unit="shard", disable=not verbose):
+        try:
+            job.result()
+        except Exception as e:  # submitit re-raises the task's error, or reports a task SLURM killed
+            failed.append(f"{job.job_id}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
+    if failed:
+        raise UserError(f"{what}: {len(failed)} of {len(jobs)} shard task(s) failed ({'; '.join(failed[:3])}); logs "
+                        f"in {folder / 'submitit'}; finished shards are kept, so a re-run does only these")
+
+
+def _in_task(task: Task) -> None:
+    fn, args = task
+    workers = len(os.sched_getaffinity(0))  # the cores SLURM gave this task
+    os.environ.setdefault("RAYON_NUM_THREADS", str(workers))  # tokenizers' encoding threads
+    fn(*args, workers=workers)
