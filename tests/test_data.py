@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from harness.config import DataConfig, OptimConfig
-from harness.data.corpus import prepare_corpus
+from harness.data.corpus import cache_root, prepare_corpus
 from harness.data.datamodule import MaskedLMDataset, PretrainDataModule, candidate_counts, plan_epoch
 from harness.data.formats import build_examples, select_documents
 from harness.data.masking import is_candidate, mask_tokens
 from harness.data.pipeline import Split, prepare
+from harness.data.shards import SHARD_BYTES
 from harness.errors import UserError
 from harness.tokens import BOS, EOS, IGNORE_INDEX, MASK, SPECIAL_TOKENS
 
@@ -279,6 +280,65 @@ def test_second_prepare_is_a_no_op(prepared):
     before = meta.stat().st_mtime_ns
     again = prepare(CFG)
     assert again.dir == prepared.dir and meta.stat().st_mtime_ns == before
+
+
+BINARIZED = ["tokenizer.json"] + [f"{split}.{part}" for split in ("train", "valid")
+                                  for part in ("tokens.bin", "sentences.npy", "documents.npy", "size_keys.npy")]
+
+
+def fresh_cache(path, monkeypatch):
+    """An empty cache that shares the session's downloads, so nothing is fetched twice."""
+    path.mkdir()
+    (path / "downloads").symlink_to(cache_root() / "downloads")
+    monkeypatch.setenv("HARNESS_CACHE", str(path))
+
+
+def test_sharded_output_equals_single_process_output(prepared, tmp_path, monkeypatch):
+    """tiny prepared by one process as one shard, then in shards of 0.3 MB (five) on 1 and on 2 workers, each in a
+    fresh cache: the same files byte for byte, so the same tokens, sentence offsets, document offsets and size keys
+    (and, being the same as the session's, the same tables)."""
+    files = {}
+    for workers, shard_bytes in ((1, SHARD_BYTES), (1, 300_000), (2, 300_000)):
+        fresh_cache(tmp_path / f"cache_{workers}_{shard_bytes}", monkeypatch)
+        p = prepare(CFG, workers=workers, shard_bytes=shard_bytes)
+        assert p.meta["shards"] == (1 if shard_bytes == SHARD_BYTES else 5)
+        files[workers, shard_bytes] = {name: (p.dir / name).read_bytes() for name in BINARIZED}
+    assert files[1, SHARD_BYTES] == files[1, 300_000] == files[2, 300_000]
+    assert files[1, SHARD_BYTES] == {name: (prepared.dir / name).read_bytes() for name in BINARIZED}
+
+
+def test_a_crash_in_either_stage_resumes_with_the_missing_shards_only(prepared, tmp_path, monkeypatch):
+    """A worker dies after two of five shards, first while splitting sentences, then (re-run) while encoding; the
+    next run splits and encodes only the shards not finished, and the result is the uninterrupted one."""
+    import harness.data.corpus as corpus_module
+    import harness.data.pipeline as pipeline_module
+
+    fresh_cache(tmp_path / "cache", monkeypatch)
+    done = {"split": [], "encode": []}
+
+    def dying(stage, fn, after):
+        def task(*args, workers):
+            if len(done[stage]) == after:
+                raise MemoryError("killed")
+            fn(*args, workers=workers)
+            done[stage].append(args[-1])
+        return task
+
+    split, encode = corpus_module.split_shard, pipeline_module.encode_shard
+    monkeypatch.setattr(corpus_module, "split_shard", dying("split", split, 2))
+    with pytest.raises(MemoryError):
+        prepare(CFG, workers=1, shard_bytes=300_000)
+    monkeypatch.setattr(corpus_module, "split_shard", dying("split", split, 5))
+    monkeypatch.setattr(pipeline_module, "encode_shard", dying("encode", encode, 2))
+    with pytest.raises(MemoryError):
+        prepare(CFG, workers=1, shard_bytes=300_000)
+    assert len(done["split"]) == len(set(done["split"])) == 5  # three after the crash, none twice
+    monkeypatch.setattr(pipeline_module, "encode_shard", dying("encode", encode, 5))
+    p = prepare(CFG, workers=1, shard_bytes=300_000)
+    assert len(done["encode"]) == len(set(done["encode"])) == 5
+    assert {name: (p.dir / name).read_bytes() for name in BINARIZED} == {
+        name: (prepared.dir / name).read_bytes() for name in BINARIZED}
+    assert not p.dir.with_name(p.dir.name + ".partial").exists()
 
 
 def test_wordpiece_tokenizer(tmp_path):
