@@ -30,6 +30,8 @@ def _data_prepare(args: argparse.Namespace) -> None:
     if args.corpus:
         overrides.append(f"data.corpus={args.corpus}")
     _check_workers(args.workers)
+    if args.slurm and args.backend == "local":
+        raise UserError("--slurm: parameters for the array tasks of --backend slurm or submitit-local; add --backend")
     if args.shard_mb <= 0:
         raise UserError(f"--shard-mb: expected a positive number of MB, got {args.shard_mb}")
     cfg = load_config(args.config, overrides)

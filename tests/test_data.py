@@ -446,6 +446,9 @@ def test_pair_formats_reject_one_sentence_documents(tmp_path):
         (["--corpus", "tiny", "data.vocab_size=100"], "data.vocab_size"),
         (["--corpus", "tiny", "data.nope=1"], "data.nope"),
         (["--corpus", "tiny", "--workers", "0"], "--workers: expected an integer >= 1"),
+        (["--corpus", "tiny", "--shard-mb", "0"], "--shard-mb: expected a positive number"),
+        (["--corpus", "tiny", "--slurm", "cpus_per_task=4"], "--slurm: parameters for the array tasks"),
+        (["--corpus", "tiny", "--backend", "slurm", "--slurm", "cpus_per_tsk=4"], "--slurm: "),
         (["--corpus", "tiny", "data.tokenizer_path=/no/such/tokenizer.json"], "data.tokenizer_path"),
     ],
 )
@@ -454,3 +457,58 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, expected):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_demo_on_two_workers_killed_and_resumed_equals_one_process(tmp_path, monkeypatch):
+    """The demo corpus (38 MB) prepared by one process in one shard, and by `data prepare --workers 2` in shards of
+    8 MB that is killed (SIGKILL to its process group) once its first shard is encoded, then run again: the same files
+    byte for byte. The re-run encodes only the shards the killed run had not finished."""
+    import os
+    import signal
+    import time
+
+    from harness.config import load_config
+
+    demo = load_config("configs/demo.yaml").data
+    fresh_cache(tmp_path / "one", monkeypatch)
+    reference = prepare(demo, workers=1)
+    assert reference.meta["shards"] == 1
+    fresh_cache(tmp_path / "two", monkeypatch)
+    command = [sys.executable, "-m", "harness", "data", "prepare", "--config", "configs/demo.yaml", "--workers", "2",
+               "--shard-mb", "8"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    encoded = tmp_path / "two" / "binarized"
+    try:
+        while proc.poll() is None and not any(p.name[0] != "." for p in encoded.glob("*.partial/shards/*")):
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the process group its own PID names: it and its splitting workers
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "finished before it could be killed"
+    kept = [p for p in encoded.glob("*.partial/shards/*") if p.name[0] != "."]
+    assert 1 <= len(kept) < 5
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr
+    left = 5 - len(kept)  # the progress bar counts the shards the re-run encodes
+    assert "encode: 100%" in again.stderr and f" {left}/{left} " in again.stderr.split("encode: 100%")[-1]
+    p = prepare(demo)
+    assert p.meta["shards"] == 5
+    assert not list((tmp_path / "two").rglob("*.tmp-*"))  # what the killed run left half-written is swept
+    assert {name: (p.dir / name).read_bytes() for name in BINARIZED} == {
+        name: (reference.dir / name).read_bytes() for name in BINARIZED}
+
+
+@pytest.mark.slow
+def test_submitit_backend_prepares_the_same_data(prepared, tmp_path, monkeypatch):
+    """`data prepare --backend submitit-local`: the shards split and encoded as submitit jobs (the executor that
+    stands in for SLURM), the same files as one process."""
+    fresh_cache(tmp_path / "cache", monkeypatch)
+    r = subprocess.run([sys.executable, "-m", "harness", "data", "prepare", "--config", "configs/tiny.yaml",
+                        "--backend", "submitit-local", "--shard-mb", "0.3"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "5 shard(s) submitted" in r.stdout
+    p = prepare(CFG)
+    assert {name: (p.dir / name).read_bytes() for name in BINARIZED} == {
+        name: (prepared.dir / name).read_bytes() for name in BINARIZED}

@@ -390,3 +390,27 @@ def test_ddp_cell_in_an_array_task_trains_exactly_like_the_local_two_process_run
         assert b[step] == pytest.approx(a[step], abs=1e-6), step
     system = json.loads((tmp_path / "slurm" / "ddp-smoke" / "full_sentences" / "seed_0" / "system.json").read_text())
     assert system["devices"] == 2
+
+
+def test_data_prepare_runs_its_shards_as_a_job_array(tmp_path, slurm_conf):
+    """`data prepare --backend slurm` on tiny in shards of 0.3 MB: the splitting and the encoding each go out as a job
+    array of five tasks, two at a time, and the prepared files are those of one process on this machine."""
+    from harness.config import load_config
+    from harness.data.corpus import cache_root
+    from harness.data.pipeline import prepare
+
+    reference = prepare(load_config(TINY).data, workers=1)  # in the session's cache
+    cache = tmp_path / "cache"  # on the one node's disk, which its jobs share
+    cache.mkdir()
+    (cache / "downloads").symlink_to(cache_root() / "downloads")
+    command = [sys.executable, "-m", "harness", "data", "prepare", "--config", TINY, "--backend", "slurm",
+               "--workers", "2", "--shard-mb", "0.3", "--slurm", "slurm_partition=debug,timeout_min=20,cpus_per_task=1"]
+    r = subprocess.run(command, cwd=REPO, env={**os.environ, **ENV, "HARNESS_CACHE": str(cache)}, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("5 shard(s) submitted as job array(s)") == 2  # split, then encode
+    out = next((cache / "binarized").glob("*/meta.json")).parent
+    names = ["tokenizer.json", *(f"{s}.{p}" for s in ("train", "valid") for p in ("tokens.bin", "sentences.npy",
+                                                                               "documents.npy", "size_keys.npy"))]
+    assert {n: (out / n).read_bytes() for n in names} == {n: (reference.dir / n).read_bytes() for n in names}
+    assert not squeue()

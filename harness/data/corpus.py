@@ -33,7 +33,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.data.shards import SHARD_BYTES, Backend, locked, publish, run_tasks, temporary
+from tqdm import tqdm
+
+from harness.data.shards import SHARD_BYTES, Backend, locked, publish, run_tasks, sweep, temporary
 from harness.data.sources import (
     BBC,
     BROWN,
@@ -215,9 +217,16 @@ def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backe
     """1. gather each unit into spool pieces of about shard_bytes of text (a unit already spooled is skipped);
     2. train Punkt on a sample spread over all of them; 3. split each piece into a sentence shard (the missing ones,
     on `backend`); 4. publish the list of shards and the stats. Every step's output survives a crash."""
+    for folder in ("spool", "sentences", "splitters", "corpus"):  # what killed runs left half-written
+        sweep(cache_root() / folder)
     t0 = time.perf_counter()
-    spools = [_gather(unit, shard_bytes, verbose) for unit in units]
+    spools = [_gather(unit, shard_bytes) for unit in tqdm(units, desc="gather", unit="group",
+                                                          disable=not verbose or len(units) < 2)]
     t1 = time.perf_counter()
+    if verbose:
+        metas = [_unit_meta(folder) for folder in spools]
+        _log(f"  read {sum(m['documents'] for m in metas):,} documents, {sum(m['bytes'] for m in metas) / 1e6:.1f} MB "
+             f"spooled, in {sum(m['pieces'] for m in metas)} piece(s)  ({t1 - t0:.1f} s)")
     splitter = _train_splitter(spools, verbose)
     started = time.perf_counter()
     pieces = [(folder, i) for folder in spools for i in range(_unit_meta(folder)["pieces"])]
@@ -251,7 +260,7 @@ def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backe
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _gather(unit: _Unit, shard_bytes: int, verbose: bool) -> Path:
+def _gather(unit: _Unit, shard_bytes: int) -> Path:
     """Spool the unit's normalised documents as JSON lines (source index, presplit, paragraphs), cut into pieces of
     about shard_bytes of text, each with the characters of its paragraphs (Punkt's sample is drawn over them)."""
     folder = cache_root() / "spool" / f"{unit.key}-{shard_bytes}"
@@ -260,29 +269,34 @@ def _gather(unit: _Unit, shard_bytes: int, verbose: bool) -> Path:
     tmp = temporary(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    started, pieces, paragraph_chars, documents = time.perf_counter(), [], [], 0
+    pieces, paragraph_chars, documents = [], [], 0
     out = None
-    for index, presplit, units in unit.stream():
-        units = [u for u in map(_normalise, units) if u]
-        if not units:
-            continue
-        if out is None or pieces[-1] >= shard_bytes:
-            out and out.close()
-            out = open(tmp / f"{len(pieces):05d}.jsonl", "w", encoding="utf-8")
-            pieces.append(0)
-            paragraph_chars.append(0)
-        line = json.dumps([index, presplit, units], ensure_ascii=False) + "\n"
-        out.write(line)
-        pieces[-1] += len(line.encode())
-        paragraph_chars[-1] += 0 if presplit else sum(map(len, units))
-        documents += 1
-    out and out.close()
-    meta = {"pieces": len(pieces), "paragraph_chars": paragraph_chars, "replacements": unit.replacements()}
+    try:
+        for index, presplit, units in unit.stream():
+            units = [u for u in map(_normalise, units) if u]
+            if not units:
+                continue
+            if out is None or pieces[-1] >= shard_bytes:  # the next piece
+                if out:
+                    out.close()
+                out = open(tmp / f"{len(pieces):05d}.jsonl", "w", encoding="utf-8")
+                pieces.append(0)
+                paragraph_chars.append(0)
+            line = json.dumps([index, presplit, units], ensure_ascii=False) + "\n"
+            out.write(line)
+            pieces[-1] += len(line.encode())
+            paragraph_chars[-1] += 0 if presplit else sum(map(len, units))
+            documents += 1
+    except BaseException:  # a bad byte, or ctrl-C: nothing of this unit is kept, the units before it are
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if out:
+            out.close()
+    meta = {"pieces": len(pieces), "paragraph_chars": paragraph_chars, "replacements": unit.replacements(),
+            "documents": documents, "bytes": sum(pieces)}
     (tmp / "unit.json").write_text(json.dumps(meta) + "\n")
     publish(tmp, folder)
-    if verbose:
-        _log(f"  read {documents:>7,} documents, {sum(pieces) / 1e6:.1f} MB, into {len(pieces)} piece(s)"
-             f"  ({time.perf_counter() - started:.1f} s)")  # fmt: skip
     return folder
 
 

@@ -29,7 +29,7 @@ from tokenizers import Tokenizer
 
 from harness.config import DataConfig
 from harness.data.corpus import Corpus, cache_root, prepare_corpus, read_documents
-from harness.data.shards import SHARD_BYTES, Backend, locked, publish, run_tasks, temporary
+from harness.data.shards import SHARD_BYTES, Backend, locked, publish, run_tasks, sweep, temporary
 from harness.data.sources import file_sha256
 from harness.data.tokenizer import train_tokenizer, use_tokenizer_file
 from harness.errors import UserError
@@ -131,6 +131,8 @@ def binarize(corpus: Corpus, cfg: DataConfig, out: Path, backend: Backend, verbo
     until the end, so a crashed run resumes there."""
     work = out.with_name(out.name + ".partial")
     work.mkdir(parents=True, exist_ok=True)
+    for folder in (out.parent, work, work / "shards"):  # what killed runs left half-written
+        sweep(folder)
     t0 = time.perf_counter()
     valid_keys, size_keys, n_sentences, doc_bytes, shard_docs = [], [], [], [], [0]
     for shard in corpus.shards:

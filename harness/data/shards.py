@@ -42,10 +42,41 @@ class Backend:
     workers: int = 1
     slurm: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.name != "local":  # a mistyped --slurm parameter fails now, before any work, not at the first array
+            self.executor()
+
+    def executor(self):
+        from harness.data.corpus import cache_root
+        from harness.grid.runner import submitit_executor
+
+        cluster = "local" if self.name == "submitit-local" else "slurm"
+        return submitit_executor(cache_root() / "data-prepare", cluster, self.workers, self.slurm)
+
 
 def temporary(path: Path) -> Path:
     """Where `path` is written before `publish`: beside it, unique to this process on this host."""
     return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def sweep(folder: Path) -> None:
+    """Remove what killed processes of this host left under temporary names in `folder` (another host's are left: its
+    processes cannot be seen from here)."""
+    prefix = f".tmp-{socket.gethostname()}-"
+    for path in folder.glob(f".*{prefix}*") if folder.is_dir() else ():
+        pid = path.name.rpartition(prefix)[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def publish(tmp: Path, path: Path) -> None:
@@ -84,19 +115,15 @@ def run_tasks(tasks: list[Task], what: str, backend: Backend, verbose: bool) -> 
         for fn, args in tqdm(tasks, desc=what, unit="shard", disable=not verbose or len(tasks) < 2):
             fn(*args, workers=backend.workers)
         return
-    from harness.data.corpus import cache_root
-    from harness.grid.runner import submitit_executor
-
-    folder = cache_root() / "data-prepare"
-    executor = submitit_executor(folder, "local" if backend.name == "submitit-local" else "slurm", backend.workers,
-                                 backend.slurm)
+    executor = backend.executor()
+    logs = Path(executor.folder)
     executor.update_parameters(name=f"harness-{what.replace(' ', '-')}")
     jobs = []
     for start in range(0, len(tasks), MAX_ARRAY):
         jobs += executor.map_array(_in_task, tasks[start:start + MAX_ARRAY])
     if verbose:
         print(f"{what}: {len(jobs)} shard(s) submitted as job array(s) {sorted({j.job_id.split('_')[0] for j in jobs})}"
-              f"; logs in {folder / 'submitit'}", flush=True)
+              f"; logs in {logs}", flush=True)
     failed = []
     for job in tqdm(jobs, desc=what, unit="shard", disable=not verbose):
         try:
@@ -105,7 +132,7 @@ def run_tasks(tasks: list[Task], what: str, backend: Backend, verbose: bool) -> 
             failed.append(f"{job.job_id}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
     if failed:
         raise UserError(f"{what}: {len(failed)} of {len(jobs)} shard task(s) failed ({'; '.join(failed[:3])}); logs "
-                        f"in {folder / 'submitit'}; finished shards are kept, so a re-run does only these")
+                        f"in {logs}; finished shards are kept, so a re-run does only these")
 
 
 def _in_task(task: Task) -> None:
