@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def binarize(corpus: Corpus, cfg: DataConfig, out: Path, backend: Backend, verbo
     for folder in (out.parent, work, work / "shards"):  # what killed runs left half-written
         sweep(folder)
     t0 = time.perf_counter()
-    valid_keys, size_keys, n_sentences, doc_bytes, shard_docs = [], [], [], [], [0]
+    # 8 bytes per document each (array.array, not lists of Python numbers at ~32 bytes).
+    valid_keys, size_keys, n_sentences, doc_bytes, shard_docs = array("d"), array("d"), array("q"), array("q"), [0]
     for shard in corpus.shards:
         for doc in read_documents(shard):
             valid_keys.append(doc_hash(doc, "valid"))
@@ -144,12 +146,12 @@ def binarize(corpus: Corpus, cfg: DataConfig, out: Path, backend: Backend, verbo
         shard_docs.append(len(n_sentences))
     n_bytes = sum(doc_bytes)
     t_keys = time.perf_counter()
-    keys = np.array(valid_keys)
+    keys = np.frombuffer(valid_keys, dtype=np.float64)
     # The documents hashing below valid_fraction, but at least MIN_VALID_DOCS (pair formats need two documents).
     n_valid = min(max(int((keys < cfg.valid_fraction).sum()), MIN_VALID_DOCS), len(keys) // 2)
     is_valid = np.zeros(len(keys), dtype=bool)
     is_valid[np.argsort(keys)[:n_valid]] = True
-    tok = _tokenizer(corpus, cfg, np.array(doc_bytes), is_valid, work / "tokenizer.json", verbose)
+    tok = _tokenizer(corpus, cfg, np.frombuffer(doc_bytes, dtype=np.int64), is_valid, work / "tokenizer.json", verbose)
     t_tok = time.perf_counter()
     vocab_size = tok.get_vocab_size()
     dtype = "uint16" if vocab_size <= 2**16 else "uint32"
@@ -163,7 +165,7 @@ def binarize(corpus: Corpus, cfg: DataConfig, out: Path, backend: Backend, verbo
     tmp.mkdir()
     shutil.copyfile(work / "tokenizer.json", tmp / "tokenizer.json")
     counts = {}
-    sentences, sizes = np.array(n_sentences, dtype=np.int64), np.array(size_keys, dtype=np.float64)
+    sentences, sizes = np.frombuffer(n_sentences, dtype=np.int64), np.frombuffer(size_keys, dtype=np.float64)
     for name, member in (("train", ~is_valid), ("valid", is_valid)):
         counts[name] = _concatenate(encoded, name, sentences[member], sizes[member], tmp)
     meta = {
