@@ -405,12 +405,16 @@ def test_data_prepare_runs_its_shards_as_a_job_array(tmp_path, slurm_conf):
     (cache / "downloads").symlink_to(cache_root() / "downloads")
     command = [sys.executable, "-m", "harness", "data", "prepare", "--config", TINY, "--backend", "slurm",
                "--workers", "2", "--shard-mb", "0.3", "--slurm", "slurm_partition=debug,timeout_min=20,cpus_per_task=1"]
-    r = subprocess.run(command, cwd=REPO, env={**os.environ, **ENV, "HARNESS_CACHE": str(cache)}, capture_output=True,
-                       text=True, timeout=600)
+    try:
+        r = subprocess.run(command, cwd=REPO, env={**os.environ, **ENV, "HARNESS_CACHE": str(cache)},
+                           capture_output=True, text=True, timeout=600)
+    finally:  # a failed run leaves no task of its arrays in the queue
+        jobs = {p.name.split("_")[0] for p in cache.glob("data-prepare/submitit/*_submitted.pkl")}
+        if jobs:
+            subprocess.run(["scancel", *sorted(jobs)], capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("5 shard(s) submitted as job array(s)") == 2  # split, then encode
     out = next((cache / "binarized").glob("*/meta.json")).parent
     names = ["tokenizer.json", *(f"{s}.{p}" for s in ("train", "valid") for p in ("tokens.bin", "sentences.npy",
                                                                                "documents.npy", "size_keys.npy"))]
     assert {n: (out / n).read_bytes() for n in names} == {n: (reference.dir / n).read_bytes() for n in names}
-    assert not squeue()

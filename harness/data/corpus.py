@@ -26,6 +26,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import sys
 import time
 import unicodedata
@@ -339,6 +340,9 @@ _WORKER_SPLITTER = None  # the splitter of a splitting worker process, set once 
 def _start_worker(splitter) -> None:
     global _WORKER_SPLITTER
     _WORKER_SPLITTER = splitter
+    # A forked worker inherits its parent's handlers; in a SLURM array task that is submitit's, which ignores SIGTERM,
+    # and the pool stops its workers with SIGTERM: they would never end, and the task would hang at its last shard.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _split_chunk(chunk: list[tuple[int, bool, Document]]) -> list[tuple[int, list[str]]]:
