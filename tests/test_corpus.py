@@ -183,15 +183,15 @@ def test_tiny_fetches_real_text_and_is_cached():
 
 def test_shards_and_workers_write_the_same_corpus_byte_for_byte(tmp_path, monkeypatch):
     """The text of `tiny` as unsplit paragraphs in four .jsonl files, split by Punkt in one shard on one process, then
-    in shards of ~100 kB (files grouped, and a file cut into several pieces) on 1 and on 2 processes in chunks of 3
-    documents (a window of 8 chunks at a time, so order across chunks and windows counts): the same text and stats."""
-    import harness.data.corpus as corpus_module
+    in shards of ~100 kB (files grouped, and a file cut into several pieces) on 1 and on 2 processes in blocks of
+    ~5 kB (8 in flight at a time, so order across blocks and the window's turnover count): the same text and stats."""
+    import harness.data.shards as shards_module
 
     docs = list(prepare_corpus("tiny").documents())
     for i in range(4):
         write(tmp_path / "paragraphs" / f"{i}.jsonl",
               "".join(json.dumps({"text": " ".join(doc)}) + "\n" for doc in docs[i::4]))
-    monkeypatch.setattr(corpus_module, "SPLIT_CHUNK", 3)
+    monkeypatch.setattr(shards_module, "BLOCK_BYTES", 5_000)
     text, stats, shards = {}, {}, {}
     for workers, shard_bytes in ((1, 10**9), (1, 100_000), (2, 100_000)):
         monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / f"cache_{workers}_{shard_bytes}"))

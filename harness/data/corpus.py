@@ -21,12 +21,10 @@ import hashlib
 import importlib.metadata
 import itertools
 import json
-import multiprocessing
 import os
 import pickle
 import re
 import shutil
-import signal
 import sys
 import time
 import unicodedata
@@ -36,7 +34,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from harness.data.shards import SHARD_BYTES, Backend, locked, publish, run_tasks, sweep, temporary
+from harness.data.shards import (
+    SHARD_BYTES,
+    Backend,
+    blocks,
+    locked,
+    ordered_map,
+    publish,
+    run_tasks,
+    sweep,
+    temporary,
+)
 from harness.data.sources import (
     BBC,
     BROWN,
@@ -56,8 +64,6 @@ from harness.errors import UserError
 # Of the normaliser and the corpus layout: bump it whenever the text a corpus gets, or how it is stored, could change,
 # so old caches are not reused. 4: sentence shards.
 VERSION = 4
-# Documents per task for a splitting worker: ~0.5 MB of demo text, so a task costs far more than sending it.
-SPLIT_CHUNK = 256
 SAMPLE_BYTES = 3_000_000  # Punkt training text: ~8 s, and enough to learn the abbreviations of the corpus
 # Titles written before a name. Punkt cannot learn these from a corpus that mixes American "Mr." with British
 # "Mr" (BBC, much of the news): seen mostly without a period they do not look like abbreviations, and every
@@ -307,23 +313,22 @@ def _unit_meta(folder: Path) -> dict:
 
 def split_shard(spool: str, splitter: str, out: str, workers: int) -> None:
     """One spool piece split into sentences: `out`/documents.txt (one sentence per line, a blank line between
-    documents) and `out`/stats.json ({source index: bytes, documents, sentences}). A task of the split stage."""
+    documents) and `out`/stats.json ({source index: bytes, documents, sentences}). A task of the split stage: blocks of
+    the piece are split on `workers` processes and written back in order."""
     with open(splitter, "rb") as f:
         punkt = pickle.load(f)
     tmp = temporary(Path(out))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     stats: dict[int, dict] = {}
-    with open(tmp / "documents.txt", "w", encoding="utf-8", newline="\n") as f:
-        for index, sentences in _split_spool(Path(spool), punkt, workers):
-            if not sentences:
-                continue
-            counts = stats.setdefault(index, {"bytes": 0, "documents": 0, "sentences": 0})
-            text = "".join(s + "\n" for s in sentences)
-            f.write(("\n" if f.tell() else "") + text)
-            counts["bytes"] += len(text.encode())  # the sentences' lines: blank lines between documents not counted
-            counts["documents"] += 1
-            counts["sentences"] += len(sentences)
+    with open(tmp / "documents.txt", "wb") as f:
+        for done in ordered_map(_split_block, blocks(Path(spool), b"\n"), workers, _use_splitter, (punkt,)):
+            for index, text, n_sentences in done:
+                counts = stats.setdefault(index, {"bytes": 0, "documents": 0, "sentences": 0})
+                f.write(b"\n" + text if f.tell() else text)
+                counts["bytes"] += len(text)  # the sentences' lines: blank lines between documents not counted
+                counts["documents"] += 1
+                counts["sentences"] += n_sentences
     (tmp / "stats.json").write_text(json.dumps(stats) + "\n")
     publish(tmp, Path(out))
 
@@ -334,40 +339,24 @@ def _split_document(splitter, presplit: bool, units: Document) -> list[str]:
     return [s for s in map(_normalise, sentences) if _HAS_WORD.search(s)]
 
 
-_WORKER_SPLITTER = None  # the splitter of a splitting worker process, set once when it starts
+_SPLITTER = None  # the splitter of a splitting process, set once when it starts
 
 
-def _start_worker(splitter) -> None:
-    global _WORKER_SPLITTER
-    _WORKER_SPLITTER = splitter
-    # A forked worker inherits its parent's handlers; in a SLURM array task that is submitit's, which ignores SIGTERM,
-    # and the pool stops its workers with SIGTERM: they would never end, and the task would hang at its last shard.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def _use_splitter(splitter) -> None:
+    global _SPLITTER
+    _SPLITTER = splitter
 
 
-def _split_chunk(chunk: list[tuple[int, bool, Document]]) -> list[tuple[int, list[str]]]:
-    return [(index, _split_document(_WORKER_SPLITTER, presplit, units)) for index, presplit, units in chunk]
-
-
-def _split_spool(spool: Path, splitter, workers: int) -> Iterator[tuple[int, list[str]]]:
-    """(source index, sentences) of every spooled document, in spool order. With several workers, chunks of
-    SPLIT_CHUNK documents go out a window of 4 per worker at a time (Pool.imap alone would read the whole spool ahead,
-    so memory would grow with the corpus), and come back in order."""
-    chunks = _chunked(_read_spool(spool), SPLIT_CHUNK)
-    if workers <= 1:
-        for chunk in chunks:
-            yield from ((index, _split_document(splitter, presplit, units)) for index, presplit, units in chunk)
-        return
-    with multiprocessing.Pool(workers, initializer=_start_worker, initargs=(splitter,)) as pool:
-        while window := list(itertools.islice(chunks, 4 * workers)):
-            for done in pool.imap(_split_chunk, window):
-                yield from done
-
-
-def _chunked(items: Iterable, n: int) -> Iterator[list]:
-    it = iter(items)
-    while chunk := list(itertools.islice(it, n)):
-        yield chunk
+def _split_block(block: bytes) -> list[tuple[int, bytes, int]]:
+    """(source index, its sentence lines as UTF-8, number of sentences) for each document of a block of spool lines
+    that has any sentence left."""
+    done = []
+    for line in block.decode("utf-8").split("\n"):  # not splitlines(): JSON leaves U+2028 and the like unescaped
+        if line:
+            index, presplit, units = json.loads(line)
+            if sentences := _split_document(_SPLITTER, presplit, units):
+                done.append((index, "".join(s + "\n" for s in sentences).encode(), len(sentences)))
+    return done
 
 
 def _read_spool(spool: Path) -> Iterator[tuple[int, bool, Document]]:

@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +31,23 @@ from tokenizers import Tokenizer
 
 from harness.config import DataConfig
 from harness.data.corpus import Corpus, cache_root, prepare_corpus, read_documents
-from harness.data.shards import SHARD_BYTES, Backend, locked, publish, run_tasks, sweep, temporary
+from harness.data.shards import (
+    SHARD_BYTES,
+    Backend,
+    blocks,
+    locked,
+    ordered_map,
+    publish,
+    run_tasks,
+    sweep,
+    temporary,
+)
 from harness.data.sources import file_sha256
 from harness.data.tokenizer import train_tokenizer, use_tokenizer_file
 from harness.errors import UserError
 
 VERSION = 2  # bump when the binarized layout or split rule changes
 MIN_VALID_DOCS = 2
-ENCODE_BATCH = 20_000  # sentences per encode_batch call (Rust-parallel inside)
 # The tokenizer trains on every k-th training document, k chosen so that the sample holds about this much text; a
 # smaller training split is used whole (the demo's 36 MB). Byte-level BPE's merges are settled by the frequencies of
 # common words, which a few hundred MB fix (the paper did not train one on its 160 GB at all: it reused GPT-2's 50K
@@ -204,7 +214,11 @@ def _tokenizer(corpus: Corpus, cfg: DataConfig, doc_bytes: np.ndarray, is_valid:
                 print(f"training the {cfg.tokenizer} tokenizer ({cfg.vocab_size:,} tokens) on {sample.sum():,} of "
                       f"{(~is_valid).sum():,} training documents ...", flush=True)
             sentences = (s for doc, keep in zip(corpus.documents(), sample, strict=True) if keep for s in doc)
-            tok = train_tokenizer(sentences, cfg, tmp)
+            os.environ["TOKENIZERS_PARALLELISM"] = "true"  # on RAYON_NUM_THREADS threads (`data prepare --workers`)
+            try:
+                tok = train_tokenizer(sentences, cfg, tmp)
+            finally:
+                os.environ["TOKENIZERS_PARALLELISM"] = "false"  # processes forked later (encoding, loaders) stay quiet
     except UserError:  # a refused tokenizer leaves nothing behind
         tmp.unlink(missing_ok=True)
         shutil.rmtree(path.parent, ignore_errors=True)
@@ -224,56 +238,75 @@ def tokenizer_sample(doc_bytes: np.ndarray, train: np.ndarray) -> np.ndarray:
 def encode_shard(documents: str, valid: np.ndarray, tokenizer: str, dtype: str, out: str, workers: int) -> None:
     """One sentence shard encoded: `out`/<split>.tokens.bin (its sentences' ids back to back) and
     `out`/<split>.lengths.npy (tokens per sentence), for train and valid; `valid` marks its validation documents. A
-    task of the encode stage; tokenizers encodes on the process's rayon threads (RAYON_NUM_THREADS)."""
-    tok = Tokenizer.from_file(tokenizer)
+    task of the encode stage: blocks of the shard are encoded on `workers` processes, a thread each, and written in
+    order."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process; and quiet in the processes forked later
     tmp = temporary(Path(out))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    batches: dict[str, list[str]] = {"train": [], "valid": []}
     lengths: dict[str, list[np.ndarray]] = {"train": [], "valid": []}
-    files = {name: open(tmp / f"{name}.tokens.bin", "wb") for name in batches}
 
-    def flush(name: str) -> None:
-        encodings = tok.encode_batch(batches[name], add_special_tokens=False)
-        n = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        files[name].write(np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=dtype,
-                                      count=int(n.sum())).tobytes())
-        lengths[name].append(n)
-        batches[name] = []
+    def items() -> Iterator[tuple[bytes, np.ndarray, str]]:
+        at = 0
+        for block in blocks(Path(documents), b"\n\n"):  # whole documents: a blank line ends each but the last
+            n = block.count(b"\n\n") + (not block.endswith(b"\n\n"))
+            yield block, valid[at:at + n], dtype
+            at += n
+        assert at == len(valid), f"{documents}: {at} documents, expected {len(valid)}"
 
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # encode on every thread; loader workers never tokenize
-    try:
-        for doc, is_valid in zip(read_documents(Path(documents)), valid, strict=True):
-            name = "valid" if is_valid else "train"
-            batches[name].extend(doc)
-            if len(batches[name]) >= ENCODE_BATCH:
-                flush(name)
-        for name in batches:
-            flush(name)
-            files[name].close()
-            np.save(tmp / f"{name}.lengths.npy", np.concatenate(lengths[name]))
-    finally:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # DataLoader workers fork later: keep tokenizers quiet
+    with open(tmp / "train.tokens.bin", "wb") as train, open(tmp / "valid.tokens.bin", "wb") as held_out:
+        files = {"train": train, "valid": held_out}
+        for done in ordered_map(_encode_block, items(), workers, _use_tokenizer, (tokenizer,)):
+            for name, (ids, n) in done.items():
+                files[name].write(ids.tobytes())
+                lengths[name].append(n)
+    for name, parts in lengths.items():
+        np.save(tmp / f"{name}.lengths.npy", np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
     publish(tmp, Path(out))
 
 
+_TOKENIZER: Tokenizer | None = None  # the tokenizer of an encoding process, loaded once when it starts
+
+
+def _use_tokenizer(path: str) -> None:
+    global _TOKENIZER
+    _TOKENIZER = Tokenizer.from_file(path)
+
+
+def _encode_block(item: tuple[bytes, np.ndarray, str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A block of whole documents, split by `valid`, as {split: (its sentences' ids back to back, tokens per
+    sentence)}."""
+    block, valid, dtype = item
+    sentences: dict[str, list[str]] = {"train": [], "valid": []}
+    documents = block.decode("utf-8").rstrip("\n").split("\n\n")
+    for document, is_valid in zip(documents, valid, strict=True):
+        sentences["valid" if is_valid else "train"].extend(document.split("\n"))
+    done = {}
+    for name, batch in sentences.items():
+        encodings = _TOKENIZER.encode_batch(batch, add_special_tokens=False)
+        n = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        done[name] = (np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=dtype,
+                                  count=int(n.sum())), n)
+    return done
+
+
 def _concatenate(encoded: list[Path], name: str, doc_sentences: np.ndarray, size_keys: np.ndarray, out: Path) -> dict:
-    """One split's shards joined: <split>.tokens.bin copied shard after shard, the sentence offsets written into a
-    memory-mapped .npy a shard at a time (memory bounded by a shard), then the document offsets and size keys."""
+    """One split's shards joined: <split>.tokens.bin copied shard after shard, the sentence offsets appended to a .npy
+    a shard at a time (memory bounded by a shard), then the document offsets and size keys."""
     n_sentences = int(doc_sentences.sum())
-    offsets = np.lib.format.open_memmap(out / f"{name}.sentences.npy", mode="w+", dtype=np.int64,
-                                        shape=(n_sentences + 1,))
-    offsets[0], at, tokens = 0, 1, 0
-    with open(out / f"{name}.tokens.bin", "wb") as f:
+    at, tokens = 0, 0
+    with open(out / f"{name}.tokens.bin", "wb") as f, open(out / f"{name}.sentences.npy", "wb") as offsets:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int64)), "fortran_order": False,
+                  "shape": (n_sentences + 1,)}
+        np.lib.format.write_array_header_1_0(offsets, header)
+        offsets.write(np.zeros(1, dtype=np.int64).tobytes())
         for shard in encoded:
             with open(shard / f"{name}.tokens.bin", "rb") as src:
                 shutil.copyfileobj(src, f, 1 << 24)
             lengths = np.load(shard / f"{name}.lengths.npy")
-            offsets[at:at + len(lengths)] = tokens + np.cumsum(lengths)
+            offsets.write((tokens + np.cumsum(lengths, dtype=np.int64)).tobytes())
             at, tokens = at + len(lengths), tokens + int(lengths.sum())
-    assert at == n_sentences + 1, f"{name}: encoded {at - 1} sentences, expected {n_sentences}"
-    offsets.flush()
-    del offsets
+    assert at == n_sentences, f"{name}: encoded {at} sentences, expected {n_sentences}"
     np.save(out / f"{name}.documents.npy", np.concatenate([[0], np.cumsum(doc_sentences)]).astype(np.int64))
     np.save(out / f"{name}.size_keys.npy", size_keys)
     return {"documents": len(doc_sentences), "sentences": n_sentences, "tokens": tokens}

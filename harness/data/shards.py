@@ -14,10 +14,13 @@ for tests). An array task uses the cores SLURM gave it (`--slurm cpus_per_task=N
 from __future__ import annotations
 
 import fcntl
+import multiprocessing
 import os
 import shutil
+import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,9 @@ from harness.errors import UserError
 # shards and 160 GB 1,250: arrays of sensible size. Memory does not depend on it: every stage streams.
 SHARD_BYTES = 128_000_000
 MAX_ARRAY = 1000  # tasks per job array; SLURM's default MaxArraySize is 1001
+# Inside a shard, work goes to a stage's processes in blocks of about this much text: ~1 s of splitting or encoding,
+# far more than sending it costs; 4 blocks per process are in flight, so memory is bounded by the window.
+BLOCK_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -140,3 +146,48 @@ def _in_task(task: Task) -> None:
     workers = len(os.sched_getaffinity(0))  # the cores SLURM gave this task
     os.environ.setdefault("RAYON_NUM_THREADS", str(workers))  # tokenizers' encoding threads
     fn(*args, workers=workers)
+
+
+def blocks(path: Path, sep: bytes) -> Iterator[bytes]:
+    """The file's bytes in consecutive blocks of about BLOCK_BYTES, each ending just after a `sep` (the last at the end
+    of the file): whole records, for a worker to parse."""
+    carry = b""
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK_BYTES):
+            data = carry + block
+            cut = data.rfind(sep) + len(sep)
+            if cut < len(sep):  # no separator yet: one record longer than a block
+                carry = data
+                continue
+            yield data[:cut]
+            carry = data[cut:]
+    if carry:
+        yield carry
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int, initializer: Callable | None = None,
+                initargs: tuple = ()) -> Iterator:
+    """fn(item) for every item, in order: here when workers is 1, else on `workers` processes with at most 4 items per
+    process in flight (Pool.imap would read every item ahead, so memory would grow with the input). Each process runs
+    initializer(*initargs) first."""
+    if workers <= 1:
+        if initializer:
+            initializer(*initargs)
+        yield from map(fn, items)
+        return
+    with multiprocessing.Pool(workers, initializer=_start_worker, initargs=(initializer, initargs)) as pool:
+        pending: deque = deque()
+        for item in items:
+            if len(pending) == 4 * workers:
+                yield pending.popleft().get()
+            pending.append(pool.apply_async(fn, (item,)))
+        while pending:
+            yield pending.popleft().get()
+
+
+def _start_worker(initializer: Callable, initargs: tuple) -> None:
+    # A forked worker inherits its parent's handlers; in a SLURM array task that is submitit's, which ignores SIGTERM,
+    # and the pool stops its workers with SIGTERM: they would never end, and the task would hang at its last shard.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if initializer:
+        initializer(*initargs)

@@ -1,0 +1,36 @@
+"""The shard machinery's own parts: blocks of whole records, and the ordered, bounded map over processes."""
+
+import os
+
+import pytest
+
+import harness.data.shards as shards
+from harness.data.shards import blocks, ordered_map
+
+
+@pytest.mark.parametrize("sep", [b"\n", b"\n\n"])
+def test_blocks_are_whole_records_that_join_to_the_file(tmp_path, monkeypatch, sep):
+    """Records shorter and longer than a block: every block but the last ends with the separator, none cuts a record,
+    and together they are the file."""
+    monkeypatch.setattr(shards, "BLOCK_BYTES", 64)
+    records = [("r%d " % i) * n for i, n in enumerate([1, 3, 40, 2, 100, 1, 7])]
+    data = sep.join(r.encode() for r in records) + b"\n"
+    (tmp_path / "f").write_bytes(data)
+    got = list(blocks(tmp_path / "f", sep))
+    assert b"".join(got) == data
+    assert len(got) > 3
+    assert all(b.endswith(sep) for b in got[:-1])
+    assert sum(b.count(sep) + (not b.endswith(sep)) for b in got) == len(records)
+
+
+def _pid_and_square(x: int) -> tuple[int, int]:
+    return os.getpid(), x * x
+
+
+def test_ordered_map_keeps_order_on_several_processes():
+    """More items than the window: results come back in input order, from processes other than this one; with one
+    worker, here."""
+    results = list(ordered_map(_pid_and_square, range(50), workers=2))
+    assert [r for _, r in results] == [x * x for x in range(50)]
+    assert os.getpid() not in {pid for pid, _ in results}
+    assert {pid for pid, _ in ordered_map(_pid_and_square, range(3), workers=1)} == {os.getpid()}
