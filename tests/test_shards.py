@@ -13,7 +13,7 @@ def test_blocks_are_whole_records_that_join_to_the_file(tmp_path, monkeypatch, s
     """Records shorter and longer than a block: every block but the last ends with the separator, none cuts a record,
     and together they are the file."""
     monkeypatch.setattr(shards, "BLOCK_BYTES", 64)
-    records = [("r%d " % i) * n for i, n in enumerate([1, 3, 40, 2, 100, 1, 7])]
+    records = [f"r{i} " * n for i, n in enumerate([1, 3, 40, 2, 100, 1, 7])]
     data = sep.join(r.encode() for r in records) + b"\n"
     (tmp_path / "f").write_bytes(data)
     got = list(blocks(tmp_path / "f", sep))
