@@ -240,7 +240,6 @@ def encode_shard(documents: str, valid: np.ndarray, tokenizer: str, dtype: str, 
     `out`/<split>.lengths.npy (tokens per sentence), for train and valid; `valid` marks its validation documents. A
     task of the encode stage: blocks of the shard are encoded on `workers` processes, a thread each, and written in
     order."""
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process; and quiet in the processes forked later
     tmp = temporary(Path(out))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -270,6 +269,7 @@ _TOKENIZER: Tokenizer | None = None  # the tokenizer of an encoding process, loa
 
 def _use_tokenizer(path: str) -> None:
     global _TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes are the parallelism
     _TOKENIZER = Tokenizer.from_file(path)
 
 
