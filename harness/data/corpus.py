@@ -5,8 +5,9 @@ between documents (the BERT / fairseq convention that the paper's input formats,
 SHARD_BYTES of text each (harness.data.shards). Preparing a corpus:
 
 1. gather: read the sources' documents, apply Unicode NFC and collapse whitespace, and spool them to disk in pieces
-   of about SHARD_BYTES; the user's files are gathered in groups, each keyed by its files' bytes, so a crash or an
-   undecodable byte in one file leaves the groups before it spooled for the re-run;
+   of about SHARD_BYTES; the user's files are gathered in groups (several at once on `workers` processes), each keyed
+   by its files' bytes, so a crash or an undecodable byte in one file leaves the groups before it spooled for the
+   re-run;
 2. train NLTK's Punkt sentence splitter unsupervised on a sample spread over the whole corpus (no download);
 3. split each piece into sentences, dropping empty ones and empty documents: a sentence shard, named by the piece
    and the splitter, so a re-run splits only the missing ones. Shards are split here, one after another on `workers`
@@ -227,16 +228,18 @@ def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backe
     for folder in ("spool", "sentences", "splitters", "corpus"):  # what killed runs left half-written
         sweep(cache_root() / folder)
     t0 = time.perf_counter()
-    spools = [_gather(unit, shard_bytes) for unit in tqdm(units, desc="gather", unit="group",
-                                                          disable=not verbose or len(units) < 2)]
+    # the units at once on this machine's `workers` cores (a SLURM backend's workers are its array's tasks)
+    workers = min(len(units), backend.workers if backend.name == "local" else len(os.sched_getaffinity(0)))
+    spools = list(tqdm(ordered_map(_gather_unit, range(len(units)), workers, _use_units, (units, shard_bytes)),
+                       desc="gather", unit="group", total=len(units), disable=not verbose or len(units) < 2))
+    metas = [json.loads((folder / "unit.json").read_text()) for folder in spools]
     t1 = time.perf_counter()
     if verbose:
-        metas = [_unit_meta(folder) for folder in spools]
         _log(f"  read {sum(m['documents'] for m in metas):,} documents, {sum(m['bytes'] for m in metas) / 1e6:.1f} MB "
              f"spooled, in {sum(m['pieces'] for m in metas)} piece(s)  ({t1 - t0:.1f} s)")
-    splitter = _train_splitter(spools, verbose)
+    pieces = [(folder, i) for folder, meta in zip(spools, metas) for i in range(meta["pieces"])]
+    splitter = _train_splitter(pieces, sum(sum(meta["paragraph_chars"]) for meta in metas), verbose)
     started = time.perf_counter()
-    pieces = [(folder, i) for folder in spools for i in range(_unit_meta(folder)["pieces"])]
     store = cache_root() / "sentences"
     store.mkdir(parents=True, exist_ok=True)
     shards = [hashlib.sha256(f"{VERSION} {folder.name} {i} {splitter.name}".encode()).hexdigest()[:16]
@@ -256,7 +259,7 @@ def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backe
         _log(f"  split {totals['documents']:,} documents into {totals['sentences']:,} sentences in {len(shards)} "
              f"shard(s) ({seconds['splitting']:.1f} s)")  # fmt: skip
     stats = {"name": name, **totals, "sources": per_source,
-             "decode_replacements": sum(_unit_meta(folder)["replacements"] for folder in spools)}
+             "decode_replacements": sum(meta["replacements"] for meta in metas)}
     tmp = temporary(final)
     tmp.mkdir(parents=True)
     (tmp / "shards.json").write_text(json.dumps(shards) + "\n")
@@ -265,6 +268,19 @@ def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backe
     publish(tmp, final)
     for folder in spools:  # the sentence shards hold everything now
         shutil.rmtree(folder, ignore_errors=True)
+
+
+_UNITS: tuple[list[_Unit], int] = ([], 0)  # the units of a gathering process and the shard size, set when it starts
+
+
+def _use_units(units: list[_Unit], shard_bytes: int) -> None:
+    global _UNITS
+    _UNITS = units, shard_bytes
+
+
+def _gather_unit(i: int) -> Path:
+    units, shard_bytes = _UNITS
+    return _gather(units[i], shard_bytes)
 
 
 def _gather(unit: _Unit, shard_bytes: int) -> Path:
@@ -305,10 +321,6 @@ def _gather(unit: _Unit, shard_bytes: int) -> Path:
     (tmp / "unit.json").write_text(json.dumps(meta) + "\n")
     publish(tmp, folder)
     return folder
-
-
-def _unit_meta(folder: Path) -> dict:
-    return json.loads((folder / "unit.json").read_text())
 
 
 def split_shard(spool: str, splitter: str, out: str, workers: int) -> None:
@@ -365,18 +377,17 @@ def _read_spool(spool: Path) -> Iterator[tuple[int, bool, Document]]:
             yield json.loads(line)
 
 
-def _train_splitter(spools: list[Path], verbose: bool) -> Path:
-    """Punkt trained on every k-th paragraph, k chosen so the sample is about SAMPLE_BYTES of the corpus; saved, for
-    the split tasks, under a name that hashes what it learned."""
+def _train_splitter(pieces: list[tuple[Path, int]], paragraph_chars: int, verbose: bool) -> Path:
+    """Punkt trained on every k-th paragraph of the spool `pieces`, k chosen so the sample is about SAMPLE_BYTES of
+    their `paragraph_chars`; saved, for the split tasks, under a name that hashes what it learned."""
     from nltk.tokenize.punkt import PunktSentenceTokenizer, PunktTrainer  # importing nltk takes ~3 s (scipy)
 
-    paragraph_chars = sum(sum(_unit_meta(folder)["paragraph_chars"]) for folder in spools)
     if paragraph_chars == 0:  # everything is split already; the splitter is never used
         splitter = PunktSentenceTokenizer()
     else:
         stride = max(1, -(-paragraph_chars // SAMPLE_BYTES))
-        paragraphs = (u for folder in spools for i in range(_unit_meta(folder)["pieces"])
-                      for _, presplit, units in _read_spool(folder / f"{i:05d}.jsonl") if not presplit for u in units)
+        paragraphs = (u for folder, i in pieces for _, presplit, units in _read_spool(folder / f"{i:05d}.jsonl")
+                      if not presplit for u in units)
         sample = "\n\n".join(itertools.islice(paragraphs, 0, None, stride))
         started = time.perf_counter()
         trainer = PunktTrainer()

@@ -395,7 +395,8 @@ def _stop_workers(folder: Path, procs: list[subprocess.Popen]) -> None:
 
 def submitit_executor(folder: Path, cluster: str | None, workers: int, slurm: dict):
     """The executor `grid run` submits its array with (and `grid plan` shows): --slurm's parameters, then on SLURM the
-    array's parallelism. An unknown or mistyped --slurm parameter is a UserError. Creates nothing on disk."""
+    array's parallelism. An unknown or mistyped --slurm parameter is a UserError. The local executor creates its
+    folder, `folder`/submitit; the SLURM one creates it at the first submission."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=cluster)
