@@ -8,7 +8,8 @@ shards' outputs are named by what they are made from, so any run that needs the 
 
 `run_tasks` runs a stage's missing shards: here one after another, each on `workers` cores (`local`), or as one job
 array through submitit, the engine `grid run` uses (`slurm`; `submitit-local` runs the same jobs as local processes,
-for tests). An array task uses the cores SLURM gave it (`--slurm cpus_per_task=N`).
+for tests). An array task uses the cores SLURM gave it (`--slurm cpus_per_task=N`). Inside a shard, `ordered_map`
+hands blocks of whole records (`blocks`) to that many processes, one core each, and takes their results back in order.
 """
 
 from __future__ import annotations
