@@ -37,9 +37,9 @@ def _data_prepare(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, overrides)
     if args.backend == "local":
         backend = Backend(workers=args.workers or os.cpu_count() or 1)
-        # tokenizers' threads for training and encoding: rayon reads this once, when first used in a process, so it
-        # is set here, in a fresh one, and not inherited from whoever started us (a parent's value once made a
-        # "1 worker" benchmark encode on 2 threads)
+        # tokenizers' threads for its training (encoding runs in processes of one thread): rayon reads this once, when
+        # first used in a process, so it is set here, in a fresh one, and not inherited from whoever started us (a
+        # parent's value once made a "1 worker" benchmark encode on 2 threads)
         os.environ["RAYON_NUM_THREADS"] = str(backend.workers)
     else:  # an array task uses the cores SLURM gives it; --workers caps the tasks running at once
         backend = Backend(args.backend, args.workers or 64, load_slurm_options(args.slurm))

@@ -144,9 +144,7 @@ def run_tasks(tasks: list[Task], what: str, backend: Backend, verbose: bool) -> 
 
 def _in_task(task: Task) -> None:
     fn, args = task
-    workers = len(os.sched_getaffinity(0))  # the cores SLURM gave this task
-    os.environ.setdefault("RAYON_NUM_THREADS", str(workers))  # tokenizers' encoding threads
-    fn(*args, workers=workers)
+    fn(*args, workers=len(os.sched_getaffinity(0)))  # processes on the cores SLURM gave this task
 
 
 def blocks(path: Path, sep: bytes) -> Iterator[bytes]:
