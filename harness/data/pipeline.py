@@ -118,8 +118,8 @@ def prepare(cfg: DataConfig, verbose: bool = False, workers: int | None = None, 
             shard_bytes: int = SHARD_BYTES) -> PreparedData:
     """Everything a training run needs from the corpus; a no-op when the cache already holds it. `workers`: processes
     that gather, split and encode (None: every core; the tokenizer trains on RAYON_NUM_THREADS threads, which `data
-    prepare --workers` sets), or with `backend` where the shards are split and encoded. The result depends on neither, nor on
-    `shard_bytes`; a crashed prepare resumes at the shards it had not finished."""
+    prepare --workers` sets), or with `backend` where the shards are split and encoded. The result depends on
+    neither, nor on `shard_bytes`; a crashed prepare resumes at the shards it had not finished."""
     if cfg.tokenizer_path and not Path(cfg.tokenizer_path).expanduser().is_file():  # before any work
         raise UserError(f"data.tokenizer_path={cfg.tokenizer_path}: no such file (expected a tokenizer.json)")
     backend = backend or Backend(workers=workers or os.cpu_count() or 1)
