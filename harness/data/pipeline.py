@@ -297,8 +297,9 @@ def _encode_block(item: tuple[bytes, np.ndarray, str]) -> dict[str, tuple[np.nda
 
 
 def _concatenate(encoded: list[Path], name: str, doc_sentences: np.ndarray, size_keys: np.ndarray, out: Path) -> dict:
-    """One split's shards joined: <split>.tokens.bin copied shard after shard, the sentence offsets appended to a .npy
-    a shard at a time (memory bounded by a shard), then the document offsets and size keys."""
+    """One split's shards joined: <split>.tokens.bin copied shard after shard through a 1 MB buffer, the sentence
+    offsets appended to a .npy a shard at a time (memory: one shard's sentence lengths, turned into offsets in place),
+    then the document offsets and size keys."""
     n_sentences = int(doc_sentences.sum())
     at, tokens = 0, 0
     with open(out / f"{name}.tokens.bin", "wb") as f, open(out / f"{name}.sentences.npy", "wb") as offsets:
@@ -308,10 +309,12 @@ def _concatenate(encoded: list[Path], name: str, doc_sentences: np.ndarray, size
         offsets.write(np.zeros(1, dtype=np.int64).tobytes())
         for shard in encoded:
             with open(shard / f"{name}.tokens.bin", "rb") as src:
-                shutil.copyfileobj(src, f, 1 << 24)
-            lengths = np.load(shard / f"{name}.lengths.npy")
-            offsets.write((tokens + np.cumsum(lengths, dtype=np.int64)).tobytes())
-            at, tokens = at + len(lengths), tokens + int(lengths.sum())
+                shutil.copyfileobj(src, f, 1 << 20)
+            ends = np.load(shard / f"{name}.lengths.npy").astype(np.int64, copy=False)
+            np.cumsum(ends, out=ends)
+            ends += tokens
+            offsets.write(memoryview(ends))
+            at, tokens = at + len(ends), int(ends[-1]) if len(ends) else tokens
     assert at == n_sentences, f"{name}: encoded {at} sentences, expected {n_sentences}"
     np.save(out / f"{name}.documents.npy", np.concatenate([[0], np.cumsum(doc_sentences)]).astype(np.int64))
     np.save(out / f"{name}.size_keys.npy", size_keys)
