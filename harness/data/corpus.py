@@ -11,8 +11,10 @@ SHARD_BYTES of text each (harness.data.shards). Preparing a corpus:
 2. train NLTK's Punkt sentence splitter unsupervised on a sample spread over the whole corpus (no download);
 3. split each piece into sentences, dropping empty ones and empty documents: a sentence shard, named by the piece
    and the splitter, so a re-run splits only the missing ones. Shards are split here, one after another on `workers`
-   processes (a bounded window of chunks at a time, written back in order), or as a SLURM job array. The text is the
-   same byte for byte with any number of workers, any shard size and either backend.
+   processes (a bounded window of blocks at a time, written back in order), or as a SLURM job array. The text is the
+   same byte for byte with any number of workers, any shard size and either backend. Beside its text each shard
+   keeps its documents' keys (DOCUMENT_KEYS: content hashes, sentences, bytes), so later passes need not read the
+   text to know them.
 
 The corpus is cached under `cache_root()/corpus/<name>-<key>/` (shards.json, stats.json); the key hashes everything
 the text depends on, so a second prepare is a no-op and downstream caches can key on it.
@@ -33,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from harness.data.shards import (
@@ -63,13 +66,20 @@ from harness.data.sources import (
 from harness.errors import UserError
 
 # Of the normaliser and the corpus layout: bump it whenever the text a corpus gets, or how it is stored, could change,
-# so old caches are not reused. 4: sentence shards.
-VERSION = 4
+# so old caches are not reused. 4: sentence shards. 5: each shard's keys.npy, each spool piece's paragraph count.
+VERSION = 5
 SAMPLE_BYTES = 3_000_000  # Punkt training text: ~8 s, and enough to learn the abbreviations of the corpus
 # Titles written before a name. Punkt cannot learn these from a corpus that mixes American "Mr." with British
 # "Mr" (BBC, much of the news): seen mostly without a period they do not look like abbreviations, and every
 # "Mr. Smith" would be split after "Mr.".
 TITLE_ABBREVIATIONS = set("mr mrs ms dr st prof rev gen gov sen rep col lt capt sgt maj".split())
+
+
+# Per document of a sentence shard, in order, in its keys.npy: where its content puts it in [0, 1) for the
+# train/valid split and for the data-size subsets (doc_hash, salted "valid" and "size"), its sentences, and its bytes
+# (the sentences' UTF-8, no newlines). The split tasks compute them while they hold the sentences, in parallel, where
+# pass 2 would have to read the whole text again on one core: ~30 min at 160 GB.
+DOCUMENT_KEYS = np.dtype([("valid", "<f8"), ("size", "<f8"), ("sentences", "<i8"), ("bytes", "<i8")])
 
 
 def cache_root() -> Path:
@@ -155,6 +165,12 @@ def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = Fal
     return corpus
 
 
+def doc_hash(sentences: list[str], salt: str) -> float:
+    """A document's position in [0, 1), from its content: stable across machines and runs."""
+    h = hashlib.blake2b("\n".join(sentences).encode(), digest_size=8, person=salt.encode()[:16])
+    return int.from_bytes(h.digest(), "big") / 2**64
+
+
 def read_documents(path: Path) -> Iterator[list[str]]:
     """The documents of a documents.txt, each as its list of sentences."""
     document: list[str] = []
@@ -228,9 +244,11 @@ def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backe
     for folder in ("spool", "sentences", "splitters", "corpus"):  # what killed runs left half-written
         sweep(cache_root() / folder)
     t0 = time.perf_counter()
-    # the units at once on this machine's `workers` cores (a SLURM backend's workers are its array's tasks)
-    workers = min(len(units), backend.workers if backend.name == "local" else len(os.sched_getaffinity(0)))
-    spools = list(tqdm(ordered_map(_gather_unit, range(len(units)), workers, _use_units, (units, shard_bytes)),
+    # Gathering the units and reading Punkt's sample run on this machine's cores: `workers` of them, or all under a
+    # SLURM backend (whose workers are its array's tasks).
+    cores = backend.workers if backend.name == "local" else len(os.sched_getaffinity(0))
+    spools = list(tqdm(ordered_map(_gather_unit, range(len(units)), min(len(units), cores), _use_units,
+                                   (units, shard_bytes)),
                        desc="gather", unit="group", total=len(units), disable=not verbose or len(units) < 2))
     metas = [json.loads((folder / "unit.json").read_text()) for folder in spools]
     t1 = time.perf_counter()
@@ -238,7 +256,9 @@ def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backe
         _log(f"  read {sum(m['documents'] for m in metas):,} documents, {sum(m['bytes'] for m in metas) / 1e6:.1f} MB "
              f"spooled, in {sum(m['pieces'] for m in metas)} piece(s)  ({t1 - t0:.1f} s)")
     pieces = [(folder, i) for folder, meta in zip(spools, metas) for i in range(meta["pieces"])]
-    splitter = _train_splitter(pieces, sum(sum(meta["paragraph_chars"]) for meta in metas), verbose)
+    paragraphs = [n for meta in metas for n in meta["paragraphs"]]
+    splitter = _train_splitter(pieces, paragraphs, sum(sum(meta["paragraph_chars"]) for meta in metas),
+                               min(len(pieces), cores), verbose)
     started = time.perf_counter()
     store = cache_root() / "sentences"
     store.mkdir(parents=True, exist_ok=True)
@@ -285,14 +305,15 @@ def _gather_unit(i: int) -> Path:
 
 def _gather(unit: _Unit, shard_bytes: int) -> Path:
     """Spool the unit's normalised documents as JSON lines (source index, presplit, paragraphs), cut into pieces of
-    about shard_bytes of text, each with the characters of its paragraphs (Punkt's sample is drawn over them)."""
+    about shard_bytes of text, each with the number and characters of its paragraphs (Punkt's sample is drawn over
+    them)."""
     folder = cache_root() / "spool" / f"{unit.key}-{shard_bytes}"
     if (folder / "unit.json").exists():
         return folder
     tmp = temporary(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    pieces, paragraph_chars, documents = [], [], 0
+    pieces, paragraphs, paragraph_chars, documents = [], [], [], 0
     out = None
     try:
         for index, presplit, units in unit.stream():
@@ -304,10 +325,12 @@ def _gather(unit: _Unit, shard_bytes: int) -> Path:
                     out.close()
                 out = open(tmp / f"{len(pieces):05d}.jsonl", "w", encoding="utf-8")
                 pieces.append(0)
+                paragraphs.append(0)
                 paragraph_chars.append(0)
             line = json.dumps([index, presplit, units], ensure_ascii=False) + "\n"
             out.write(line)
             pieces[-1] += len(line.encode())
+            paragraphs[-1] += 0 if presplit else len(units)
             paragraph_chars[-1] += 0 if presplit else sum(map(len, units))
             documents += 1
     except BaseException:  # a bad byte, or ctrl-C: nothing of this unit is kept, the units before it are
@@ -316,7 +339,8 @@ def _gather(unit: _Unit, shard_bytes: int) -> Path:
     finally:
         if out:
             out.close()
-    meta = {"pieces": len(pieces), "paragraph_chars": paragraph_chars, "replacements": unit.replacements(),
+    meta = {"pieces": len(pieces), "paragraphs": paragraphs, "paragraph_chars": paragraph_chars,
+            "replacements": unit.replacements(),
             "documents": documents, "bytes": sum(pieces)}
     (tmp / "unit.json").write_text(json.dumps(meta) + "\n")
     publish(tmp, folder)
@@ -325,22 +349,26 @@ def _gather(unit: _Unit, shard_bytes: int) -> Path:
 
 def split_shard(spool: str, splitter: str, out: str, workers: int) -> None:
     """One spool piece split into sentences: `out`/documents.txt (one sentence per line, a blank line between
-    documents) and `out`/stats.json ({source index: bytes, documents, sentences}). A task of the split stage: blocks of
-    the piece are split on `workers` processes and written back in order."""
+    documents), `out`/keys.npy (DOCUMENT_KEYS, a row per document) and `out`/stats.json ({source index: bytes,
+    documents, sentences}). A task of the split stage: blocks of the piece are split on `workers` processes and
+    written back in order."""
     with open(splitter, "rb") as f:
         punkt = pickle.load(f)
     tmp = temporary(Path(out))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     stats: dict[int, dict] = {}
+    keys = []
     with open(tmp / "documents.txt", "wb") as f:
-        for done in ordered_map(_split_block, blocks(Path(spool), b"\n"), workers, _use_splitter, (punkt,)):
-            for index, text, n_sentences in done:
+        for done, block_keys in ordered_map(_split_block, blocks(Path(spool), b"\n"), workers, _use_splitter, (punkt,)):
+            for (index, text), n_sentences in zip(done, block_keys["sentences"], strict=True):
                 counts = stats.setdefault(index, {"bytes": 0, "documents": 0, "sentences": 0})
                 f.write(b"\n" + text if f.tell() else text)
                 counts["bytes"] += len(text)  # the sentences' lines: blank lines between documents not counted
                 counts["documents"] += 1
-                counts["sentences"] += n_sentences
+                counts["sentences"] += int(n_sentences)
+            keys.append(block_keys)
+    np.save(tmp / "keys.npy", np.concatenate(keys) if keys else np.zeros(0, dtype=DOCUMENT_KEYS))
     (tmp / "stats.json").write_text(json.dumps(stats) + "\n")
     publish(tmp, Path(out))
 
@@ -359,16 +387,26 @@ def _use_splitter(splitter) -> None:
     _SPLITTER = splitter
 
 
-def _split_block(block: bytes) -> list[tuple[int, bytes, int]]:
-    """(source index, its sentence lines as UTF-8, number of sentences) for each document of a block of spool lines
+def _split_block(block: bytes) -> tuple[list[tuple[int, bytes]], np.ndarray]:
+    """(source index, its sentence lines as UTF-8) and its DOCUMENT_KEYS for each document of a block of spool lines
     that has any sentence left."""
-    done = []
+    done, keys = [], []
     for line in block.decode("utf-8").split("\n"):  # not splitlines(): JSON leaves U+2028 and the like unescaped
         if line:
             index, presplit, units = json.loads(line)
             if sentences := _split_document(_SPLITTER, presplit, units):
-                done.append((index, "".join(s + "\n" for s in sentences).encode(), len(sentences)))
-    return done
+                text = "".join(s + "\n" for s in sentences).encode()
+                done.append((index, text))
+                keys.append((doc_hash(sentences, "valid"), doc_hash(sentences, "size"), len(sentences),
+                             len(text) - len(sentences)))
+    return done, np.array(keys, dtype=DOCUMENT_KEYS)
+
+
+def _every_kth_paragraph(item: tuple[Path, int, int]) -> list[str]:
+    """The paragraphs of a spool piece (not presplit documents') at `first`, first + k, first + 2k, ..."""
+    spool, first, k = item
+    paragraphs = (u for _, presplit, units in _read_spool(spool) if not presplit for u in units)
+    return list(itertools.islice(paragraphs, first, None, k))
 
 
 def _read_spool(spool: Path) -> Iterator[tuple[int, bool, Document]]:
@@ -377,18 +415,20 @@ def _read_spool(spool: Path) -> Iterator[tuple[int, bool, Document]]:
             yield json.loads(line)
 
 
-def _train_splitter(pieces: list[tuple[Path, int]], paragraph_chars: int, verbose: bool) -> Path:
-    """Punkt trained on every k-th paragraph of the spool `pieces`, k chosen so the sample is about SAMPLE_BYTES of
-    their `paragraph_chars`; saved, for the split tasks, under a name that hashes what it learned."""
+def _train_splitter(pieces: list[tuple[Path, int]], paragraphs: list[int], paragraph_chars: int, workers: int,
+                    verbose: bool) -> Path:
+    """Punkt trained on every k-th paragraph of the spool `pieces` (holding `paragraphs` each), k chosen so the sample
+    is about SAMPLE_BYTES of their `paragraph_chars`; the pieces are read on `workers` processes. Saved, for the split
+    tasks, under a name that hashes what it learned."""
     from nltk.tokenize.punkt import PunktSentenceTokenizer, PunktTrainer  # importing nltk takes ~3 s (scipy)
 
     if paragraph_chars == 0:  # everything is split already; the splitter is never used
         splitter = PunktSentenceTokenizer()
     else:
         stride = max(1, -(-paragraph_chars // SAMPLE_BYTES))
-        paragraphs = (u for folder, i in pieces for _, presplit, units in _read_spool(folder / f"{i:05d}.jsonl")
-                      if not presplit for u in units)
-        sample = "\n\n".join(itertools.islice(paragraphs, 0, None, stride))
+        before = itertools.accumulate(paragraphs, initial=0)  # paragraphs in the pieces before each
+        items = [(folder / f"{i:05d}.jsonl", -n % stride, stride) for (folder, i), n in zip(pieces, before)]
+        sample = "\n\n".join(p for part in ordered_map(_every_kth_paragraph, items, workers) for p in part)
         started = time.perf_counter()
         trainer = PunktTrainer()
         trainer.train(sample, finalize=True)

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import time
-from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from harness.config import DataConfig
-from harness.data.corpus import Corpus, cache_root, prepare_corpus, read_documents
+from harness.data.corpus import Corpus, cache_root, prepare_corpus
 from harness.data.shards import (
     SHARD_BYTES,
     Backend,
@@ -99,12 +98,6 @@ class Split:
         return np.diff(self.sentences[self.documents])
 
 
-def doc_hash(sentences: list[str], salt: str) -> float:
-    """A document's position in [0, 1), from its content: stable across machines and runs."""
-    h = hashlib.blake2b("\n".join(sentences).encode(), digest_size=8, person=salt.encode()[:16])
-    return int.from_bytes(h.digest(), "big") / 2**64
-
-
 def _key(corpus: Corpus, cfg: DataConfig) -> str:
     settings = [VERSION, corpus.key, *cfg.tokenizer_settings]
     if cfg.tokenizer_path:  # the file's content, not only its name
@@ -140,33 +133,26 @@ def prepare(cfg: DataConfig, verbose: bool = False, workers: int | None = None, 
 
 
 def binarize(corpus: Corpus, cfg: DataConfig, out: Path, backend: Backend, verbose: bool) -> None:
-    """Pass 2: hash each document (keys), train the tokenizer on a sample of the training split, encode each sentence
-    shard into its own token file and sentence lengths (the missing ones, on `backend`), then concatenate them into
-    one file per split. Holds per-document numbers only, never the text: memory grows with the number of documents
-    (8 bytes each per array), not with their length. The tokenizer and the encoded shards wait in `out`.partial
-    until the end, so a crashed run resumes there."""
+    """Pass 2: read the documents' keys that splitting stored, train the tokenizer on a sample of the training split,
+    encode each sentence shard into its own token file and sentence lengths (the missing ones, on `backend`), then
+    concatenate them into one file per split. Holds per-document numbers only, never the text: memory grows with the
+    number of documents (32 bytes each, DOCUMENT_KEYS), not with their length. The tokenizer and the encoded shards
+    wait in `out`.partial until the end, so a crashed run resumes there."""
     work = out.with_name(out.name + ".partial")
     work.mkdir(parents=True, exist_ok=True)
     for folder in (out.parent, work, work / "shards"):  # what killed runs left half-written
         sweep(folder)
     t0 = time.perf_counter()
-    # 8 bytes per document each (array.array, not lists of Python numbers at ~32 bytes).
-    valid_keys, size_keys, n_sentences, doc_bytes, shard_docs = array("d"), array("d"), array("q"), array("q"), [0]
-    for shard in corpus.shards:
-        for doc in read_documents(shard):
-            valid_keys.append(doc_hash(doc, "valid"))
-            size_keys.append(doc_hash(doc, "size"))
-            n_sentences.append(len(doc))
-            doc_bytes.append(sum(len(s.encode()) for s in doc))
-        shard_docs.append(len(n_sentences))
-    n_bytes = sum(doc_bytes)
+    per_shard = [np.load(shard.with_name("keys.npy")) for shard in corpus.shards]
+    shard_docs = np.cumsum([0, *map(len, per_shard)])
+    keys = np.concatenate(per_shard)
+    n_bytes = int(keys["bytes"].sum())
     t_keys = time.perf_counter()
-    keys = np.frombuffer(valid_keys, dtype=np.float64)
     # The documents hashing below valid_fraction, but at least MIN_VALID_DOCS (pair formats need two documents).
-    n_valid = min(max(int((keys < cfg.valid_fraction).sum()), MIN_VALID_DOCS), len(keys) // 2)
+    n_valid = min(max(int((keys["valid"] < cfg.valid_fraction).sum()), MIN_VALID_DOCS), len(keys) // 2)
     is_valid = np.zeros(len(keys), dtype=bool)
-    is_valid[np.argsort(keys)[:n_valid]] = True
-    tok = _tokenizer(corpus, cfg, np.frombuffer(doc_bytes, dtype=np.int64), is_valid, work / "tokenizer.json", verbose)
+    is_valid[np.argsort(keys["valid"])[:n_valid]] = True
+    tok = _tokenizer(corpus, cfg, keys["bytes"], is_valid, work / "tokenizer.json", verbose)
     t_tok = time.perf_counter()
     vocab_size = tok.get_vocab_size()
     dtype = "uint16" if vocab_size <= 2**16 else "uint32"
@@ -180,9 +166,8 @@ def binarize(corpus: Corpus, cfg: DataConfig, out: Path, backend: Backend, verbo
     tmp.mkdir()
     shutil.copyfile(work / "tokenizer.json", tmp / "tokenizer.json")
     counts = {}
-    sentences, sizes = np.frombuffer(n_sentences, dtype=np.int64), np.frombuffer(size_keys, dtype=np.float64)
     for name, member in (("train", ~is_valid), ("valid", is_valid)):
-        counts[name] = _concatenate(encoded, name, sentences[member], sizes[member], tmp)
+        counts[name] = _concatenate(encoded, name, keys["sentences"][member], keys["size"][member], tmp)
     meta = {
         "version": VERSION,
         "vocab_size": vocab_size,
