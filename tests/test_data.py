@@ -16,6 +16,7 @@ from harness.data.formats import build_examples, select_documents
 from harness.data.masking import is_candidate, mask_tokens
 from harness.data.pipeline import Split, prepare
 from harness.data.shards import SHARD_BYTES
+from harness.data.tokenizer import train_tokenizer
 from harness.errors import UserError
 from harness.tokens import BOS, EOS, IGNORE_INDEX, MASK, SPECIAL_TOKENS
 
@@ -349,6 +350,22 @@ def test_wordpiece_tokenizer(tmp_path):
     tok = Tokenizer.from_file(str(p.tokenizer_path))
     assert [tok.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")] == [0, 1, 2, 3, 4]
     assert p.split("train").sentences[-1] > 100_000
+
+
+def test_wordpiece_ids_are_the_same_every_time_and_split_text_as_trained(tmp_path, monkeypatch):
+    """tokenizers numbers WordPiece's "##" pieces in a HashMap's order, different in every run; ours are sorted, so two
+    trainings on the same text write the same file, and it splits text into the trainer's own pieces."""
+    import harness.data.tokenizer as tokenizer_module
+
+    cfg = replace(CFG, tokenizer="wordpiece", vocab_size=1500)
+    sentences = [s for doc in prepare_corpus("tiny").documents() for s in doc]
+    ours = [train_tokenizer(iter(sentences), cfg, tmp_path / f"{i}.json") for i in range(2)]
+    assert (tmp_path / "0.json").read_bytes() == (tmp_path / "1.json").read_bytes()
+    monkeypatch.setattr(tokenizer_module, "_sort_wordpiece_vocab", lambda path: None)
+    trainers = train_tokenizer(iter(sentences), cfg, tmp_path / "as_trained.json")
+    assert sorted(trainers.get_vocab()) == sorted(ours[0].get_vocab())
+    sample = sentences[::10]
+    assert [e.tokens for e in ours[0].encode_batch(sample)] == [e.tokens for e in trainers.encode_batch(sample)]
 
 
 def _roberta_like_tokenizer(path, text_of) -> None:

@@ -29,11 +29,25 @@ def train_tokenizer(sentences: Iterable[str], cfg: DataConfig, out: Path) -> Tok
         tok.train_from_iterator(sentences, vocab_size=cfg.vocab_size, min_frequency=2,
                                 special_tokens=list(SPECIAL_TOKENS), show_progress=False)
     tok.save(str(out))
+    if cfg.tokenizer == "wordpiece":
+        _sort_wordpiece_vocab(out)
     loaded = Tokenizer.from_file(str(out))
     assert _special_ids(loaded, f"data.corpus={cfg.corpus}") == list(range(len(SPECIAL_TOKENS)))
     if loaded.get_vocab_size() <= len(SPECIAL_TOKENS) + 1:
         raise UserError(f"data.corpus={cfg.corpus}: the tokenizer learned no vocabulary (is the corpus empty?)")
     return loaded
+
+
+def _sort_wordpiece_vocab(path: Path) -> None:
+    """Number the trained WordPiece vocabulary after the special tokens in string order. tokenizers numbers its "##"
+    pieces in the order of a Rust HashMap, which differs from run to run (on tiny: the same 1,500 tokens, with 112
+    ids swapped), so the same corpus gave different ids and an arm could not be re-run exactly. WordPiece splits text
+    by the vocabulary alone, so the ids can be any order."""
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    vocab, n = spec["model"]["vocab"], len(SPECIAL_TOKENS)
+    rest = sorted(token for token, i in vocab.items() if i >= n)
+    spec["model"]["vocab"] = {**{t: i for t, i in vocab.items() if i < n}, **{t: n + k for k, t in enumerate(rest)}}
+    path.write_text(json.dumps(spec, ensure_ascii=False))
 
 
 _CHECK_TEXT = "The renumbered tokenizer splits text as the original does, e.g. naïve cafés (1,234.5 km)."
