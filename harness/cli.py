@@ -84,9 +84,10 @@ def _grid_run(args: argparse.Namespace) -> None:
 
 def _grid_worker(args: argparse.Namespace) -> None:
     from harness.grid.runner import work
-    from harness.grid.stopping import stop_on_signals
+    from harness.grid.stopping import stop_on_signals, stop_with_parent
 
     with stop_on_signals():  # the stop `grid run` forwards: hand the cell back, exit (harness.grid.stopping)
+        stop_with_parent()
         work(Path(args.folder))
 
 

@@ -1,5 +1,5 @@
 """SIGTERM to `grid run`: every process it started is gone within 30 s, its cells are pending at once, and a re-run
-finishes the grid from their checkpoints."""
+finishes the grid from their checkpoints. A kill -9 of `grid run` leaves no worker training either."""
 
 from __future__ import annotations
 
@@ -125,6 +125,34 @@ def test_sigterm_stops_every_worker_within_30_s_and_a_rerun_finishes_the_grid(tm
         a, b = (json.loads((f / arm / "seed_0" / "result.json").read_text()) for f in (folder, clean))
         for key in ("steps", "tokens_seen", "final_train_loss", "final_valid_loss"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), (arm, key)
+
+
+@pytest.mark.slow  # two workers importing Lightning on 2 shared cores: ~1 minute
+def test_kill_9_of_grid_run_and_its_workers_stop_by_themselves_within_30_s(tmp_path, one_thread):
+    """Nothing can forward a kill -9: the kernel sends each worker the SIGINT instead (stop_with_parent), so each stops
+    at the end of its step as on a forwarded stop, hands its cell back, and no process is left training."""
+    # Cells far longer than STOP_S (a worker that missed the signal would still be training), checkpointed early.
+    path = write_experiment(tmp_path / "kill.yaml", {"optim.max_steps": 5000, "train.checkpoint_every": 20,
+                                                     "train.val_every": 5000})
+    folder = tmp_path / "runs" / "kill-smoke"
+    proc = grid_run(path, tmp_path / "runs", "--workers", "2", start_new_session=True)
+    cells = [folder / arm / "seed_0" / "checkpoints" for arm in ("full_sentences", "doc_sentences")]
+    wait_for(lambda: len(running_cells(folder)) == 2 and all(any(c.glob("step_*")) for c in cells), 300,
+             "both cells to run past their first checkpoint")
+    procs = descendants(proc.pid)
+    t0 = time.time()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    try:
+        wait_for(lambda: alive(procs) == [], STOP_S, "every process of the grid to end by itself")
+    finally:  # a failed test leaves nothing training either
+        for pid in alive(procs):
+            os.kill(pid, signal.SIGKILL)
+    print(f"kill -9 of grid run {proc.pid}: its processes {sorted(procs)} all ended {time.time() - t0:.1f} s later")
+    rows = CellStore(folder / "grid.sqlite").rows()
+    assert [(r["status"], r["worker"]) for r in rows] == [("pending", None)] * len(rows)
+    for log in (folder / "logs").glob("worker_*.log"):
+        assert "stopped at step" in log.read_text() and "pending again" in log.read_text()
 
 
 @pytest.mark.slow  # a 2-process DDP cell on CPU (gloo) under `grid run`: ~1 minute on 2 cores

@@ -358,12 +358,14 @@ def launch_local(folder: Path, workers: int, devices_per_worker: int) -> dict[st
         return {worker_id(): "above, on this terminal"}
     import torch
 
+    from harness.grid.stopping import PARENT_ENV
+
     gpus = torch.cuda.device_count()
     procs, logs = [], folder / "logs"
     logs.mkdir(exist_ok=True)
     try:
         for i in range(workers):
-            env = dict(os.environ)
+            env = {**os.environ, PARENT_ENV: str(os.getpid())}  # it stops when this process dies, even by kill -9
             if gpus:  # one cell per GPU (or per group of GPUs, for DDP inside a cell)
                 ids = range(i * devices_per_worker, (i + 1) * devices_per_worker)
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g % gpus) for g in ids)

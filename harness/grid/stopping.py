@@ -15,7 +15,9 @@ The chain, each link stopping the next by PID, never by name:
     SIGTERM, which Lightning's DDP launcher forwards to the other ranks, waits CHILD_GRACE_S, then SIGKILLs the group.
     Its ranks do not checkpoint on the signal (they would have to agree on a step first): the cell resumes from its
     last periodic checkpoint.
-The lease heartbeat is a thread of the worker, so it stops with it. Under submitit (SLURM) SIGTERM stays submitit's,
+A `grid run` killed outright (kill -9, the OOM killer) can forward nothing: the kernel sends each of its workers the
+SIGINT instead (`stop_with_parent`), so they stop as above and no worker trains on for nobody. The lease heartbeat is
+a thread of the worker, so it stops with it. Under submitit (SLURM) SIGTERM stays submitit's,
 and SubmititWorker routes submitit's pre-emption signal (SIGUSR2) through `on_signal` first: the cell stops at the
 end of its step as above, then submitit requeues the task. A worker submitit ends otherwise hands its cell back all
 the same (`work` releases it on any exit that is not the cell's own end).
@@ -23,9 +25,11 @@ the same (`work` releases it on any exit that is not the cell's own end).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +44,8 @@ WORKER_GRACE_S = 20.0  # `grid run` waits this long for its workers, then kills 
 CHILD_GRACE_S = 10.0  # a worker waits this long for its DDP cell after SIGTERM, then kills its process group (its ranks
 # do not checkpoint on the signal: waiting longer would buy a tidy exit, not progress)
 STEP_WAIT_S = 8.0  # a single-device cell runs on this long at most to reach the end of its optimizer step
+PARENT_ENV = "HARNESS_GRID_RUN_PID"  # set by `grid run` for the workers it starts: the process they must not outlive
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class Interrupted(BaseException):
@@ -83,6 +89,18 @@ def stop_on_signals() -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         STATE.signum, STATE.deferred, STATE.raised = None, False, False
+
+
+def stop_with_parent() -> None:
+    """In a worker that `grid run` started (PARENT_ENV names it): have the kernel send this process SIGINT, the stop
+    `grid run` would forward, when `grid run` dies, even by kill -9 (Linux's PR_SET_PDEATHSIG; elsewhere nothing). A
+    worker started by hand keeps running when its shell ends. Call it with the stop handlers installed."""
+    parent = os.environ.pop(PARENT_ENV, None)  # popped: the worker's own children have another parent
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
+    if os.getppid() != int(parent):  # `grid run` died before the kernel was asked
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def interrupted_by(exc: BaseException) -> Interrupted | None:
