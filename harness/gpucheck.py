@@ -46,7 +46,7 @@ from harness.config import ModelConfig
 from harness.files import read_json, write_json
 from harness.grid.provenance import package_versions
 from harness.model import MaskedLM
-from harness.pretrain import lr_factor
+from harness.schedule import lr_factor
 from harness.tokens import BOS, EOS, IGNORE_INDEX, MASK, PAD, SPECIAL_TOKENS
 
 SECTIONS = ("environment", "peak", "numerics", "throughput", "real_path", "ddp", "compile")

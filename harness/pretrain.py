@@ -46,6 +46,7 @@ from harness.data import yardstick
 from harness.errors import UserError
 from harness.files import read_json, write_json
 from harness.model import MaskedLM
+from harness.schedule import lr_factor
 from harness.steps import StepBook, loss_denominators
 
 # Lightning warnings that do not apply here: StepBook makes mid-epoch resume exact, and a resumed run's folder
@@ -65,13 +66,6 @@ NOMINAL_BF16_PEAK = (
 
 # ---------------------------------------------------------------------------------------------------------------
 # The LightningModule: model, loss and optimiser
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Multiplier of peak_lr for optimizer step `step` (from 0): linear warmup, then linear decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 class PretrainModule(L.LightningModule):

@@ -569,7 +569,7 @@ def test_load_run_checks_each_file_and_names_it(tmp_path):
 
 
 def test_finetuning_lr_schedule_is_pretrainings(lr_trace):
-    """One schedule (harness.pretrain.lr_factor): the first step already has peak / warmup (fairseq's warmup, not
+    """One schedule (harness.schedule.lr_factor): the first step already has peak / warmup (fairseq's warmup, not
     0), the peak is reached at the end of the warmup, and the LR decays linearly to 0 at the last step."""
     from types import SimpleNamespace
 

@@ -20,7 +20,8 @@ from harness import cli
 from harness.config import Config, load_config
 from harness.data.datamodule import PretrainDataModule
 from harness.data.pipeline import prepare
-from harness.pretrain import PretrainModule, lr_factor, pretrain, run_dir_of
+from harness.pretrain import PretrainModule, pretrain, run_dir_of
+from harness.schedule import lr_factor
 from harness.steps import loss_denominators
 
 REPO = Path(__file__).resolve().parents[1]

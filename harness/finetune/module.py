@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.model import MaskedLM
-from harness.pretrain import lr_factor
+from harness.schedule import lr_factor
 
 
 class FinetuneModule(L.LightningModule):
