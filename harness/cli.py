@@ -21,10 +21,10 @@ def _check_workers(workers: int | None) -> None:
 
 
 def _data_prepare(args: argparse.Namespace) -> None:
+    from harness.cluster import load_slurm_options
     from harness.config import load_config
     from harness.data.pipeline import prepare
     from harness.data.shards import Backend
-    from harness.grid.runner import load_slurm_options
 
     overrides = list(args.overrides)
     if args.corpus:
@@ -65,7 +65,8 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _grid_run(args: argparse.Namespace) -> None:
-    from harness.grid.runner import CellsFailed, load_slurm_options, run_grid
+    from harness.cluster import load_slurm_options
+    from harness.grid.runner import CellsFailed, run_grid
     from harness.grid.stopping import stop_on_signals
     from harness.grid.store import check_store
 
@@ -98,8 +99,8 @@ def _grid_status(args: argparse.Namespace) -> None:
 
 
 def _grid_plan(args: argparse.Namespace) -> None:
+    from harness.cluster import load_slurm_options
     from harness.grid.cost import plan_report
-    from harness.grid.runner import load_slurm_options
 
     _check_workers(args.workers)
     print(plan_report(args.experiment, args.scale, args.runs_dir, args.workers, load_slurm_options(args.slurm),

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from harness.cluster import check_slurm, submitit_executor
 from harness.errors import UserError
 
 # 128 MB of text: about two minutes of sentence splitting and encoding on one core here (~1 MB/s), so a killed run
@@ -50,12 +51,14 @@ class Backend:
     slurm: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.name != "local":  # a mistyped --slurm parameter fails now, before any work, not at the first array
+        # a mistyped --slurm parameter, or --backend slurm on a machine without SLURM, fails now, before any work
+        if self.name == "slurm":
+            check_slurm(self.workers, self.slurm)  # creates nothing, not even the cache folder
+        elif self.name != "local":
             self.executor()
 
     def executor(self):
         from harness.data.corpus import cache_root
-        from harness.grid.runner import submitit_executor
 
         cluster = "local" if self.name == "submitit-local" else "slurm"
         return submitit_executor(cache_root() / "data-prepare", cluster, self.workers, self.slurm)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from harness.cluster import slurm_preview
 from harness.config import ModelConfig, read_yaml
 from harness.errors import UserError
 from harness.grid.experiment import Experiment, load_experiment
@@ -154,19 +155,6 @@ def data_warnings(exp: Experiment, data_dir: str | None) -> list[str]:
     return out
 
 
-def submitit_parameters(folder: Path, workers: int, slurm: dict) -> tuple[dict, str]:
-    """The parameters `grid run --backend slurm` gives submitit (launch_submitit: --slurm, then the array's
-    parallelism) and the sbatch script submitit would write for the array, rendered by submitit itself."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    from harness.grid.runner import submitit_executor
-
-    inner = submitit_executor(folder, "slurm", workers, slurm)._executor
-    script = _make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder,
-                                 **{**inner.parameters, "map_count": workers})
-    return {**slurm, "slurm_array_parallelism": workers}, script
-
-
 def _hours(flops: float, peak: float, mfu: float) -> float:
     return flops / (peak * mfu) / 3600
 
@@ -234,7 +222,7 @@ def _totals_table(parts: list[Part], mfu: float) -> str:
 def _slurm_lines(exp: Experiment, parts: list[Part], runs_dir: str, workers: int, slurm: dict, mfu: float) -> list[str]:
     """The array `grid run --backend slurm` would submit, and how a cell fits the time limit it asks for."""
     folder = Path(runs_dir) / exp.folder
-    params, script = submitit_parameters(folder, workers, slurm)
+    params, script = slurm_preview(folder, workers, slurm)
     devices = max(exp.config(a, exp.seeds[0], runs_dir).train.devices for a in exp.arms)
     per_cell = {}  # arm -> GPU-hours of its longest cell on H100, pretraining and its fine-tuning together
     for p in parts:

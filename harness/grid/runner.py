@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from harness.cluster import check_slurm, submitit_executor
 from harness.config import Config, flatten, with_overrides
 from harness.errors import UserError
 from harness.files import read_json, write_json
@@ -395,22 +396,6 @@ def _stop_workers(folder: Path, procs: list[subprocess.Popen]) -> None:
     open_store(folder).release([worker_id(p.pid) for p in procs])
 
 
-def submitit_executor(folder: Path, cluster: str | None, workers: int, slurm: dict):
-    """The executor `grid run` submits its array with (and `grid plan` shows): --slurm's parameters, then on SLURM the
-    array's parallelism. An unknown or mistyped --slurm parameter is a UserError. The local executor creates its
-    folder, `folder`/submitit; the SLURM one creates it at the first submission."""
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=cluster)
-    try:
-        executor.update_parameters(**slurm)
-    except (AssertionError, NameError, ValueError, TypeError) as e:  # submitit: an unknown or mistyped parameter
-        raise UserError(f"--slurm: {str(e).splitlines()[0]}") from None
-    if cluster != "local":
-        executor.update_parameters(slurm_array_parallelism=workers)
-    return executor
-
-
 def launch_submitit(folder: Path, workers: int, cluster: str | None, slurm: dict, wait: bool = False) -> str:
     """A job array of workers; each re-queues itself on pre-emption (submitit's checkpoint hook). Returns the array's
     job id. The local executor always waits; a SLURM array is waited for with `wait` (`grid run --wait`)."""
@@ -534,6 +519,8 @@ def run_grid(path: str, scale: str, runs_dir: str = "runs", backend: str = "loca
     if wandb is not None:
         exp = exp.with_run_overrides({"train.wandb": wandb})
     data_dir = check_data_dir(exp, data_dir)
+    if backend == "slurm":  # a --slurm parameter submitit refuses, or a machine without SLURM: before any record
+        check_slurm(workers, slurm or {})
     folder = prepare_study(exp, runs_dir, optuna_storage, data_dir, store)
     if backend == "local":
         logs = launch_local(folder, workers, devices_per_worker)
@@ -572,15 +559,3 @@ def raise_if_failed(folder: Path, logs: dict[str, str], other: str) -> None:
         error = (r["error"] or "no error recorded").strip().splitlines()[0][:200]
         lines.append(f"  {r['kind']} {r['arm']} seed {r['seed']}: {error} [log: {logs.get(r['worker'], other)}]")
     raise CellsFailed("\n".join(lines))
-
-
-def load_slurm_options(text: str | None) -> dict:
-    """`--slurm 'partition=gpu,gpus_per_node=8,timeout_min=600'` → submitit parameters."""
-    out = {}
-    for item in (text or "").split(","):
-        if item.strip():
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise UserError(f"--slurm: expected key=value items, got {item!r}")
-            out[key.strip()] = yaml.safe_load(value)
-    return out
