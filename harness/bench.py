@@ -18,7 +18,7 @@ import torch
 from harness.errors import UserError
 from harness.files import read_json, write_json
 
-SECTIONS = ("data", "pretrain", "prep")
+SECTIONS = ("data", "pretrain", "prep", "frontier")
 
 
 def bench_from_cli(args: argparse.Namespace) -> None:

@@ -122,6 +122,14 @@ class ModelConfig:
     """Dropout everywhere (attention, residual, embeddings), as BERT."""
     norm: Literal["post", "pre"] = "post"
     """post-LayerNorm as BERT/RoBERTa; pre-LN as an option for stability studies."""
+    position_init: Literal["normal", "sinusoidal"] = "normal"
+    """The learned position table at step 0: N(0, 0.02) as BERT, or the Transformer's sinusoids scaled to the same
+    spread, so that neighbouring positions start similar (locality without learning it; still learned, and exported
+    to HF as the same table)."""
+    output_bias_init: Literal["zero", "unigram"] = "zero"
+    """The MLM decoder's bias at step 0: zero as BERT/RoBERTa, or the log-unigram frequencies of the arm's training
+    text (add-one), so the model predicts the unigram distribution from the first step instead of spending its first
+    hundreds of steps learning it (Meister et al. 2023; measured in docs/results.md)."""
 
     PRESETS: typing.ClassVar[dict[str, tuple[int, int, int]]] = {
         "tiny": (2, 128, 2),
@@ -157,6 +165,10 @@ class OptimConfig:
     """Peak learning rate after warmup (paper BERT-base: 1e-4 at batch 256; Table 3 tunes it per batch size)."""
     warmup_steps: int = 100
     """Linear warmup, then linear decay to 0 (paper: 10K of 1M steps)."""
+    decay_steps: int = 0
+    """0: decay linearly from the end of warmup to 0 at max_steps (the paper's schedule). N > 0: hold the peak LR
+    and decay over the last N steps only (warmup-stable-decay), which keeps the LR high through MLM's early plateau
+    in a short run (harness.schedule)."""
     beta1: float = 0.9
     beta2: float = 0.98
     """0.98 improves stability with large batches (RoBERTa §3.1); BERT used 0.999."""
@@ -173,6 +185,9 @@ class OptimConfig:
         _check(self.peak_lr > 0, "optim.peak_lr", "a positive float", self.peak_lr)
         _check(0 <= self.warmup_steps <= self.max_steps, "optim.warmup_steps", "in [0, optim.max_steps]",
                self.warmup_steps)
+        _check(0 <= self.decay_steps <= self.max_steps - self.warmup_steps, "optim.decay_steps",
+               f"in [0, optim.max_steps - optim.warmup_steps = {self.max_steps - self.warmup_steps}] (0 = decay over "
+               f"the whole schedule)", self.decay_steps)
 
     def accumulation(self, devices: int) -> int:
         """Micro-batches per device per optimizer step: batch_size = micro_batch_size x accumulation x devices."""

@@ -231,6 +231,16 @@ def init_weights(model: nn.Module, seed: int) -> None:
             module.bias.zero_()
 
 
+def sinusoids(n_positions: int, dim: int) -> Tensor:
+    """(n_positions, dim) sin/cos of the position at geometric wavelengths from 2 pi to 10000 x 2 pi (Vaswani et al.
+    2017, section 3.5): the table `model.position_init=sinusoidal` starts from."""
+    pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim / 2,)
+    table = torch.zeros(n_positions, dim, dtype=torch.float64)
+    table[:, 0::2], table[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)[:, : dim // 2]
+    return table.float()
+
+
 class MaskedLM(nn.Module):
     """Encoder + MLM head (+ NSP head for the segment/sentence-pair formats); `seed` fixes the init (`init_weights`)."""
 
@@ -241,6 +251,10 @@ class MaskedLM(nn.Module):
         self.mlm_head = MLMHead(cfg, self.encoder.embed.word)  # its decoder is the word embedding: initialised there
         self.nsp_head = NSPHead(cfg) if nsp else None
         init_weights(self, seed)
+        if cfg.position_init == "sinusoidal":  # N(0, 0.02)'s spread, so positions weigh as much as at BERT's init
+            table = sinusoids(cfg.max_positions, cfg.hidden)
+            with torch.no_grad():
+                self.encoder.embed.position.weight.copy_(table * (0.02 / table.std()))
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                token_type_ids: Tensor | None = None) -> Tensor:

@@ -76,10 +76,15 @@ class PretrainModule(L.LightningModule):
     token weighs the same however a step is cut. The logged metrics are exact token-weighted means over whole steps
     (`StepMetrics`)."""
 
-    def __init__(self, cfg: Config, vocab_size: int):
+    def __init__(self, cfg: Config, vocab_size: int, unigram_counts: Any = None):
+        """`unigram_counts` (V,): the arm's training token counts, which model.output_bias_init=unigram starts the
+        MLM bias from (None where a checkpoint's weights will replace the init)."""
         super().__init__()
         self.cfg = cfg
         self.model = MaskedLM(cfg.model, vocab_size, nsp=cfg.data.nsp, seed=cfg.train.seed)
+        if cfg.model.output_bias_init == "unigram" and unigram_counts is not None:
+            with torch.no_grad():
+                self.model.mlm_head.bias.copy_(torch.as_tensor(yardstick.log_unigram(unigram_counts)))
         self.train_sums, self.val_sums, self.yardstick_sums = Sums(), Sums(), Sums()
 
     def _loss(self, batch: dict, sums: Sums, n_predicted: float | None = None, n_sequences: float | None = None
@@ -123,7 +128,7 @@ class PretrainModule(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=o.peak_lr, betas=(o.beta1, o.beta2), eps=o.eps,
                                       **speed.adamw_kwargs(self.device.type))
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, partial(lr_factor, warmup=o.warmup_steps, total=o.max_steps))
+            optimizer, partial(lr_factor, warmup=o.warmup_steps, total=o.max_steps, decay=o.decay_steps or None))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -355,7 +360,8 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
     # The model's init has its own generators (MaskedLM's seed); this covers any other draw, e.g. the default init
     # torch modules make before MaskedLM overwrites it.
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    module = PretrainModule(cfg, prepared.vocab_size)
+    counts = data.train_unigram_counts() if cfg.model.output_bias_init == "unigram" and not book.checkpoint else None
+    module = PretrainModule(cfg, prepared.vocab_size, counts)
     trainer.fit(module, datamodule=data, ckpt_path=book.checkpoint)
 
     metrics = next(cb for cb in trainer.callbacks if isinstance(cb, StepMetrics))

@@ -1,6 +1,7 @@
 """The encoder: shapes per preset, agreement with transformers' RoBERTa, HF export round trip, bad inputs."""
 
 import argparse
+import dataclasses
 import os
 import random
 
@@ -303,3 +304,16 @@ def test_tiny_model_learns_a_fixed_batch():
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_sinusoidal_position_init_starts_neighbours_alike_and_changes_nothing_else():
+    cfg = ModelConfig(preset="tiny", max_positions=64)
+    normal = MaskedLM(cfg, V, seed=0).state_dict()
+    sinus = MaskedLM(dataclasses.replace(cfg, position_init="sinusoidal"), V, seed=0).state_dict()
+    table = sinus.pop("encoder.embed.position.weight")
+    normal.pop("encoder.embed.position.weight")
+    assert all(torch.equal(normal[k], sinus[k]) for k in normal)  # the same draw for every other parameter
+    assert table.std().item() == pytest.approx(0.02, rel=1e-3)
+    cos = F.cosine_similarity(table[10], table, dim=-1)
+    assert cos[11] > 0.9 and cos[12] > cos[20] > cos[60] and cos[11] > cos[30]  # nearer positions start more alike
+    assert torch.allclose(table[:, 0] / table[:, 0].abs().max(), torch.sin(torch.arange(64.0)), atol=1e-5)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as L
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,7 +20,9 @@ import yaml
 from harness import cli
 from harness.config import Config, load_config
 from harness.data.datamodule import PretrainDataModule
+from harness.data.formats import select_documents
 from harness.data.pipeline import prepare
+from harness.errors import UserError
 from harness.pretrain import PretrainModule, pretrain, run_dir_of
 from harness.schedule import lr_factor
 from harness.steps import loss_denominators
@@ -60,6 +63,39 @@ def test_lr_schedule_warms_up_then_decays_to_zero(lr_trace):
     cfg = load_config(TINY, ["optim.max_steps=10", "optim.warmup_steps=4"])
     lrs = lr_trace(PretrainModule(cfg, vocab_size=400).configure_optimizers(), 10)
     assert lrs == pytest.approx([cfg.optim.peak_lr * x for x in f]) and lrs[0] > 0 and lrs[10] == 0.0
+
+
+def test_warmup_stable_decay_holds_the_peak_then_decays_over_the_last_steps(lr_trace):
+    f = [lr_factor(s, warmup=2, total=10, decay=4) for s in range(11)]
+    assert f == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+    cfg = load_config(TINY, ["optim.max_steps=10", "optim.warmup_steps=2", "optim.decay_steps=4"])
+    lrs = lr_trace(PretrainModule(cfg, vocab_size=400).configure_optimizers(), 10)
+    assert lrs == pytest.approx([cfg.optim.peak_lr * x for x in f])
+    with pytest.raises(UserError, match=r"optim.decay_steps: expected in \[0, optim.max_steps - optim.warmup_steps"):
+        load_config(TINY, ["optim.max_steps=10", "optim.warmup_steps=2", "optim.decay_steps=9"])
+
+
+def test_unigram_output_bias_starts_the_model_at_the_unigram_perplexity(tmp_path, tiny_data):
+    """model.output_bias_init=unigram: at step 0 the yardstick scores the unigram reference (the hidden states'
+    logits are ~N(0, 0.2)), where a zero bias scores about the vocabulary size; a data-size subset counts only its
+    own documents."""
+    step0 = {}
+    for init in ("zero", "unigram"):
+        cfg = tiny(tmp_path, f"model.output_bias_init={init}", "optim.max_steps=1", "optim.warmup_steps=0",
+                   "train.val_every=1", f"train.arm={init}")
+        result = pretrain(cfg)
+        step0[init] = column(run_dir_of(cfg), "val/yardstick_ppl")[0] / result["yardstick_unigram_ppl"]
+    assert 0.97 < step0["unigram"] < 1.05 and step0["zero"] > 2.5, step0
+    cfg = tiny(tmp_path, "data.data_tokens=5000")
+    data = PretrainDataModule(tiny_data, cfg.data, cfg.optim, seed=0)
+    train = tiny_data.split("train")
+    bounds = train.sentences[train.documents]
+    docs = select_documents(train, cfg.data)
+    expected = np.bincount(np.concatenate([train.tokens[bounds[d]:bounds[d + 1]] for d in docs]),
+                           minlength=tiny_data.vocab_size)
+    whole = PretrainDataModule(tiny_data, tiny(tmp_path).data, cfg.optim, seed=0).train_unigram_counts()
+    assert (data.train_unigram_counts() == expected).all() and expected.sum() < whole.sum()
+    assert (whole == np.bincount(train.tokens, minlength=tiny_data.vocab_size)).all()
 
 
 # Every format x masking learns; the default run keeps one NSP and one no-NSP cell (each masking once), the other six

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.config import DataConfig, OptimConfig
 from harness.data import yardstick
-from harness.data.formats import Examples, cached_array, cached_examples
+from harness.data.formats import Examples, cached_array, cached_examples, select_documents
 from harness.data.masking import epoch_key, is_candidate, mask_tokens, n_selected
 from harness.data.pipeline import PreparedData, Split
 from harness.errors import UserError
@@ -220,6 +220,16 @@ class PretrainDataModule(L.LightningDataModule):
         counts = cached_array(prepared.dir / "train.unigram_counts.npy", lambda: yardstick.unigram_counts(train.tokens,
                                                                                                           vocab))
         self.yardstick_unigram_ppl = yardstick.unigram_ppl(counts, targets)
+
+    def train_unigram_counts(self) -> np.ndarray:
+        """(V,) token counts of the training text this arm uses: the whole split, or the documents of its data size
+        (Table 4), so a smaller arm's output-bias init (model.output_bias_init) knows nothing of text it never sees."""
+        train, vocab = self.prepared.split("train"), self.prepared.vocab_size
+        if self.cfg.data_fraction == 1.0 and not self.cfg.data_tokens:
+            return cached_array(self.prepared.dir / "train.unigram_counts.npy",
+                                lambda: yardstick.unigram_counts(train.tokens, vocab))
+        return yardstick.document_unigram_counts(train.tokens, train.sentences[train.documents],
+                                                 select_documents(train, self.cfg), vocab)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -39,7 +39,25 @@ def unigram_counts(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
     return counts
 
 
+def document_unigram_counts(tokens: np.ndarray, doc_bounds: np.ndarray, docs: np.ndarray, vocab_size: int
+                            ) -> np.ndarray:
+    """(V,) occurrences of each token id in documents `docs`, document d being tokens[doc_bounds[d]:doc_bounds[d+1]]
+    (read in chunks, as `unigram_counts`)."""
+    keep = np.zeros(len(doc_bounds) - 1, dtype=bool)
+    keep[docs] = True
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, len(tokens), _COUNT_CHUNK):
+        chunk = np.asarray(tokens[start : start + _COUNT_CHUNK])
+        doc = np.searchsorted(doc_bounds, np.arange(start, start + len(chunk)), side="right") - 1
+        counts += np.bincount(chunk[keep[doc]], minlength=vocab_size)[:vocab_size]
+    return counts
+
+
+def log_unigram(counts: np.ndarray) -> np.ndarray:
+    """Add-one log-probabilities of the counts: the unigram model that `unigram_ppl` scores."""
+    return np.log(counts + 1.0) - math.log(counts.sum() + len(counts))
+
+
 def unigram_ppl(counts: np.ndarray, targets: np.ndarray) -> float:
     """Perplexity of add-one unigram probabilities at the target ids: the score of a model that uses no context."""
-    log_p = np.log(counts + 1.0) - math.log(counts.sum() + len(counts))
-    return float(math.exp(-log_p[targets].mean())) if len(targets) else math.nan
+    return float(math.exp(-log_unigram(counts)[targets].mean())) if len(targets) else math.nan

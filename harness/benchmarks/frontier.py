@@ -1,0 +1,201 @@
+"""The learning frontier on this machine: which demo designs get past MLM's early plateau in the fewest CPU-minutes.
+
+Each candidate is configs/demo.yaml plus a few overrides, trained exactly as `pretrain` trains (the real module,
+data module and Trainer) in a process of its own on one thread, two candidates at a time (one per core, as
+`grid run --workers 2` runs cells). Every `val_every` steps the yardstick is scored (harness.data.yardstick), and
+a callback notes the process's CPU-seconds spent training (validation excluded), so each candidate gives a curve of
+ratio = yardstick ppl / unigram ppl against CPU-minutes and tokens. CPU-seconds of a one-thread process are what a
+run costs whatever else the machine does; a neighbour still slows them a little (shared caches), so the table also
+gives tokens, which nothing distorts.
+
+`python -m harness bench --sections frontier` (make bench-frontier) runs the candidates not yet in
+runs/frontier/ (delete a candidate's folder to rerun it), writes the curves into the bench report, a table
+(runs/frontier/frontier.md) and a plot (docs/frontier.png). Designs are chosen on the reference arm's format
+(FULL-SENTENCES) only, never on a comparison between arms. `FRONTIER=name,name` runs only those candidates.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as L
+
+OUT = Path("runs/frontier")
+PLOT = Path("docs/frontier.png")
+BASE = "configs/demo.yaml"
+CHECKPOINTS_MIN = (2, 4, 6, 8)  # table columns: the ratio reached within this many training CPU-minutes
+# What every candidate shares unless it overrides it: the issue's 10K-step reference run, cut to its first 5K steps.
+COMMON = {"model.preset": "tiny", "model.max_positions": 128, "optim.batch_size": 16, "optim.micro_batch_size": 16,
+          "train.val_every": 250, "train.log_every": 50, "train.num_workers": 0, "train.wandb": "disabled",
+          "model.output_bias_init": "unigram"}
+WSD = {"optim.max_steps": 4000, "optim.warmup_steps": 100, "optim.decay_steps": 800}  # warmup-stable-decay, 20%
+# name -> (the lever it moves, overrides on COMMON). Order: the pairs run in this order, two at a time.
+CANDIDATES: dict[str, tuple[str, dict]] = {
+    "linear-1e-3": ("schedule: the paper's linear decay over the whole run",
+                    {"optim.peak_lr": 1e-3, "optim.max_steps": 4000, "optim.warmup_steps": 100}),
+    "wsd-1e-3": ("schedule: hold the peak, decay over the last 20%", {**WSD, "optim.peak_lr": 1e-3}),
+    "wsd-2e-3": ("peak LR 2e-3", {**WSD, "optim.peak_lr": 2e-3}),
+    "wsd-mask40": ("mask rate 40% (Wettig et al. 2023)", {**WSD, "optim.peak_lr": 1e-3, "data.mask_prob": 0.4}),
+    "wsd-pre-3e-3": ("pre-LN at peak LR 3e-3", {**WSD, "optim.peak_lr": 3e-3, "model.norm": "pre"}),
+    "wsd-bs8": ("batch 8 x 8000 steps (the same tokens)",
+                {**WSD, "optim.peak_lr": 1e-3, "optim.batch_size": 8, "optim.micro_batch_size": 8,
+                 "optim.max_steps": 8000, "optim.decay_steps": 1600, "train.val_every": 500}),
+    "wsd-zero-bias": ("output bias from zero (BERT) instead of log-unigram",
+                      {**WSD, "optim.peak_lr": 1e-3, "model.output_bias_init": "zero"}),
+    "wsd-sinusoidal": ("positions start as sinusoids", {**WSD, "optim.peak_lr": 1e-3,
+                                                         "model.position_init": "sinusoidal"}),
+    "wsd-L4": ("4 layers (L4 H128), 2400 steps for about the same CPU time",
+               {**WSD, "optim.peak_lr": 1e-3, "model.preset": "custom", "model.n_layers": 4, "model.hidden": 128,
+                "model.n_heads": 2, "optim.max_steps": 2400, "optim.decay_steps": 480}),
+    "wsd-mini": ("the mini encoder (L4 H256), 1200 steps for about the same CPU time",
+                 {**WSD, "optim.peak_lr": 1e-3, "model.preset": "mini", "optim.max_steps": 1200,
+                  "optim.decay_steps": 240, "train.val_every": 100}),
+    "wsd-seq64": ("64-token sequences, batch 32 (its yardstick has 64-token windows: not comparable)",
+                  {**WSD, "optim.peak_lr": 1e-3, "data.max_seq_len": 64, "optim.batch_size": 32,
+                   "optim.micro_batch_size": 32}),
+}
+
+
+class CpuClock(L.Callback):
+    """CPU-seconds of this process spent training (validation excluded), written with the step to cpu.csv after
+    every validation."""
+
+    def __init__(self, path: Path):
+        self.path, self.excluded, self.start, self.paused = path, 0.0, 0.0, 0.0
+        path.write_text("step,train_cpu_s\n")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.process_time()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.paused = time.process_time()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = time.process_time()
+        self.excluded += now - self.paused
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.global_step},{now - self.excluded - self.start:.2f}\n")
+
+
+def train_candidate(name: str) -> None:
+    """One candidate, in this process, on one thread (called in a child process by `run`)."""
+    import torch
+
+    from harness.config import load_config
+    from harness.pretrain import pretrain
+
+    torch.set_num_threads(1)
+    _, overrides = CANDIDATES[name]
+    values = {**COMMON, **overrides, "train.study": "frontier", "train.arm": name, "train.runs_dir": "runs"}
+    cfg = load_config(BASE, [f"{k}={v}" for k, v in values.items()])
+    run_dir = OUT / name / "seed_0"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pretrain(cfg, callbacks=(CpuClock(run_dir / "cpu.csv"),))
+
+
+def curve(name: str) -> list[dict]:
+    """[{step, tokens, cpu_min, ratio}] at each validation of a finished candidate."""
+    run_dir = OUT / name / "seed_0"
+    result = json.loads((run_dir / "result.json").read_text())
+    unigram = result["yardstick_unigram_ppl"]
+    cpu = {int(r["step"]): float(r["train_cpu_s"]) for r in csv.DictReader(open(run_dir / "cpu.csv"))}
+    tokens, points = {}, []
+    for row in csv.DictReader(open(run_dir / "metrics.csv")):
+        if row.get("train/tokens"):
+            tokens[int(row["step"])] = int(float(row["train/tokens"]))
+        if row.get("val/yardstick_ppl") and int(row["step"]) in cpu:
+            step = int(row["step"])
+            points.append({"step": step, "tokens": tokens.get(step, 0), "cpu_min": round(cpu[step] / 60, 2),
+                           "ratio": round(float(row["val/yardstick_ppl"]) / unigram, 4)})
+    return points
+
+
+def _at(points: list[dict], minutes: float) -> float | None:
+    """The ratio of the last validation within `minutes` CPU-minutes (None if the run ended before them)."""
+    if not points or points[-1]["cpu_min"] < minutes * 0.97:
+        return None
+    within = [p["ratio"] for p in points if p["cpu_min"] <= minutes * 1.03]
+    return min(within[-1:] or [None])
+
+
+def table(curves: dict[str, list[dict]]) -> str:
+    head = " | ".join(f"{m} min" for m in CHECKPOINTS_MIN)
+    lines = [f"| candidate | lever | {head} | end: ratio | steps | tokens | CPU-min | tokens/CPU-s |",
+             "|---|---|" + "---|" * len(CHECKPOINTS_MIN) + "---|---|---|---|---|"]
+    for name, points in curves.items():
+        end = points[-1]
+        at = " | ".join("" if (r := _at(points, m)) is None else f"{r:.3f}" for m in CHECKPOINTS_MIN)
+        speed = end["tokens"] / max(end["cpu_min"] * 60, 1e-9)
+        lines.append(f"| {name} | {CANDIDATES[name][0]} | {at} | **{end['ratio']:.3f}** | {end['step']} | "
+                     f"{end['tokens'] / 1e6:.1f}M | {end['cpu_min']:.1f} | {speed:,.0f} |")
+    return "\n".join(lines)
+
+
+def plot(curves: dict[str, list[dict]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for name, points in curves.items():
+        for ax, x in zip(axes, ("cpu_min", "tokens")):
+            ax.plot([p[x] / (1e6 if x == "tokens" else 1) for p in points], [p["ratio"] for p in points],
+                    marker=".", label=name)
+    for ax, label in zip(axes, ("training CPU-minutes (one thread)", "tokens seen (millions)")):
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.axhline(0.9, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("yardstick ppl / unigram ppl")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("The learning frontier of the demo designs (FULL-SENTENCES, tiny corpus of demo.yaml, seed 0)")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+
+
+def run() -> dict:
+    wanted = [n for n in os.environ.get("FRONTIER", "").split(",") if n] or list(CANDIDATES)
+    unknown = sorted(set(wanted) - set(CANDIDATES))
+    if unknown:
+        from harness.errors import UserError
+
+        raise UserError(f"FRONTIER: unknown candidates {unknown}; expected names from {list(CANDIDATES)}")
+    todo = [n for n in wanted if not (OUT / n / "seed_0" / "result.json").is_file()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    running: list[subprocess.Popen] = []
+    OUT.mkdir(parents=True, exist_ok=True)
+    try:
+        while todo or running:
+            while todo and len(running) < 2:
+                name = todo.pop(0)
+                log = open(OUT / f"{name}.log", "w")
+                print(f"frontier: training {name}", flush=True)
+                running.append(subprocess.Popen([sys.executable, "-m", "harness.benchmarks.frontier", name], env=env,
+                                                stdout=log, stderr=subprocess.STDOUT))
+            time.sleep(2)
+            for p in [p for p in running if p.poll() is not None]:
+                running.remove(p)
+                if p.returncode:
+                    print(f"frontier: {p.args[-1]} failed; see {OUT / (p.args[-1] + '.log')}", flush=True)
+    finally:
+        for p in running:  # stopped by its PID, never by name
+            p.terminate()
+            p.wait()
+    curves = {n: curve(n) for n in CANDIDATES if (OUT / n / "seed_0" / "result.json").is_file()}
+    text = table(curves)
+    (OUT / "frontier.md").write_text(text + "\n")
+    print(text)
+    plot(curves)
+    return {"curves": curves, "table": str(OUT / "frontier.md"), "plot": str(PLOT)}
+
+
+if __name__ == "__main__":
+    train_candidate(sys.argv[1])
