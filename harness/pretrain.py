@@ -384,6 +384,7 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
         "final_yardstick_loss": metrics.last_val.get("val/yardstick_loss"),
         "final_yardstick_ppl": metrics.last_val.get("val/yardstick_ppl"),
         "yardstick_unigram_ppl": data.yardstick_unigram_ppl,
+        "yardstick_bigram_ppl": data.yardstick_bigram_ppl,
         "steps_per_epoch": data.steps_per_epoch,
         "epochs": trainer.global_step / data.steps_per_epoch,
         "diverged_at_step": metrics.diverged_at,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import numpy as np
+import pytest
 import torch
 
 from harness.callbacks import StepMetrics
@@ -85,3 +86,12 @@ def test_a_run_logs_the_yardstick_and_records_it(tmp_path):
     assert result["epochs"] == result["steps"] / result["steps_per_epoch"]
     header = (run_dir_of(cfg) / "metrics.csv").read_text().splitlines()[0]
     assert "val/yardstick_ppl" in header
+
+
+def test_bigram_reference_by_hand():
+    """Text 1 2 1 2 1 3 (V = 4): c(1, 2) = 2 of c(1 as left) = 3; the add-one unigram gives P(2) = 3/10, P(3) = 2/10.
+    Target 2 after 1: 0.8 x 2/3 + 0.2 x 0.3; target 3 after 0, never seen on the left: the unigram's 0.2."""
+    tokens = np.array([1, 2, 1, 2, 1, 3], dtype=np.uint16)
+    counts = np.bincount(tokens, minlength=4)
+    ppl = yardstick.bigram_ppl(tokens, counts, prev=np.array([1, 0]), targets=np.array([2, 3]))
+    assert ppl == pytest.approx(1 / math.sqrt((0.8 * 2 / 3 + 0.2 * 0.3) * 0.2))

@@ -215,11 +215,17 @@ class PretrainDataModule(L.LightningDataModule):
         self.yardstick_set = MaskedLMDataset(valid, cached_examples(prepared, "valid", ycfg, yardstick.SEED)[0], ycfg,
                                              vocab, yardstick.SEED)
         n = min(self.valid_sequences, len(self.yardstick_set))
-        targets = np.concatenate([self.yardstick_set[(i, 0)]["labels"] for i in range(n)])
-        targets = targets[targets != IGNORE_INDEX]
+        items = [self.yardstick_set[(i, 0)] for i in range(n)]
+        labels = np.concatenate([np.asarray(item["labels"]) for item in items])
+        # each target's left neighbour in the text: the label where the yardstick masked it, else the input
+        text = np.concatenate([np.where(np.asarray(it["labels"]) != IGNORE_INDEX, it["labels"], it["input_ids"])
+                               for it in items])
+        picked = np.flatnonzero(labels != IGNORE_INDEX)  # never position 0 (<s>), so picked - 1 is in its sequence
+        targets = labels[picked]
         counts = cached_array(prepared.dir / "train.unigram_counts.npy", lambda: yardstick.unigram_counts(train.tokens,
                                                                                                           vocab))
         self.yardstick_unigram_ppl = yardstick.unigram_ppl(counts, targets)
+        self.yardstick_bigram_ppl = yardstick.bigram_ppl(train.tokens, counts, text[picked - 1], targets)
 
     def train_unigram_counts(self) -> np.ndarray:
         """(V,) token counts of the training text this arm uses: the whole split, or the documents of its data size
