@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SCALE ?= demo
 WORKERS ?= 1
 
-.PHONY: help setup test test-slow test-slurm lint data bench bench-prep gpu-check gpu-wheels ablation-nsp ablation-masking ablation-batch \
+.PHONY: help setup test test-slow test-slurm lint data bench bench-prep bench-frontier gpu-check gpu-wheels ablation-nsp ablation-masking ablation-batch \
 	ablation-data tables notebook clean
 
 help:  ## list targets
@@ -42,6 +42,9 @@ bench: $(STAMP)  ## benchmarks -> runs/bench/latest.json
 
 bench-prep: $(STAMP)  ## data preparation at 50 and 500 MB (1 and 2 workers) -> runs/bench/latest.json (~30 min)
 	$(PY) -m harness bench --sections prep
+
+bench-frontier: $(STAMP) data  ## the demo designs' learning curves, two at a time on one thread each -> docs/frontier.png (~1 h)
+	$(PY) -m harness bench --sections frontier
 
 # The device machine has no venv and no registry: `make gpu-check PY=python3` there uses its own torch, with the
 # wheels from `make gpu-wheels` and the data a CPU rehearsal left in .gpu/cache (docs/gpu.md has the exact call).

@@ -241,7 +241,8 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks; writes runs/bench/latest.json")
     bench.add_argument("--out", default="runs/bench/latest.json")
     bench.add_argument("--sections", default="data,pretrain", help="comma-separated: data,pretrain (make bench) "
-                       "or prep (make bench-prep: data preparation at 50 and 500 MB, minutes)")
+                       "or prep (make bench-prep: data preparation at 50 and 500 MB, minutes) or frontier (make "
+                       "bench-frontier: the demo designs' learning curves, an hour; FRONTIER=name,... picks some)")
     bench.set_defaults(func=_bench)
 
     gpu = sub.add_parser(
