@@ -240,8 +240,15 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        _check(self.train.stop_at_step <= self.optim.max_steps, "train.stop_at_step",
-               f"at most optim.max_steps={self.optim.max_steps} (0 = run to optim.max_steps)", self.train.stop_at_step)
+        """The rules that tie one section to another, checked wherever a Config is built (a run's load, every arm of
+        an experiment file at load), so that pretraining meets no combination it must refuse. Rules that need the
+        machine (GPUs visible, bf16 support) stay in harness.pretrain.preflight."""
+        d, m, o, t = self.data, self.model, self.optim, self.train
+        _check(t.stop_at_step <= o.max_steps, "train.stop_at_step",
+               f"at most optim.max_steps={o.max_steps} (0 = run to optim.max_steps)", t.stop_at_step)
+        _check(d.max_seq_len <= m.max_positions, "data.max_seq_len",
+               f"at most model.max_positions={m.max_positions} (the position table)", d.max_seq_len)
+        o.accumulation(t.devices)  # the batch splits evenly over micro-batches and devices
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -308,7 +315,10 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:  # as `data prepare` names a corpus file's bad byte
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save the "
+                        f"{what} as UTF-8") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
@@ -318,6 +328,9 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
 
 def with_overrides(raw: dict[str, dict[str, Any]], overrides: list[str] | tuple[str, ...] = ()) -> Config:
     sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    for section, values in raw.items():
+        if values is not None and not isinstance(values, dict):  # `data: [corpus, tiny]`: before dict() of it
+            raise UserError(f"{section}: expected a mapping of fields, got {values!r}")
     merged: dict[str, dict[str, Any]] = {k: dict(v or {}) for k, v in raw.items()}
     for item in overrides:
         key, sep, value = item.partition("=")

@@ -169,12 +169,9 @@ def system_info(cfg: Config, run_dir: Path, accelerator: str, precision: str) ->
 
 
 def preflight(cfg: Config) -> str:
-    """Checks that need more than one config section, before any work starts; returns the accelerator."""
-    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
-    if d.max_seq_len > m.max_positions:
-        raise UserError(f"data.max_seq_len: expected at most model.max_positions={m.max_positions} (the position "
-                        f"table), got {d.max_seq_len}")
-    o.accumulation(t.devices)  # checks that the batch splits evenly over micro-batches and devices
+    """Checks that need the machine, before any work starts; returns the accelerator. The rules between config
+    sections are Config's own (harness.config.Config.__post_init__), checked when a config is built."""
+    t = cfg.train
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     if accelerator == "gpu" and t.devices > torch.cuda.device_count():
         raise UserError(f"train.devices: expected at most the {torch.cuda.device_count()} visible GPUs, "

@@ -256,7 +256,8 @@ def test_export_from_run_folder(tmp_path):
     args = argparse.Namespace(run_dir=str(run), out=str(tmp_path / "hf"))
     with pytest.raises(UserError, match="config.yaml"):
         export_hf_from_cli(args)
-    cfg = Config(data=DataConfig(input_format="segment_pair_nsp"), model=ModelConfig(preset="tiny", max_positions=64))
+    cfg = Config(data=DataConfig(input_format="segment_pair_nsp", max_seq_len=64),
+                 model=ModelConfig(preset="tiny", max_positions=64))
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     with pytest.raises(UserError, match="last.ckpt"):
         export_hf_from_cli(args)
