@@ -193,7 +193,7 @@ def test_study_json_carries_the_plan_and_stated_epochs_are_checked_against_it(tm
 def test_tuning_trial_runs_its_arms_schedule_and_stops_at_the_token_budget(tmp_path):
     overrides = {"optim.max_steps": 20, "optim.warmup_steps": 5, "train.log_every": 1, "train.val_every": 20}
     path = write_experiment(tmp_path / "budget.yaml", {"data.input_format": ["full_sentences"]}, overrides,
-                            tune={"trials": 2, "tokens": 3000})
+                            tune={"trials": 2, "tokens": 3000}, single_arm=True)
     folder = run_grid(str(path), "smoke", str(tmp_path / "runs"))
     stop = json.loads((folder / "study.json").read_text())["plan"]["full_sentences"]["trial_steps"]
     assert 5 < stop < 20  # past the warmup, short of the arm's 20 steps
@@ -359,7 +359,7 @@ def test_grid_data_dir_reaches_every_cells_finetuning(tmp_path, capsys):
         rows = [f"{'a great film' if k % 2 else 'an awful film'} number {k}\t{k % 2}" for k in range(n)]
         (data / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
     path = write_experiment(tmp_path / "files.yaml", {"data.masking": ["dynamic"]}, {"optim.max_steps": 10},
-                            finetune={"tasks": ["sst2"], "protocol": "smoke"})
+                            finetune={"tasks": ["sst2"], "protocol": "smoke"}, single_arm=True)
     runs = tmp_path / "runs"
     for bad, message in [(tmp_path / "nope", "not a folder"), (data / "SST-2", "missing")]:
         code = main(["grid", "run", str(path), "--scale", "smoke", "--runs-dir", str(runs), "--data-dir", str(bad)])

@@ -164,6 +164,7 @@ def test_sigterm_stops_a_ddp_cells_ranks_within_30_s(tmp_path):
                                                     "optim.micro_batch_size": 4})
     doc = yaml.safe_load(path.read_text())
     doc["scientific"] = {"data.input_format": ["full_sentences"]}
+    doc["single_arm"] = True  # one cell: a one-arm grid has to say so
     path.write_text(yaml.safe_dump(doc))
     folder = tmp_path / "runs" / "ddp-smoke"
     proc = grid_run(path, tmp_path / "runs", start_new_session=True)

@@ -206,7 +206,7 @@ def test_wait_exits_1_naming_the_failed_cell_and_the_array_logs(tmp_path, slurm_
     (glue / "SST-2" / "train.tsv").write_text("sentence\tlabel\na good film\t1\na bad film\t7\n")
     (glue / "SST-2" / "dev.tsv").write_text("sentence\tlabel\na good film\t1\n")
     path = experiment(tmp_path / "fails.yaml", {"data.input_format": ["full_sentences"]}, {"optim.max_steps": 5},
-                      finetune={"tasks": ["sst2"], "protocol": "smoke"})
+                      finetune={"tasks": ["sst2"], "protocol": "smoke"}, single_arm=True)
     code, out, err = finish(on_slurm(path, tmp_path / "runs", 1, "", "--data-dir", str(glue)))
     folder = tmp_path / "runs" / "fails-smoke"
     assert code == 1 and "error: 1 cell(s) failed" in err, (code, err[-3000:])
@@ -231,7 +231,7 @@ def preempted(tmp_path_factory, slurm_conf) -> dict:
 
 
 def _preempt_both(tmp: Path) -> dict:
-    path = experiment(tmp / "long.yaml", {"data.input_format": ["full_sentences"]}, LONG)
+    path = experiment(tmp / "long.yaml", {"data.input_format": ["full_sentences"]}, LONG, single_arm=True)
     reference = grid_run(path, tmp / "uninterrupted")
     procs = {name: on_slurm(path, tmp / name, workers=1) for name in SIGNALS}
     folder = {name: tmp / name / "long-smoke" for name in SIGNALS}
@@ -376,7 +376,7 @@ def test_ddp_cell_in_an_array_task_trains_exactly_like_the_local_two_process_run
     its loss curve equals the same cell's under the local backend, step for step."""
     overrides = {"train.devices": 2, "optim.batch_size": 16, "optim.micro_batch_size": 8, "optim.max_steps": 6,
                  "train.log_every": 1, "train.val_every": 1000, "train.precision": "32", "model.dropout": 0.0}
-    path = experiment(tmp_path / "ddp.yaml", {"data.input_format": ["full_sentences"]}, overrides)
+    path = experiment(tmp_path / "ddp.yaml", {"data.input_format": ["full_sentences"]}, overrides, single_arm=True)
     local = grid_run(path, tmp_path / "local")
     slurm = on_slurm(path, tmp_path / "slurm", 1, "cpus_per_task=2")
     for name, proc in (("local", local), ("slurm", slurm)):

@@ -155,10 +155,10 @@ def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = Fal
                     _build(final, name, sources, units, backend, shard_bytes, verbose)
                 except FetchError as e:  # offline, or a registry serving other bytes: one line, not a traceback
                     raise UserError(f"{spec}: a source could not be fetched ({e})") from None
-        if json.loads((final / "stats.json").read_text())["documents"] == 0:
-            raise UserError(f"{spec}: no documents after normalisation (expected non-blank text)")
     elif verbose:
         _log(f"corpus {name}: cached at {final}")
+    if json.loads((final / "stats.json").read_text())["documents"] == 0:  # built now or cached by an earlier run
+        raise UserError(f"{spec}: no documents after normalisation (expected non-blank text)")
     corpus = _load(final, key)
     if verbose:
         _summarise(corpus)

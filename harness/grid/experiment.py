@@ -19,7 +19,8 @@ from typing import Any
 from harness.config import Config, load_config, read_yaml
 from harness.errors import UserError
 
-TOP_KEYS = {"study", "table", "description", "base", "scientific", "linked", "nuisance", "fixed", "finetune", "scales"}
+TOP_KEYS = {"study", "table", "description", "base", "scientific", "linked", "nuisance", "fixed", "finetune", "scales",
+            "single_arm"}
 SCALE_KEYS = {"base", "overrides", "seeds", "scientific", "linked", "tune", "finetune", "why", "epochs"}
 TUNE_KEYS = {"trials", "tokens"}
 RANGE_KEYS = {"low", "high", "log"}
@@ -165,17 +166,26 @@ def _arm_name(values: dict[str, Any]) -> str:
     return "-".join(f"{k.split('.')[-1]}={v}" for k, v in values.items())
 
 
-def _arms(scientific: dict, linked: dict, where: str) -> list[Arm]:
+def _arms(scientific: dict, linked: dict, where: str, single_arm: bool = False) -> list[Arm]:
+    """The arms, one per combination of the scientific factors' values (times the linked tuples). A factor of one
+    value compares nothing, and a one-arm "comparison" would run and record cells all the same: refused, unless the
+    file says `single_arm: true` (a grid of one cell per seed, as the runner's own tests use)."""
     arms: list[dict] = [{}]
     for key, values in scientific.items():
         if not isinstance(values, list) or not values:
             raise UserError(f"{where}scientific.{key}: expected a non-empty list of values, got {values!r}")
+        if len(values) < 2 and not single_arm:
+            raise UserError(f"{where}scientific.{key}: a comparison needs at least two arms, got one value {values!r} "
+                            f"(a setting that is not compared goes under fixed)")
         arms = [{**a, key: v} for a in arms for v in values]
     if linked:
         lengths = {key: len(v) if isinstance(v, list) else -1 for key, v in linked.items()}
         if min(lengths.values()) < 1 or len(set(lengths.values())) != 1:
             raise UserError(f"{where}linked: expected lists of one equal length, got lengths {lengths}")
         n = next(iter(lengths.values()))
+        if n < 2 and not single_arm:
+            raise UserError(f"{where}linked: a comparison needs at least two arms, got lists of one value "
+                            f"(a setting that is not compared goes under fixed)")
         arms = [{**a, **{k: linked[k][i] for k in linked}} for a in arms for i in range(n)]
     if arms == [{}]:
         raise UserError(f"{where}scientific: expected at least one compared factor")
@@ -226,8 +236,10 @@ def load_experiment(path: str | Path, scale: str) -> Experiment:
     _check(isinstance(seeds, list) and seeds and all(_is_int(x) for x in seeds) and len(set(seeds)) == len(seeds),
            f"{where}seeds", "a non-empty list of distinct integers", seeds)
     base = Path(s.get("base", raw["base"]))
+    single_arm = raw.get("single_arm", False)
+    _check(isinstance(single_arm, bool), f"{path}: single_arm", "true or false", single_arm)
     arms = _arms(_mapping(s.get("scientific", raw.get("scientific")), f"{where}scientific"),
-                 _mapping(s.get("linked", raw.get("linked")), f"{where}linked"), f"{path}: ")
+                 _mapping(s.get("linked", raw.get("linked")), f"{where}linked"), f"{path}: ", single_arm)
     exp = Experiment(
         path=path, study=study, table=table, scale=scale, base=base, arms=tuple(arms),
         nuisance=nuisance,
