@@ -71,13 +71,21 @@ def _grid_run(args: argparse.Namespace) -> None:
     from harness.grid.store import check_store
 
     _check_workers(args.workers)
+    if args.devices_per_worker < 1:
+        raise UserError(f"--devices-per-worker: expected an integer >= 1, got {args.devices_per_worker}")
+    restart = []
+    for arm, seed in args.restart_cell or ():
+        try:
+            restart.append((arm, int(seed)))
+        except ValueError:
+            raise UserError(f"--restart-cell {arm} {seed}: expected an arm name and an integer seed") from None
     if args.store is not None:
         check_store(args.store)  # before anything is recorded
     try:
         with stop_on_signals():  # SIGTERM/SIGINT stop every process it started (harness.grid.stopping)
             run_grid(args.experiment, args.scale, args.runs_dir, args.backend, args.workers, args.devices_per_worker,
                      args.optuna_storage, load_slurm_options(args.slurm), data_dir=args.data_dir, wandb=args.wandb,
-                     wait=args.wait, store=args.store)
+                     wait=args.wait, store=args.store, restart=tuple(restart))
     except CellsFailed as e:  # it ran, but not every cell has a result: exit 1, apart from bad input's 2
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -212,6 +220,10 @@ def parser() -> argparse.ArgumentParser:
                      help="--backend slurm: wait for the job array to finish, print the status table and exit 1 "
                      "naming failed cells, as the local backends (which always wait) do; without it, return once "
                      "the array is submitted")
+    run.add_argument("--restart-cell", nargs=2, action="append", metavar=("ARM", "SEED"),
+                     help="run this cell again from scratch (repeatable): one whose checkpoint cannot be read, or a "
+                     "finished one whose folder is gone; its folder, if any, is kept aside under "
+                     "<study>/restarted/")
     run.set_defaults(func=_grid_run)
     worker = grid_sub.add_parser("worker", help="one worker loop on a study folder (started by `grid run`)")
     worker.add_argument("folder")

@@ -44,13 +44,17 @@ def loss_denominators(batch: dict, accumulate: int, world_size: int) -> tuple[fl
 
 def newest_checkpoint(folder: Path) -> Path | None:
     """The checkpoint with the most steps: a kill between writing step_N.ckpt and last.ckpt leaves last.ckpt older.
-    A file that cannot be read (killed mid-write) is passed over."""
+    Lightning writes a checkpoint under a temporary name and renames it, so a kill cannot tear one: a file that cannot
+    be read was damaged afterwards (a full disk, a copy cut short) and stops the run naming it, rather than the run
+    starting over from step 0 and overwriting its metrics without a word."""
     best, best_step = None, -1
-    for path in folder.glob("*.ckpt"):
+    for path in sorted(folder.glob("*.ckpt")):
         try:
             step = int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
-        except Exception:  # noqa: BLE001 - a torn file is simply not a candidate
-            continue
+        except Exception as e:  # noqa: BLE001 - whatever torch raises, the advice is the same
+            raise UserError(f"{path}: cannot read this checkpoint ({type(e).__name__}); the run stops rather than "
+                            f"start over: `grid run EXPERIMENT --restart-cell ARM SEED` restarts a grid cell from "
+                            f"scratch keeping its folder aside, or move this run folder aside yourself") from None
         if step > best_step:
             best, best_step = path, step
     return best

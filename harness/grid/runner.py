@@ -40,11 +40,19 @@ def study_dir(exp: Experiment, runs_dir: str) -> Path:
     return Path(runs_dir) / exp.folder
 
 
-def open_store(folder: Path) -> CellStore:
+def open_store(folder: Path, read_only: bool = False) -> CellStore:
     """The study's cell store as study.json names it ("store": a PostgreSQL URL, `grid run --store`; absent: SQLite
-    in the folder, the embedded default), so `grid status`, every worker and `grid run` open the one it chose."""
-    url = (read_json(folder / "study.json") or {}).get("store")
-    return CellStore(url, schema=folder.name) if url else CellStore(folder / "grid.sqlite")
+    in the folder, the embedded default), so `grid status`, every worker and `grid run` open the one it chose.
+    read_only (`grid status`, `--restart-cell`'s checks): a study.json that is there must be readable, and a SQLite
+    store must exist; nothing is created."""
+    info = read_json(folder / "study.json")
+    if read_only and info is None and (folder / "study.json").exists():
+        raise UserError(f"{folder / 'study.json'}: not valid JSON (a study folder `grid run` did not finish "
+                        f"writing?); run `grid run` on its experiment again")
+    url = (info or {}).get("store")
+    if url:
+        return CellStore(url, schema=folder.name)
+    return CellStore(folder / "grid.sqlite", read_only=read_only)
 
 
 def _cell(exp: Experiment, arm: Arm, seed: int, kind: str, cfg: Config, trial_slot: int | None = None) -> dict:
@@ -290,10 +298,10 @@ def prepare_study(exp: Experiment, runs_dir: str, optuna_storage: str | None, da
     folder = study_dir(exp, runs_dir)
     folder.mkdir(parents=True, exist_ok=True)
     storage = optuna_storage or f"sqlite:///{(folder / 'optuna.sqlite').resolve()}"
-    shutil.copyfile(exp.path, folder / "experiment.yaml")
     store_url = _study_store(folder, store_url)
     store = CellStore(store_url, schema=folder.name) if store_url else CellStore(folder / "grid.sqlite")  # reachable?
     _check_store_holds_this_study(store, folder)
+    shutil.copyfile(exp.path, folder / "experiment.yaml")  # once the store is known good
     info = {**exp.study_json(), "plan": plan, "optuna_storage": storage, "data_dir": data_dir,
             "store": store_url}  # workers read it
     write_json(folder / "study.json", info)
@@ -468,19 +476,72 @@ class SubmititWorker:
         return submitit.helpers.DelayedSubmission(SubmititWorker(), folder)
 
 
+def cell_dir(folder: Path, row: dict) -> Path:
+    """A cell's folder under the study folder as given now (the store records it as `grid run` was given it, which
+    may be relative to another working directory)."""
+    recorded = Path(row["run_dir"])
+    parts = recorded.parts
+    if folder.name in parts:
+        return folder.joinpath(*parts[len(parts) - parts[::-1].index(folder.name):])
+    return recorded
+
+
+def _state_note(folder: Path, row: dict) -> str:
+    """What the folder says against the store: a finished cell whose folder or result.json is gone or unreadable."""
+    if row["status"] not in ("finished", "diverged"):
+        return ""
+    run_dir = cell_dir(folder, row)
+    if not run_dir.is_dir():
+        return f"{row['status']}, but its folder is missing: `grid run --restart-cell {row['arm']} {row['seed']}`"
+    result = run_dir / "result.json"
+    if not result.is_file():
+        return f"{row['status']}, but result.json is missing"
+    if not isinstance(read_json(result), dict):
+        return f"{row['status']}, but result.json is unreadable"
+    return ""
+
+
 def status_table(folder: Path) -> str:
+    """Every cell's status, and where a finished cell's folder disagrees with the store; reads, never writes."""
     if not (folder / "study.json").is_file() and not (folder / "grid.sqlite").is_file():
         raise UserError(f"{folder}: no study.json or grid.sqlite here; expected a study folder made by `grid run`")
-    store = open_store(folder)
+    store = open_store(folder, read_only=True)
     rows = store.rows()
     lines = [f"{'kind':5} {'arm':32} {'seed':>4} {'status':9} {'tries':>5} {'minutes':>7}  error"]
     for r in rows:
         minutes = f"{r['seconds'] / 60:.1f}" if r["seconds"] else ""
+        note = _state_note(folder, r) if r["kind"] == "run" else ""
         lines.append(f"{r['kind']:5} {r['arm']:32} {r['seed']:>4} {r['status']:9} {r['attempts']:>5} {minutes:>7}  "
-                     f"{(r['error'] or '')[:80]}")
+                     f"{note or (r['error'] or '')[:160]}")
     c = store.counts()
     lines.append(", ".join(f"{k} {v}" for k, v in c.items() if v))
     return "\n".join(lines)
+
+
+def restart_cell(folder: Path, arm: str, seed: int) -> Path | None:
+    """`grid run --restart-cell ARM SEED`: the cell goes back to pending, to run from scratch (an unreadable
+    checkpoint, a finished cell whose folder is gone). Its folder, if any, is kept aside under
+    <study>/restarted/<arm>/seed_<k>-<time>/, where the analysis does not look; returns that path."""
+    store = open_store(folder)
+    cells = [r for r in store.rows() if r["kind"] == "run"]
+    row = next((r for r in cells if r["arm"] == arm and r["seed"] == seed), None)
+    if row is None:
+        arms = sorted({r["arm"] for r in cells})
+        seeds = sorted({r["seed"] for r in cells})
+        raise UserError(f"--restart-cell {arm} {seed}: no cell of this study; its arms: {', '.join(arms) or 'none'}; "
+                        f"seeds: {', '.join(map(str, seeds)) or 'none'}")
+    if row["status"] == "running" and (row["lease_until"] or 0) > time.time():
+        raise UserError(f"--restart-cell {arm} {seed}: the cell is running now (worker {row['worker']}); stop that "
+                        f"`grid run` first")
+    run_dir, kept = cell_dir(folder, row), None
+    if run_dir.exists():
+        kept = folder / "restarted" / arm / f"{run_dir.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(run_dir, kept)
+    store.restart(row["cell_id"])
+    print(f"[grid {folder.name}] {arm} seed {seed}: was {row['status']}, now pending, to run from scratch"
+          + (f"; its folder is kept at {kept}" if kept else ""), flush=True)
+    return kept
 
 
 def check_data_dir(exp: Experiment, data_dir: str | None) -> str | None:
@@ -510,18 +571,27 @@ def check_data_dir(exp: Experiment, data_dir: str | None) -> str | None:
 def run_grid(path: str, scale: str, runs_dir: str = "runs", backend: str = "local", workers: int = 1,
              devices_per_worker: int = 1, optuna_storage: str | None = None, slurm: dict | None = None,
              data_dir: str | None = None, wandb: str | None = None, wait: bool = False,
-             store: str | None = None) -> Path:
+             store: str | None = None, restart: tuple[tuple[str, int], ...] = ()) -> Path:
     """store: the cell store's URL (`--store`; None: SQLite in the study folder, or the store the study started
     with). wandb: every cell's train.wandb (offline | online | disabled); None keeps the configs' own. wait: with the
     slurm backend, wait for the array and end as the local backends do (CellsFailed naming failed cells); without
-    it, return once the array is submitted."""
+    it, return once the array is submitted. restart: (arm, seed) cells to run again from scratch (restart_cell)."""
+    check_runs_dir(runs_dir)
     exp = load_experiment(path, scale)  # fails before anything is recorded
+    for arm, seed in restart:
+        if arm not in {a.name for a in exp.arms} or seed not in exp.seeds:
+            raise UserError(f"--restart-cell {arm} {seed}: no such cell at this scale; its arms: "
+                            f"{', '.join(a.name for a in exp.arms)}; seeds: {', '.join(map(str, exp.seeds))}")
+    if (study_dir(exp, runs_dir) / "grid.sqlite").is_file():  # a store that cannot be read: before the plan
+        CellStore(study_dir(exp, runs_dir) / "grid.sqlite", read_only=True)
     if wandb is not None:
         exp = exp.with_run_overrides({"train.wandb": wandb})
     data_dir = check_data_dir(exp, data_dir)
     if backend == "slurm":  # a --slurm parameter submitit refuses, or a machine without SLURM: before any record
         check_slurm(workers, slurm or {})
     folder = prepare_study(exp, runs_dir, optuna_storage, data_dir, store)
+    for arm, seed in restart:
+        restart_cell(folder, arm, seed)
     if backend == "local":
         logs = launch_local(folder, workers, devices_per_worker)
     else:
@@ -542,6 +612,15 @@ def run_grid(path: str, scale: str, runs_dir: str = "runs", backend: str = "loca
                  else f"an earlier `grid run`: its terminal, or {folder / 'logs'}/ with --workers > 1")
         raise_if_failed(folder, logs, other)
     return folder
+
+
+def check_runs_dir(runs_dir: str) -> None:
+    """--runs-dir: a folder, or a path whose nearest existing part is one (it is created)."""
+    for path in (Path(runs_dir), *Path(runs_dir).parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UserError(f"--runs-dir {runs_dir}: not a folder ({path} is a file)")
+            return
 
 
 class CellsFailed(Exception):

@@ -149,16 +149,29 @@ class _Postgres:
 
 
 class CellStore:
-    def __init__(self, where: Path | str, schema: str | None = None):
+    def __init__(self, where: Path | str, schema: str | None = None, read_only: bool = False):
         """where: a SQLite file (a path, or sqlite:///PATH) or a PostgreSQL URL; schema: PostgreSQL's namespace for
-        this study (its folder name), unused by SQLite, whose file is the study's own."""
+        this study (its folder name), unused by SQLite, whose file is the study's own. read_only (SQLite): a file
+        that must exist, opened so that nothing is written to it or beside it (`grid status`)."""
         self.path, self.schema = where, schema  # what it was opened from: `reopen` opens it again
         if is_postgres(where):
             self.db = _Postgres(str(where), schema or "harness_grid")
-        else:
-            self.db = sqlite3.connect(str(where).removeprefix("sqlite:///"), timeout=120, isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            self.db.executescript(SCHEMA)
+            return
+        file = Path(str(where).removeprefix("sqlite:///"))
+        if read_only and not file.is_file():
+            raise UserError(f"{file}: no such cell store; expected a study folder made by `grid run`")
+        try:
+            if read_only:
+                self.db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=120,
+                                          isolation_level=None)
+                self.db.execute("SELECT COUNT(*) FROM cells").fetchone()
+            else:
+                self.db = sqlite3.connect(file, timeout=120, isolation_level=None)
+                self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:  # not a database, another program's, or cut short
+            raise UserError(f"{file}: not a readable SQLite database of grid cells ({e}); move it aside to start the "
+                            f"study's store afresh, or give another --runs-dir") from None
+        self.db.row_factory = sqlite3.Row
 
     def reopen(self) -> CellStore:
         """The same store on a new connection (a connection is not shared between threads)."""
@@ -239,6 +252,13 @@ class CellStore:
                 "WHERE cell_id = ? AND worker = ?",
                 (status, error, now, now - (row["started"] or now), cell_id, worker),
             )
+
+    def restart(self, cell_id: str) -> None:
+        """Back to pending as if never run (`grid run --restart-cell`): no attempts, no error, no times."""
+        with self.transaction() as db:
+            db.execute("UPDATE cells SET status = 'pending', attempts = 0, worker = NULL, lease_until = NULL, "
+                       "started = NULL, finished = NULL, seconds = NULL, error = NULL, trial = NULL "
+                       "WHERE cell_id = ?", (cell_id,))
 
     def rows(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM cells ORDER BY ord")]
