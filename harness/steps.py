@@ -52,9 +52,9 @@ def newest_checkpoint(folder: Path) -> Path | None:
         try:
             step = int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
         except Exception as e:  # noqa: BLE001 - whatever torch raises, the advice is the same
-            raise UserError(f"{path}: cannot read this checkpoint ({type(e).__name__}); the run stops rather than "
-                            f"start over: `grid run EXPERIMENT --restart-cell ARM SEED` restarts a grid cell from "
-                            f"scratch keeping its folder aside, or move this run folder aside yourself") from None
+            raise UserError(f"{path}: cannot read this checkpoint ({type(e).__name__}); not restarted from step 0: "
+                            f"`grid run --restart-cell ARM SEED` (a grid cell) or moving the run folder aside starts "
+                            f"it afresh") from None
         if step > best_step:
             best, best_step = path, step
     return best

@@ -512,7 +512,7 @@ def status_table(folder: Path) -> str:
         minutes = f"{r['seconds'] / 60:.1f}" if r["seconds"] else ""
         note = _state_note(folder, r) if r["kind"] == "run" else ""
         lines.append(f"{r['kind']:5} {r['arm']:32} {r['seed']:>4} {r['status']:9} {r['attempts']:>5} {minutes:>7}  "
-                     f"{note or (r['error'] or '')[:160]}")
+                     f"{note or (r['error'] or '').strip().split(chr(10))[0][:300]}")
     c = store.counts()
     lines.append(", ".join(f"{k} {v}" for k, v in c.items() if v))
     return "\n".join(lines)
