@@ -274,6 +274,24 @@ def test_classification_and_correlation_metrics():
 # ---- features ----------------------------------------------------------------------------------------------------
 
 
+def test_majority_class_score_is_a_constant_prediction_scored_by_the_tasks_metric():
+    from harness.finetune.readers import ChoiceExample, TextExample
+    from harness.finetune.runner import majority_score
+
+    def text(*labels):
+        return [TextExample("a", None, y) for y in labels]
+
+    # train's most frequent label is 1; dev holds three 1s of four: accuracy 75.0
+    assert majority_score(get_task("sst2"), text(0, 1, 1), text(1, 0, 1, 1)) == 75.0
+    assert majority_score(get_task("mnli"), text(2, 2, 0, 1), text(2, 1, 0, 0, 2)) == 40.0  # 2 of 5 are class 2
+    assert majority_score(get_task("cola"), text(0, 1, 1), text(1, 0, 1, 1)) == 0.0  # MCC of a constant is 0
+    assert majority_score(get_task("stsb"), text(1.0, 3.0), text(0.5, 4.0, 2.0)) == 0.0  # Pearson of a constant
+    race = [ChoiceExample("c", "q", ("a", "b", "c", "d"), y) for y in (2, 2, 0)]
+    dev = [ChoiceExample("c", "q", ("a", "b", "c", "d"), y) for y in (2, 1, 2, 3)]
+    assert majority_score(get_task("race"), race, dev) == 50.0  # answer position 2, right on 2 of 4
+    assert majority_score(get_task("squad1"), [], []) is None
+
+
 def test_pair_layouts(run_dir):
     tok = load_tokenizer(run_dir / "tokenizer.json")
     ex = [readers.TextExample("the cat sat " * 30, "on the mat", 1)]

@@ -3,8 +3,9 @@
   <run>/finetune/<task>/seed_<j>.json   one fine-tuning seed: every (lr, batch) configuration's best dev epoch
                                         and metrics, the seed's best configuration, data source, wall time
   <run>/finetune/<task>/summary.json    the configuration with the best median over seeds, its per-seed values,
-                                        median / min / max, data source, protocol; "n/a offline" when the task
-                                        has no data offline
+                                        median / min / max, data source, protocol, the majority-class score (what
+                                        a constant prediction scores); "n/a offline" when the task has no data
+                                        offline
 With `init="random"` the same encoder is fine-tuned from a random init, into <run>/finetune-random-init/<task>/.
 Each file is written atomically when complete; a seed already on disk under the same settings is not re-run.
 """
@@ -75,6 +76,24 @@ class Prepared:
     dev: list[dict]
     score: Any  # dev outputs -> metrics
     n_examples: tuple[int, int]  # (train, dev) examples used, after the protocol's caps
+    majority: float | None  # the task's metric for a constant prediction (majority_score)
+
+
+def majority_score(task: Task, train: list, dev: list) -> float | None:
+    """The task's metric on `dev` for one constant prediction: the training examples' most frequent label (the first
+    of a tie; for multiple choice, the most frequent answer position; for regression, their mean label). An encoder
+    whose fine-tuning only found the label prior scores this; the analysis checks random-init baselines against it.
+    None for QA, which has no single constant answer."""
+    if task.kind == "qa":
+        return None
+    gold = np.array([e.label for e in dev])
+    if task.kind == "regression":
+        constant = np.full(len(dev), float(np.mean([e.label for e in train])))
+        return metrics.regression_metrics(constant, gold)[task.metric]
+    n_out = task.n_outputs if task.kind == "classification" else max(len(e.options) for e in [*train, *dev])
+    logits = np.zeros((len(dev), n_out))
+    logits[:, int(np.bincount([e.label for e in train], minlength=n_out).argmax())] = 1.0
+    return metrics.classification_metrics(logits, gold)[task.metric]
 
 
 def prepare(task: Task, data: TaskData, run: PretrainedRun, protocol: Protocol) -> Prepared:
@@ -96,7 +115,7 @@ def prepare(task: Task, data: TaskData, run: PretrainedRun, protocol: Protocol) 
         train_f, dev_f = make(tok, train, max_len, nsp), make(tok, dev, max_len, nsp)
         gold = np.array([e.label for e in dev])
         score = partial(_score_regression if task.kind == "regression" else _score_classes, gold)
-    return Prepared(train_f, dev_f, score, (len(train), len(dev)))
+    return Prepared(train_f, dev_f, score, (len(train), len(dev)), majority_score(task, train, dev))
 
 
 def _score_classes(gold: np.ndarray, outputs: list[Tensor]) -> dict[str, float]:
@@ -211,7 +230,7 @@ def finetune(run_dir: Path, task: str, data_dir: Path | str | None = None, proto
     settings = json.loads(json.dumps({**common, "protocol_settings": proto.to_dict(), "weights": weights}))
     prepared = prepare(spec, data, run, proto)
     common |= {"n_train": len(data.train), "n_dev": len(data.dev), "n_train_used": prepared.n_examples[0],
-               "n_dev_used": prepared.n_examples[1]}
+               "n_dev_used": prepared.n_examples[1], "majority_score": prepared.majority}
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-fit banner lines
     grid = proto.grid()
     steps = {bs: math.ceil(len(prepared.train) / bs) * proto.epochs for _, bs in grid}  # optimizer steps per fit
