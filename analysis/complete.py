@@ -5,6 +5,7 @@ would read as a result."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from analysis.load import RESULT_STATUSES, Study, StudyError
@@ -34,6 +35,20 @@ def _foreign_result(run: dict) -> list[str]:
     return out
 
 
+def _missing_random_init(study: Study, runs) -> list[str]:
+    """A baseline arm's random-init summary that some of its runs have and another lacks: that seed would leave the
+    random-init check unseen (the grid fine-tunes the baseline from random weights whatever its pretraining did)."""
+    out = []
+    for arm in dict.fromkeys((study.meta.get("random_init_baseline") or {}).values()):
+        arm_runs = runs[(runs["arm"] == arm) & runs["status"].isin(RESULT_STATUSES)].to_dict("records")
+        for task in study.tasks:
+            paths = [Path(r["run_dir"]) / "finetune-random-init" / task / "summary.json" for r in arm_runs]
+            if any(p.is_file() for p in paths):
+                out += [f"{p}: missing (random-init baseline, task {task!r}, arm {arm!r})" for p in paths
+                        if not p.is_file()]
+    return out
+
+
 def check_complete(study: Study) -> None:
     runs = study.runs[study.runs["expected"]]
     problems = []
@@ -58,6 +73,7 @@ def check_complete(study: Study) -> None:
         if row["status"] == "finished":  # a diverged run may have no fine-tuning
             problems.append(f"{row['summary_path']}: missing (task {row['task']!r} of arm {row['arm']!r}, "
                             f"seed {row['seed']})")
+    problems += _missing_random_init(study, runs)
     if problems:
         n_runs = len(study.arms) * len(study.seeds)
         raise IncompleteStudyError(

@@ -35,6 +35,12 @@ RESULT_STATUSES = ("finished", "diverged")  # a result.json with either is a com
 PRETRAIN_SOURCE = "held-out pretraining split"
 OWN_PPL = "own_ppl"  # perplexity on the held-out split in the arm's own input format (PPL is the yardstick's)
 NA_OFFLINE = "n/a offline"
+# What the yardstick depends on (harness.data.yardstick.DEPENDS_ON's list, kept equal by a test; analysis never imports
+# harness): text, tokenizer and split, window length and mask rate. Arms that differ in one were scored on different
+# yardsticks, and their perplexities do not compare.
+YARDSTICK_KEYS = ("data.corpus", "data.tokenizer", "data.vocab_size", "data.lowercase", "data.tokenizer_path",
+                  "data.valid_fraction", "data.max_seq_len", "data.mask_prob")
+UNIGRAM = "yardstick_unigram_ppl"  # result.json's no-context reference: one value per study
 # metrics.csv column -> curve column; any may be missing (older runs, train-only or val-only rows)
 CURVE_COLUMNS = {"train/loss": "train_loss", "train/mlm_ppl": "train_ppl", "train/lr": "lr",
                  "train/tokens": "tokens", "train/tokens_per_s": "tokens_per_s", "train/mfu": "mfu",
@@ -150,7 +156,28 @@ def load_study(study_dir: str | Path) -> Study:
     rows = [_run_row(study_dir, meta, arm_meta.get(arm, {}), arm, seed, by_cell.get((arm, seed)),
                      expected=(arm, seed) not in extra)
             for arm, seed in [*expected, *extra]]
-    return Study(study_dir, meta, pd.DataFrame(rows), problems)
+    study = Study(study_dir, meta, pd.DataFrame(rows), problems)
+    check_one_yardstick(study)
+    return study
+
+
+def check_one_yardstick(study: Study) -> None:
+    """Refuse (StudyError, one line) a study whose arms were scored on different yardsticks: a setting in
+    YARDSTICK_KEYS that differs between arms, or a unigram reference that does (it is one value per study)."""
+    runs = study.runs[study.runs["expected"]].to_dict("records")
+    values: dict[str, dict[Any, list[str]]] = {}  # key -> value -> the arms that have it
+    for run in runs:
+        for key in YARDSTICK_KEYS:
+            if key in run["config"]:
+                values.setdefault(key, {}).setdefault(json.dumps(run["config"][key]), []).append(run["arm"])
+        u = _float(run["result"].get(UNIGRAM))
+        if math.isfinite(u):  # nearest 1e-6 relative: the same counts and positions give the same float
+            values.setdefault(UNIGRAM, {}).setdefault(f"{u:.6e}", []).append(run["arm"])
+    for key, by_value in values.items():
+        if len(by_value) > 1:
+            seen = "; ".join(f"{v} in {', '.join(dict.fromkeys(arms))}" for v, arms in by_value.items())
+            raise StudyError(f"{study.dir}: the arms were scored on different yardsticks, {key} is {seen}; "
+                             f"perplexities compare only on one (analysis.load.YARDSTICK_KEYS)")
 
 
 def _run_row(study_dir: Path, meta: dict, arm_meta: dict, arm: str, seed: int, cell: dict | None,
@@ -215,7 +242,9 @@ def tidy_frame(study: Study) -> pd.DataFrame:
 
     value: the run's number (for a task, the mean over its fine-tuning seeds: one number per pretraining seed for
     the paired statistics); values: every number behind it. A diverged run's perplexity is +inf and its downstream
-    scores -inf (it is never fine-tuned): worse than any finished run, so medians and verdicts count it.
+    scores -inf (it is never fine-tuned): worse than any finished run, so medians and verdicts count it. A fine-tuning
+    seed with a non-finite score (its fine-tuning diverged) counts the same way: the run's mean is then -inf.
+    majority_score: the task's majority-class score on its dev set (a constant prediction), as the summary records it.
     status: the run's; metric_status: 'ok', 'missing' (an expected summary is absent), 'n/a offline', 'diverged',
     'no yardstick' (a run made before the yardstick existed)."""
     rows = []
@@ -269,12 +298,20 @@ def tidy_frame(study: Study) -> pd.DataFrame:
             values = [_float(v) for v in summary.get("values") or []]
             source = summary.get("data_source") or "unknown"
             na = summary.get("median") is None
-            finite = [v for v in values if math.isfinite(v)]
-            add(f"finetune/{task}", float(np.mean(finite)) if finite and not na else math.nan, values, task=task,
+            add(f"finetune/{task}", _run_score(values) if not na else math.nan, values, task=task,
                 metric_status=NA_OFFLINE if na else "ok", data_source=source, protocol=summary.get("protocol"),
                 task_metric=summary.get("metric"), summary_path=str(path),
-                ft_lr_on_edge=summary.get("lr_on_edge"), ft_n_diverged=summary.get("n_diverged"))
+                majority_score=_float(summary.get("majority_score")), ft_lr_on_edge=summary.get("lr_on_edge"),
+                ft_n_diverged=summary.get("n_diverged"))
     return pd.DataFrame(rows)
+
+
+def _run_score(values: list[float]) -> float:
+    """A run's downstream number: the mean over its fine-tuning seeds; -inf, the worst, when one of them has no finite
+    score (never dropped); nan when there are none."""
+    if not values:
+        return math.nan
+    return float(np.mean(values)) if all(math.isfinite(v) for v in values) else -math.inf
 
 
 def load_runs(path: str | Path) -> pd.DataFrame:
@@ -327,13 +364,14 @@ def _interp(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
 def random_init_scores(study: Study, arm: str, task: str) -> dict[int, float]:
     """Seed -> the mean fine-tuning score of `arm`'s encoder from random weights (no pretraining), for each run folder
     that has them (runs/<study>/<arm>/seed_<k>/finetune-random-init/<task>/summary.json; the grid writes them for
-    the first arm of each encoder shape). Empty when none exist."""
+    the first arm of each encoder shape, whether its pretraining finished or diverged). A fine-tuning seed without a
+    finite score counts as the worst, as in tidy_frame. Empty when none exist."""
     out = {}
     for run in study.runs[(study.runs["arm"] == arm) & study.runs["expected"]].to_dict("records"):
         summary = read_json(Path(run["run_dir"]) / "finetune-random-init" / task / "summary.json")
-        values = [v for v in (_float(v) for v in (summary or {}).get("values") or []) if math.isfinite(v)]
+        values = [_float(v) for v in (summary or {}).get("values") or []]
         if values:
-            out[int(run["seed"])] = float(np.mean(values))
+            out[int(run["seed"])] = _run_score(values)
     return out
 
 

@@ -3,9 +3,10 @@ a headless cluster node, a test, or a notebook that shows the saved file).
 
   learning_curves.png   validation perplexity vs tokens seen per arm: median over seeds, band min-max
   ppl_vs_batch.png      Table 3: final perplexity vs batch size at equal compute, ours and the paper's
-  downstream.png        a panel per fine-tuning task: a bar per arm (median, 95% interval, every seed as a dot) and
-                        the paper's number as a red dash on the same 0-100 scale; a dashed line per random-init
-                        baseline the study has (one per encoder shape)
+  downstream.png        a panel per fine-tuning task: a bar per arm (median, error bar min-max over seeds, every
+                        fine-tuning seed as a dot) and the paper's number as a red dash on the same 0-100 scale; a
+                        dashed line per random-init baseline the study has (one per encoder shape) and a dotted one at
+                        the task's majority-class score
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def learning_curves(t: TableResult, path: Path) -> Path | None:
 
 
 def ppl_vs_batch(t: TableResult, path: Path) -> Path | None:
-    """Table 3: our final perplexity per batch size (median, 95% interval) and the paper's on a second axis."""
+    """Table 3: our final perplexity per batch size (median, error bar min-max over seeds) and the paper's on a
+    second axis."""
     d = t.detail[t.detail["metric"] == PPL]
     sizes = {arm: t.settings["scientific"][arm].get("optim.batch_size") for arm in t.study.arms}
     if d.empty or any(s is None for s in sizes.values()):
@@ -138,6 +140,8 @@ def downstream(t: TableResult, path: Path) -> Path | None:
             ax.axhline(med, color=color, linestyle="--",
                        label="no pretraining (random init): median, min–max" if len(baselines) == 1
                        else f"no pretraining, {arm}'s encoder: median, min–max")
+        if m.key in t.majority:
+            ax.axhline(t.majority[m.key], color="black", linestyle=":", label="majority class (a constant prediction)")
         ax.set_xticks(x, [_label(t, a).replace(" (", "\n(") for a in d.index], fontsize=7)
         ax.set_title(textwrap.fill(m.header, 40), fontsize=9)
         ax.set_ylabel(f"{m.task} dev score (points)")

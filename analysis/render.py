@@ -37,12 +37,20 @@ def _with_metric(t: TableResult, frame: pd.DataFrame):
         yield r, metric[r["metric"]]
 
 
+def interval_text(m: Metric, estimate: float, lo: float, hi: float, level: float, method: str) -> str:
+    """'+1.2 [+0.5, +1.9] (95.0%, paired t)': each interval with its own level and rule, or 'no interval' and why."""
+    if method.startswith("none"):
+        return f"{_num(m, estimate, True)} (no interval: {method.removeprefix('none: ')})"
+    rule = "paired t" if method == "paired t" else "sign"
+    return f"{_num(m, estimate, True)} [{_num(m, lo, True)}, {_num(m, hi, True)}] ({level:.1%}, {rule})"
+
+
 def detail_frame(t: TableResult) -> pd.DataFrame:
     """Per arm x metric, as display strings."""
     rows = []
     for r, m in _with_metric(t, t.detail):
-        delta = "reference" if r["arm"] == t.reference_arm else (
-            f"{_num(m, r['delta'], True)} [{_num(m, r['delta_lo'], True)}, {_num(m, r['delta_hi'], True)}]")
+        delta = "reference" if r["arm"] == t.reference_arm else interval_text(
+            m, r["delta"], r["delta_lo"], r["delta_hi"], r["delta_level"], r["delta_method"])
         level = r["range_level"]
         rows.append({
             "paper row": r["paper_row"] or "(no paper row)", "arm": r["arm"], "metric": m.header,
@@ -50,7 +58,7 @@ def detail_frame(t: TableResult) -> pd.DataFrame:
             "median": _num(m, r["median"]),
             "min–max (covers the median with)": f"{_num(m, r['min'])}–{_num(m, r['max'])}"
             + (f" ({level:.0%})" if level == level else ""),
-            f"Δ vs {t.reference_arm}, paired [95% CI]": delta,
+            f"Δ vs {t.reference_arm}, paired [interval] (level, rule)": delta,
             "paper": _num(m, r["paper"]),
             "paper Δ": "reference" if r["arm"] == t.reference_arm and not math.isnan(r["paper"])
             else _num(m, r["paper_delta"], True),
@@ -61,21 +69,19 @@ def detail_frame(t: TableResult) -> pd.DataFrame:
 def claims_frame(t: TableResult) -> pd.DataFrame:
     rows = []
     for r, m in _with_metric(t, t.claims):
-        level = f"{r['level']:.1%}" if r["level"] == r["level"] else "none"
         rows.append({
             "claim": r["claim"], "comparison (A vs B)": f"{r['comparison']} ({r['arm_a']} vs {r['arm_b']})",
             "test": "A better" if r["kind"] == "superior" else f"A not worse (margin {_num(m, r['margin'])})",
             "metric": m.header, "role": r["role"], "paired seeds": r["n"],
-            "our gain of A [interval]": f"{_num(m, r['gain'], True)} [{_num(m, r['gain_lo'], True)}, "
-                                        f"{_num(m, r['gain_hi'], True)}]",
-            "interval": f"{r['method'].split(':')[0]}, {level}",
+            "our gain of A [interval] (level, rule)": interval_text(m, r["gain"], r["gain_lo"], r["gain_hi"],
+                                                                    r["level"], r["method"]),
             "paper gain": _num(m, r["paper_gain"], True),
             # a supporting row does not decide the claim: its verdict is shown in brackets
             "verdict": VERDICT_MARK[r["verdict"]] if r["role"] == "primary" else f"({r['verdict']})",
             "note": r["why"],
         })
     return pd.DataFrame(rows, columns=["claim", "comparison (A vs B)", "test", "metric", "role", "paired seeds",
-                                       "our gain of A [interval]", "interval", "paper gain", "verdict", "note"])
+                                       "our gain of A [interval] (level, rule)", "paper gain", "verdict", "note"])
 
 
 def verdicts_frame(t: TableResult) -> pd.DataFrame:

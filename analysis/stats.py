@@ -21,7 +21,10 @@ seed s (score difference; for perplexity, B's minus A's, so a positive gain is a
     and the table says so.
   - boundary b = 0 (superiority) or -m (non-inferiority). Reproduced: the 95% interval lies above b. Contradicted:
     the interval lies below b at the Holm-adjusted level (next paragraph). Else inconclusive, printed with the
-    number of seeds that would resolve it at the observed mean and spread.
+    number of seeds that would resolve it at the observed mean and spread, and which way: toward reproduced where
+    the mean gain lies above b, toward contradicted where below.
+  - Every interval is printed with its own level (a sign interval's is 96.9-99.2%, not 95%), or as "no interval"
+    with the reason.
 
 A claim. Its comparisons are every compared pair of rows on every metric of the paper's headline kind (downstream
 scores; perplexity for Table 3, or where a study has no downstream scores). Reproduced when every comparison is
@@ -29,11 +32,27 @@ scores; perplexity for Table 3, or where a study has no downstream scores). Repr
 1 - 0.05 / k for k comparisons (for "any", Holm's first step; so a claim of 10 comparisons is not contradicted by
 one that crosses at 95%).
 
-No signal. A comparison means nothing where the arms did not learn what the metric measures:
-  - downstream: each compared arm must be above its own encoder from random weights (the random-init baseline of its
-    shape), by the paired interval of its per-seed gain over that baseline (lower bound > 0);
-  - perplexity: each compared arm's ratio to the yardstick's unigram perplexity (the no-context reference) must lie
-    below RATIO_SIGNAL, by the upper bound of the t-interval of its mean log ratio.
+No signal. A comparison means nothing where the arms did not learn what the metric measures. Each compared arm must
+clear a threshold by a one-sided 95% bound (`signal_bound`) over its runs:
+  - downstream: its per-seed gain over its own encoder from random weights (the random-init baseline of its shape)
+    must have a lower bound above 0;
+  - perplexity: its per-seed ratio to the yardstick's unigram perplexity (the no-context reference) must have an upper
+    bound below RATIO_SIGNAL (computed on log ratios).
+The bound: every value finite, the t bound on their mean; a run diverged (its value infinite, on the wrong side), the
+order-statistic bound on their median, the j-th value from the right side, j the least with
+P(Binomial(n, 1/2) < j) >= 95%. That bound clears the threshold exactly when at least j of the n runs do (a sign test
+of "the median run learned"), so a diverged run counts against its arm without erasing the others: of 8 runs, 7 must
+clear it (one may diverge); of 5, all 5; below 5 runs no order-statistic bound reaches 95% (no signal shown). Downstream
+and perplexity checks are one rule, so the same divergence pattern gets the same answer. One-sided, because the check
+asks one question, "did it learn?", at 5% error; the verdict itself still rests on the two-sided interval above.
+
+A degenerate baseline. A random-init baseline that does not itself beat the task's majority class (a constant
+prediction, recorded with every fine-tuning summary) certifies nothing: an encoder stuck there is beaten by any arm that
+moved at all. Degenerate: its per-seed scores minus the majority-class score have no lower bound above 0 (the rule
+above; an encoder at the majority class on every seed has a bound of exactly 0). The check then uses the other encoder
+shapes' baselines for that task that are not degenerate (the highest median of them: the strictest), and where there is
+none, the arm shows no signal, "baseline degenerate". So does a baseline with no majority-class score to check it
+against (a summary written before it was recorded).
 
 Precedence: not tested (the study lacks the arms) > fewer than MIN_RUNS paired runs > no signal > the interval rule.
 """
@@ -98,15 +117,15 @@ def paired_interval(d: np.ndarray, level: float = LEVEL) -> Interval:
     d = d[~np.isnan(d)]
     n = len(d)
     if n < MIN_RUNS:
-        return _none(d, f"{n} paired run(s), fewer than {MIN_RUNS}")
+        return _none(d, f"n = {n}, fewer than {MIN_RUNS} paired runs")
     if np.isfinite(d).all():
         mean, sd = float(d.mean()), float(d.std(ddof=1))
         half = _t(level, n - 1) * sd / math.sqrt(n)
         return Interval(mean, mean - half, mean + half, level, "paired t", n, sd)
     ks = [k for k in range(1, n // 2 + 1) if sign_level(n, k) >= level]
     if not ks:
-        return _none(d, f"a run diverged; with {n} paired runs a rank interval reaches at most "
-                        f"{sign_level(n, 1):.1%}, not {level:.0%}")
+        return _none(d, f"n = {n} with a diverged run: a rank interval reaches at most {sign_level(n, 1):.1%}, "
+                        f"not {level:.0%}")
     k = max(ks)
     s = np.sort(d)
     return Interval(float(np.median(d)), float(s[k - 1]), float(s[n - k]), sign_level(n, k),
@@ -153,17 +172,56 @@ def seeds_to_resolve(iv: Interval, boundary: float, k: int = 1) -> int | None:
     return MAX_SEEDS + 1
 
 
+def heading(iv: Interval, boundary: float) -> str:
+    """Which verdict more seeds at this mean would lead to: reproduced above the boundary, contradicted below."""
+    return REPRODUCED if iv.estimate > boundary else CONTRADICTED
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A one-sided bound for the centre of an arm's per-run values (the signal check): `value` is +-inf where a
+    diverged run sets it, nan where there is no bound at all."""
+
+    value: float
+    level: float
+    method: str  # "t bound on the mean", "order statistic j of n, on the median", or "none: <why>"
+    n: int
+
+
+def signal_bound(x: np.ndarray, side: str, level: float = LEVEL) -> Bound:
+    """One-sided `level` bound ("lower" or "upper") for the centre of `x`: t on the mean when every value is finite,
+    else the order-statistic bound on the median (see the module docstring)."""
+    x = np.asarray(x, dtype=float)
+    x = np.sort(x[~np.isnan(x)])
+    n = len(x)
+    if n < MIN_RUNS:
+        return Bound(math.nan, math.nan, f"none: {n} run(s), fewer than {MIN_RUNS}", n)
+    if np.isfinite(x).all():
+        half = _t(2 * level - 1, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)  # the two-sided 2L-1 quantile is L's
+        mean = float(x.mean())
+        return Bound(mean - half if side == "lower" else mean + half, level, "t bound on the mean", n)
+    js = [j for j in range(1, n + 1) if float(sp.binom.cdf(j - 1, n, 0.5)) >= level]
+    if not js:
+        return Bound(math.nan, math.nan, f"none: a run diverged; with {n} runs an order-statistic bound reaches at "
+                                         f"most {float(sp.binom.cdf(n - 1, n, 0.5)):.1%}, not {level:.0%}", n)
+    j = js[0]
+    value = x[n - j] if side == "lower" else x[j - 1]  # the j-th from the side the bound guards
+    return Bound(float(value), float(sp.binom.cdf(j - 1, n, 0.5)), f"order statistic {j} of {n}, on the median",
+                 n)
+
+
 def above_baseline(d: np.ndarray) -> bool:
-    """Whether an arm's per-seed gains over its random-init baseline show it learned something: interval above 0."""
-    iv = paired_interval(d)
-    return iv.exists and iv.lo > 0
+    """Whether per-seed gains `d` over a baseline show a learned gain: their lower bound lies above 0. Also how a
+    random-init baseline is checked against the majority class (d = its scores minus the majority-class score)."""
+    b = signal_bound(d, "lower")
+    return b.value > 0  # nan (no bound) compares False
 
 
-def ratio_upper(log_ratios: np.ndarray) -> float:
-    """Upper 95% bound of an arm's ppl / unigram ppl: the t-interval of its mean log ratio, exponentiated (inf when
-    a run diverged or there are too few runs)."""
-    iv = paired_interval(log_ratios)
-    return math.exp(iv.hi) if iv.exists and iv.method == "paired t" else math.inf
+def ratio_upper(log_ratios: np.ndarray) -> Bound:
+    """Upper bound of an arm's ppl / unigram ppl: `signal_bound` of its per-run log ratios, exponentiated (inf where
+    a diverged run sets it or there is no bound)."""
+    b = signal_bound(log_ratios, "upper")
+    return Bound(math.exp(b.value) if not math.isnan(b.value) else math.inf, b.level, b.method, b.n)
 
 
 def range_level(n: int) -> float:

@@ -20,7 +20,16 @@ import numpy as np
 import pandas as pd
 
 from analysis.complete import check_complete
-from analysis.load import NA_OFFLINE, OWN_PPL, RESULT_STATUSES, Study, StudyError, load_study, random_init_scores
+from analysis.load import (
+    NA_OFFLINE,
+    OWN_PPL,
+    RESULT_STATUSES,
+    UNIGRAM,
+    Study,
+    StudyError,
+    load_study,
+    random_init_scores,
+)
 from analysis.paper import PPL, TABLES, TASK_COLUMN, PaperTable
 from analysis.rows import ROW_MAPPINGS, arm_factors, row_pairs
 from analysis.stats import (
@@ -33,17 +42,21 @@ from analysis.stats import (
     NO_SIGNAL,
     NOT_TESTED,
     RATIO_SIGNAL,
+    Bound,
     above_baseline,
     combine,
+    heading,
     holm_level,
     judge,
     paired_interval,
     range_level,
     ratio_upper,
     seeds_to_resolve,
+    signal_bound,
 )
 
 RANDOM_INIT_ROW = "no pretraining (random init)"
+MAJORITY_ROW = "majority class (a constant prediction)"
 
 
 @dataclass(frozen=True)
@@ -91,8 +104,9 @@ class TableResult:
     """Arm -> the paper row it re-runs (None: no paper row)."""
     metrics: list[Metric]
     detail: pd.DataFrame
-    """A row per arm x metric: median, min, max, the paired delta vs the reference arm and its 95% interval, the
-    paper's number and delta, tokens / steps / epochs trained, and for ppl the ratio to the unigram reference."""
+    """A row per arm x metric: median, min, max, the paired delta vs the reference arm with its interval's bounds,
+    level and method, the paper's number and delta, tokens / steps / epochs trained, and for ppl the ratio to the
+    unigram reference and its upper bound (the signal check's)."""
     claims: pd.DataFrame
     """A row per claim x compared pair x metric: our paired gain and its interval, the paper's gain, the verdict."""
     verdicts: pd.DataFrame
@@ -104,7 +118,10 @@ class TableResult:
     """Arm -> downstream metric key -> (median, min, max) over runs of that arm's encoder fine-tuned from random
     weights: the score pretraining has to beat. The grid runs it for one arm per encoder shape (an NSP encoder has
     segment embeddings); empty when the study has no such runs."""
-
+    majority: dict[str, float] = field(default_factory=dict)
+    """Downstream metric key -> the task's majority-class score (a constant prediction on its dev set)."""
+    degenerate: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(baseline arm, metric key) -> why that random-init baseline certifies nothing (analysis.stats)."""
     @property
     def wide(self) -> pd.DataFrame:
         """The paper's layout: a row per paper row (then arms with no paper row), per metric ours and the paper's."""
@@ -226,7 +243,8 @@ def make_table(study: Study | str | Path, number: int | None = None, margin_poin
                 "n_values": len(values), "median": float(np.median(values)) if len(values) else math.nan,
                 "min": float(values.min()) if len(values) else math.nan,
                 "max": float(values.max()) if len(values) else math.nan, "range_level": range_level(len(values)),
-                "delta": iv.estimate, "delta_lo": iv.lo, "delta_hi": iv.hi, "data_source": m.source,
+                "delta": iv.estimate, "delta_lo": iv.lo, "delta_hi": iv.hi, "delta_level": iv.level,
+                "delta_method": iv.method, "data_source": m.source,
                 "paper": _paper_value(paper, arm_rows[arm], m.paper_column),
                 "tokens": _run_figure(arm_tidy, "tokens_seen"), "steps": _run_figure(arm_tidy, "steps"),
                 "epochs": _run_figure(arm_tidy, "epochs"),
@@ -234,7 +252,7 @@ def make_table(study: Study | str | Path, number: int | None = None, margin_poin
             if m.key == PPL:
                 log_ratio = _log_ratios(scores[arm, PPL], unigram)
                 row["unigram_ratio"] = math.exp(float(np.median(log_ratio))) if len(log_ratio) else math.nan
-                row["unigram_ratio_hi"] = ratio_upper(log_ratio)
+                row["unigram_ratio_hi"] = ratio_upper(log_ratio).value
             detail.append(row)
     detail = pd.DataFrame(detail)
     ref_row = arm_rows.get(reference)
@@ -259,7 +277,9 @@ def make_table(study: Study | str | Path, number: int | None = None, margin_poin
         notes.append(f"'{RANDOM_INIT_ROW}': the encoder of {', '.join(random_init)} fine-tuned from random weights "
                      f"under the same protocol, one run per pretraining seed; arms that share an encoder shape share "
                      f"it.")
-    signal = _signal(study, metrics, scores, baseline_scores, baseline_of, unigram)
+    majority = _majority(tidy, metrics, notes)
+    degenerate = _degenerate(baseline_scores, majority)
+    signal = _signal(study, metrics, scores, baseline_scores, baseline_of, unigram, degenerate, notes)
     notes += [f"{m.header}: no signal from {', '.join(why for (a, k), why in signal.items() if k == m.key)}."
               for m in metrics if any(k == m.key for _, k in signal)]
     claims, verdicts = _claims(number, paper, arm_rows, metrics, scores, signal, margin_points, margin_ppl)
@@ -269,54 +289,106 @@ def make_table(study: Study | str | Path, number: int | None = None, margin_poin
     notes.append(f"Cells: median over {n_seeds} pretraining seed(s) [min, max] (a run's downstream number is the "
                  f"mean over its fine-tuning seeds); the range of {n_seeds} runs covers the median of runs with "
                  f"probability {range_level(n_seeds):.0%}, so it is printed as a range, not as a 95% interval. "
-                 f"Comparisons pair runs by seed: {LEVEL:.0%} paired t-interval of the per-seed gain (a sign interval "
-                 f"where a run diverged). 'Comparable' means within {margin_points:g} points (downstream) or "
+                 f"Comparisons pair runs by seed: {LEVEL:.0%} paired t-interval of the per-seed gain (where a run "
+                 f"diverged, a sign interval, whose own level is printed beside it). 'Comparable' means within "
+                 f"{margin_points:g} points (downstream) or "
                  f"{margin_ppl:.0%} (perplexity). See analysis/stats.py.")
     ratio = f" (ppl / unigram: perplexity claims need every compared arm's upper bound below {RATIO_SIGNAL:g})"
-    u = [v for v in unigram.values() if math.isfinite(v)]
     notes.append("ppl (yardstick): every arm scored on the same held-out FULL-SENTENCES windows with the same "
                  "positions, all shown as <mask>; its no-context reference, the unigram perplexity of the training "
-                 f"split at those positions, is {np.median(u):.1f}" + ratio + "." if u else
+                 f"split at those positions, is {unigram:.1f}, one value for the study" + ratio + "."
+                 if math.isfinite(unigram) else
                  "ppl (yardstick): these runs recorded no yardstick (made before it existed); perplexity claims "
                  "cannot be judged.")
     return TableResult(number, paper.title, study, paper, reference, arm_rows, metrics, detail, claims, verdicts,
-                       settings, notes, random_init)
+                       settings, notes, random_init, majority, degenerate)
 
 
-def _unigram(tidy: pd.DataFrame) -> dict[int, float]:
-    """Seed -> the yardstick's unigram perplexity (the same for every arm of a study: one training split)."""
-    rows = tidy[(tidy["metric"] == PPL) & tidy["yardstick_unigram_ppl"].notna()] if "yardstick_unigram_ppl" in tidy \
-        else tidy.iloc[:0]
-    return {int(r["seed"]): float(r["yardstick_unigram_ppl"]) for r in rows.to_dict("records")}
+def _unigram(tidy: pd.DataFrame) -> float:
+    """The yardstick's unigram perplexity: one value per study (analysis.load refuses a study whose runs differ in
+    it); nan when no run recorded one."""
+    values = pd.to_numeric(tidy[UNIGRAM], errors="coerce").dropna() if UNIGRAM in tidy else pd.Series(dtype=float)
+    return float(values.iloc[0]) if len(values) else math.nan
 
 
-def _log_ratios(ppl: dict[int, float], unigram: dict[int, float]) -> np.ndarray:
-    return np.array([math.log(v / unigram[s]) for s, v in ppl.items() if s in unigram], dtype=float)
+def _log_ratios(ppl: dict[int, float], unigram: float) -> np.ndarray:
+    if not math.isfinite(unigram):
+        return np.array([], dtype=float)
+    return np.array([math.log(v / unigram) for v in ppl.values()], dtype=float)
+
+
+def _majority(tidy: pd.DataFrame, metrics: list[Metric], notes: list[str]) -> dict[str, float]:
+    """Downstream metric key -> the task's majority-class score, as the fine-tuning summaries record it (the same
+    dev set for every run; a note where they differ)."""
+    out = {}
+    for m in metrics:
+        if not m.downstream or "majority_score" not in tidy:
+            continue
+        values = pd.to_numeric(tidy[tidy["metric"] == m.key]["majority_score"], errors="coerce").dropna()
+        if len(values):
+            out[m.key] = float(values.median())
+            if values.max() - values.min() > 1e-9:
+                notes.append(f"{m.header}: the runs' majority-class scores differ ({values.min():.1f}-"
+                             f"{values.max():.1f}; their dev sets differ); the median, {out[m.key]:.1f}, is shown.")
+    return out
+
+
+def _degenerate(baseline_scores: dict, majority: dict[str, float]) -> dict[tuple[str, str], str]:
+    """(baseline arm, metric key) -> why its random-init baseline certifies nothing: it is not above the task's
+    majority class (analysis.stats), or there is no majority-class score to check it against."""
+    out = {}
+    for (arm, key), by_seed in baseline_scores.items():
+        values = np.array(list(by_seed.values()), dtype=float)
+        if key not in majority:
+            out[arm, key] = f"{arm}'s random-init baseline: no majority-class score recorded to check it against"
+        elif not above_baseline(values - majority[key]):
+            out[arm, key] = (f"{arm}'s encoder from random weights scores {float(np.median(values)):.1f}, not above "
+                             f"the majority class {majority[key]:.1f}")
+    return out
+
+
+def _bound_text(what: str, side: str, b: Bound, fmt) -> str:
+    """'its ppl / unigram up to 0.04 at 96.5% (order statistic 7 of 8, on the median)', or why there is no bound."""
+    if b.method.startswith("none"):
+        return f"no bound on {what}: {b.method.removeprefix('none: ')}"
+    return f"{what} {side} {fmt(b.value)} at {b.level:.1%} ({b.method})"
 
 
 def _signal(study: Study, metrics: list[Metric], scores: dict, baseline_scores: dict, baseline_of: dict,
-            unigram: dict[int, float]) -> dict[tuple[str, str], str]:
-    """(arm, metric) -> why the arm shows no signal on that metric; absent when it does (analysis.stats)."""
+            unigram: float, degenerate: dict | None = None, notes: list[str] | None = None
+            ) -> dict[tuple[str, str], str]:
+    """(arm, metric) -> why the arm shows no signal on that metric; absent when it does. One rule for both kinds
+    (analysis.stats.signal_bound). A degenerate baseline is replaced by another shape's sound one, said in `notes`."""
+    degenerate = degenerate or {}
     out = {}
     for arm in study.arms:
         for m in metrics:
             ours = scores[arm, m.key]
             if m.key == PPL:
                 hi = ratio_upper(_log_ratios(ours, unigram))
-                if not hi < RATIO_SIGNAL:
-                    out[arm, m.key] = (f"{arm} (ppl / unigram up to {m.fmt(hi)}, not below {RATIO_SIGNAL:g})"
-                                       if math.isfinite(hi) else f"{arm} (no ppl / unigram ratio below "
-                                                                 f"{RATIO_SIGNAL:g} shown)")
+                if not hi.value < RATIO_SIGNAL:
+                    ratio = _bound_text("its ppl / unigram", "up to", hi, lambda x: f"{x:.2f}")
+                    out[arm, m.key] = f"{arm} ({ratio}, not below {RATIO_SIGNAL:g})"
             elif m.downstream:
-                base = baseline_scores.get((baseline_of.get(arm, arm), m.key))
-                if base is None:
+                own = baseline_of.get(arm, arm)
+                if (own, m.key) not in baseline_scores:
                     out[arm, m.key] = f"{arm} (no random-init baseline to beat)"
                     continue
-                gains = paired_gains(ours, base, True)
-                if not above_baseline(gains):
-                    iv = paired_interval(gains)
-                    out[arm, m.key] = (f"{arm} (not above its random-init baseline: gain "
-                                       f"{m.fmt(iv.estimate)} [{m.fmt(iv.lo)}, {m.fmt(iv.hi)}])")
+                base = own
+                if (own, m.key) in degenerate:
+                    sound = [b for b, k in baseline_scores if k == m.key and (b, k) not in degenerate]
+                    if not sound:
+                        out[arm, m.key] = f"{arm} (baseline degenerate: {degenerate[own, m.key]})"
+                        continue
+                    base = max(sound, key=lambda b: float(np.median(list(baseline_scores[b, m.key].values()))))
+                    if notes is not None:
+                        notes.append(f"{m.header}: {arm} is checked against {base}'s random-init baseline, since "
+                                     f"{degenerate[own, m.key]}.")
+                lo = signal_bound(paired_gains(ours, baseline_scores[base, m.key], True), "lower")
+                if not lo.value > 0:
+                    whose = "its" if base == own else f"{base}'s"
+                    gain = _bound_text("its gain", "at least", lo, m.fmt)
+                    out[arm, m.key] = f"{arm} (not above {whose} random-init baseline: {gain})"
     return out
 
 
@@ -361,9 +433,11 @@ def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], met
                 verdict, why = NO_SIGNAL, "; ".join(no_signal)
             elif verdict == INCONCLUSIVE:
                 needed = seeds_to_resolve(iv, boundary, k if role == "primary" else 1)
+                toward = f"toward {heading(iv, boundary)}"
                 why = iv.method.removeprefix("none: ") if not iv.exists else (
-                    f"~{needed} paired seeds would resolve it at this mean and spread" if needed and needed <= MAX_SEEDS
-                    else f"more than {MAX_SEEDS} seeds at this mean and spread" if needed else "")
+                    f"~{needed} paired seeds would resolve it {toward} at this mean and spread"
+                    if needed and needed <= MAX_SEEDS else
+                    f"more than {MAX_SEEDS} seeds {toward} at this mean and spread" if needed else "")
             pa, pb = _paper_value(paper, row_a, m.paper_column), _paper_value(paper, row_b, m.paper_column)
             sign = 1.0 if m.higher_is_better else -1.0
             rows.append({
@@ -482,7 +556,8 @@ def _count(x: float) -> str:
 def wide_frame(t: TableResult) -> pd.DataFrame:
     """Display strings: 'median [min, max]' for ours, the paper's number beside it, and what each arm trained
     (tokens, optimizer steps, epochs over its data); paper rows no arm re-runs are listed with their numbers only
-    ('not run' / 'published'), arms with no paper row at the end, then one random-init row per encoder shape."""
+    ('not run' / 'published'), arms with no paper row at the end, then one random-init row per encoder shape (marked
+    where it is degenerate) and the tasks' majority-class scores."""
     arm_of = {row: arm for arm, row in t.arm_rows.items() if row is not None}
     order = [(r.label, arm_of.get(r.label), r.ours) for r in t.paper.rows]
     order += [(None, arm, True) for arm in t.study.arms if t.arm_rows[arm] is None]
@@ -518,6 +593,11 @@ def wide_frame(t: TableResult) -> pd.DataFrame:
                 row[f"{m.paper_column} paper"] = m.fmt(p) if p is not None else "–"
         out.append(row)
     for arm, scores in t.random_init.items():
-        out.append({"paper row": RANDOM_INIT_ROW, "arm": f"{arm}, random init",
+        stuck = any((arm, key) in t.degenerate for key in scores)
+        out.append({"paper row": RANDOM_INIT_ROW,
+                    "arm": f"{arm}, random init" + (" (degenerate: at the majority class)" if stuck else ""),
                     **{f"{m.header} ours": range_text(m, *scores[m.key]) for m in t.metrics if m.key in scores}})
+    if t.majority:  # what a constant prediction scores: the floor a random-init baseline has to clear
+        out.append({"paper row": MAJORITY_ROW, "arm": "majority class",
+                    **{f"{m.header} ours": m.fmt(t.majority[m.key]) for m in t.metrics if m.key in t.majority}})
     return pd.DataFrame(out).fillna("")

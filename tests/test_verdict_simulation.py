@@ -5,23 +5,36 @@ measured seed spread, true gain of A over B in {-2m, -m, 0, +m, +2m} for margin 
 own assumption), heavy tails (Student t with 3 degrees of freedom, scaled to the same variance), and normal with 5%
 of runs diverging (scored -inf). A claim is either "A better than B" (boundary 0) or "A not worse than B" (boundary
 -m). Checked, at the worst true gain for each: false "reproduced" (true gain at or below the boundary) and false
-"contradicted" (true gain at or above it) each <= 5%, also for a claim of two comparisons; the printed 95% intervals
-cover the true gain within 3 points (normal and t3 noise; with divergences there is no interval below 6 seeds).
+"contradicted" (true gain at or above it) each <= 5%, also for a claim of two comparisons.
+
+Coverage: each interval the rule prints is checked against what it is an interval for, at the level it prints: a
+paired t-interval (95%) against the true mean gain, a sign interval (where a run diverged: its own level, 96.9-99.2%
+at 6-10 seeds) against the true median of the per-seed gains, which divergences move slightly off the mean (a seed
+where both arms diverged is a tie, 0). The mean coverage must lie within 3 points of the mean printed level. Below 6
+seeds a study with a divergence prints no interval at all; the intervals of the others (all t) are still checked.
+
+`pytest -s` prints the table.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import math
 
-from analysis.stats import CONTRADICTED, LEVEL, REPRODUCED, combine, judge
+import numpy as np
+from scipy import optimize
+from scipy import stats as sp
+
+from analysis.stats import CONTRADICTED, REPRODUCED, combine, judge
 
 MARGIN = 0.5  # analysis.stats.MARGIN_POINTS
 SPREAD = 0.7  # per-arm seed sd of the demo's downstream scores (measured: 0.2-1.5 points)
 SHARED = 1.0  # per-seed component both arms share (init, data order): cancels in the paired gain
+DIVERGE = 0.05  # share of runs that diverge, per arm, in the "diverge" kind
 STUDIES = 1000
 EFFECTS = (-2, -1, 0, 1, 2)  # in margins
 BOUNDARIES = {"superior": 0.0, "noninferior": -MARGIN}
+CASES = [("normal", n, 1) for n in (3, 5)] + [("t3", n, 1) for n in (3, 5)] + [("normal", n, 2) for n in (3, 5)] + \
+    [("diverge", n, 1) for n in (3, 5, 6, 8, 10)]
 
 
 def _noise(rng: np.random.Generator, kind: str, shape: tuple) -> np.ndarray:
@@ -36,46 +49,79 @@ def _gains(rng: np.random.Generator, kind: str, n: int, effect: float, k: int = 
     a = effect + shared + _noise(rng, kind, (STUDIES, k, n))
     b = shared + _noise(rng, kind, (STUDIES, k, n))
     if kind == "diverge":
-        a[rng.random(a.shape) < 0.05] = -np.inf
-        b[rng.random(b.shape) < 0.05] = -np.inf
+        a[rng.random(a.shape) < DIVERGE] = -np.inf
+        b[rng.random(b.shape) < DIVERGE] = -np.inf
     with np.errstate(invalid="ignore"):
         d = a - b
     d[np.isneginf(a) & np.isneginf(b)] = 0.0  # both diverged on this seed: a tie between two worst results
     return d
 
 
-def _simulate(kind: str, n: int, k: int = 1) -> dict:
-    """The worst false-verdict rates over the true gains where they are false, and the coverage of the intervals."""
+def true_median(kind: str, effect: float) -> float:
+    """The median of one seed's gain d: normal(effect, SPREAD * sqrt 2) with no divergence; with divergences, d is
+    -inf (A alone diverged), +inf (B alone) or 0 (both) with their probabilities, else that normal."""
+    if kind != "diverge":
+        return effect
+    p = DIVERGE
+    sd = SPREAD * math.sqrt(2)
+
+    def cdf(x: float, at_zero: bool) -> float:  # P(d <= x), with the atom at 0 counted when at_zero
+        return p * (1 - p) + (1 - p) ** 2 * sp.norm.cdf((x - effect) / sd) + (p * p if at_zero else 0.0)
+
+    if cdf(0.0, False) <= 0.5 <= cdf(0.0, True):
+        return 0.0
+    return float(optimize.brentq(lambda x: cdf(x, x >= 0) - 0.5, effect - 5 * sd, effect + 5 * sd))
+
+
+def simulate(kind: str, n: int, k: int = 1) -> dict:
+    """The worst false-verdict rates over the true gains where they are false, and the printed intervals' coverage
+    beside their mean printed level."""
     rng = np.random.default_rng([n, k, len(kind)])
-    false_rep, false_con, covered = [], [], []
+    false_rep, false_con, covered, levels = [], [], [], []
     for claim, boundary in BOUNDARIES.items():
         for e in EFFECTS:
             effect = e * MARGIN
+            median = true_median(kind, effect)
             verdicts = []
             for study in _gains(rng, kind, n, effect, k):
                 judged = [judge(d, boundary, k) for d in study]
                 verdicts.append(combine([v for v, _ in judged]))
-                if claim == "superior" and kind != "diverge":  # the interval does not depend on the claim
-                    covered += [iv.lo <= effect <= iv.hi for _, iv in judged if iv.exists]
+                if claim == "superior":  # the interval does not depend on the claim
+                    for _, iv in judged:
+                        if iv.exists:
+                            target = effect if iv.method == "paired t" else median
+                            covered.append(iv.lo <= target <= iv.hi)
+                            levels.append(iv.level)
             if effect <= boundary:
                 false_rep.append(np.mean([v == REPRODUCED for v in verdicts]))
             if effect >= boundary:
                 false_con.append(np.mean([v == CONTRADICTED for v in verdicts]))
     return {"false_reproduced": max(false_rep), "false_contradicted": max(false_con),
-            "covered": float(np.mean(covered)) if covered else float("nan")}
+            "covered": float(np.mean(covered)) if covered else math.nan,
+            "level": float(np.mean(levels)) if levels else math.nan, "share_with_interval": len(covered) / (
+                len(EFFECTS) * STUDIES * k)}
 
 
-@pytest.mark.parametrize("n", [3, 5])
-@pytest.mark.parametrize("kind, k", [("normal", 1), ("t3", 1), ("diverge", 1), ("normal", 2)])
-def test_false_verdicts_at_most_5_percent_and_coverage_as_printed(kind, k, n):
-    """k = 2: a claim of two comparisons (Holm) is not contradicted more often than one of one."""
-    rates = _simulate(kind, n, k=k)
-    print(f"\n{kind:8} n={n} k={k}: false reproduced {rates['false_reproduced']:.2%}, false contradicted "
-          f"{rates['false_contradicted']:.2%}, coverage of the printed {LEVEL:.0%} interval {rates['covered']:.2%}")
-    assert rates["false_reproduced"] <= 0.05
-    assert rates["false_contradicted"] <= 0.05
-    if kind != "diverge":
-        assert abs(rates["covered"] - LEVEL) <= 0.03
+def test_false_verdicts_at_most_5_percent_and_coverage_as_printed():
+    """Every case of CASES: false reproduced and false contradicted <= 5%; where intervals are printed, their coverage
+    within 3 points of the level they print. k = 2: a claim of two comparisons (Holm) is not contradicted more often
+    than one of one."""
+    rows = [(kind, n, k, simulate(kind, n, k)) for kind, n, k in CASES]
+    print(f"\n{'noise':8} {'n':>3} {'k':>2} {'divergence':>10} {'false repr.':>11} {'false contr.':>12} "
+          f"{'intervals':>9} {'coverage':>8} {'printed level':>13}")
+    for kind, n, k, r in rows:
+        print(f"{'normal' if kind == 'diverge' else kind:8} {n:3d} {k:2d} {DIVERGE if kind == 'diverge' else 0:10.0%} "
+              f"{r['false_reproduced']:11.2%} {r['false_contradicted']:12.2%} {r['share_with_interval']:9.0%} "
+              f"{r['covered']:8.2%} {r['level']:13.2%}")
+    for kind, n, k, r in rows:
+        case = f"{kind} n={n} k={k}"
+        assert r["false_reproduced"] <= 0.05, case
+        assert r["false_contradicted"] <= 0.05, case
+        assert abs(r["covered"] - r["level"]) <= 0.03, case
+        if kind == "diverge" and n < 6:
+            assert r["share_with_interval"] < 1, case  # a study with a divergence has no interval below 6 seeds
+    assert {(kind, n) for kind, n, _, r in rows if kind == "diverge" and r["share_with_interval"] == 1} >= \
+        {("diverge", 6), ("diverge", 8), ("diverge", 10)}  # at 6+ seeds every study prints an interval
 
 
 def test_power_grows_with_seeds():
