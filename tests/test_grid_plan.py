@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
 
@@ -11,6 +13,7 @@ from harness.cli import main
 from harness.config import load_config
 from harness.grid.cost import PEAK_FLOPS, finetune_parts, flops_per_token, pretrain_parts
 from harness.grid.experiment import load_experiment
+from harness.grid.plan import arm_plan
 from harness.model import MaskedLM
 
 TABLE4 = "experiments/table4_data.yaml"
@@ -29,6 +32,20 @@ def test_flops_per_token_from_the_config_is_the_models_own():
         assert flops_per_token(cfg.model, 64, 2000, predicted, nsp) == model.flops_per_token(64, predicted)
 
 
+def test_arm_plan_from_a_written_down_step_plan():
+    """Five sequences of 10-50 tokens, an epoch of two steps ([0, 1] and [2, 3]; the 50 left over, as a sampler
+    drops a short last batch), 5 steps: 50 tokens a step, 250 in all, 2.5 epochs over 150 training tokens; a trial
+    of 75 tokens stops after step 2 (30, then 100)."""
+    lengths = np.array([10, 20, 30, 40, 50])
+    sampler = SimpleNamespace(steps=lambda: [np.array([0, 1]), np.array([2, 3])], set_epoch=lambda epoch: None)
+    data = SimpleNamespace(train_examples=SimpleNamespace(lengths=lengths), train_sampler=sampler)
+    cfg = SimpleNamespace(train=SimpleNamespace(seed=3), optim=SimpleNamespace(max_steps=5))
+    assert arm_plan(cfg, data, tune_tokens=75) == {"seed": 3, "tokens_per_step": 50.0, "steps": 5, "tokens": 250,
+                                                   "steps_per_epoch": 2, "epochs": 2.5, "train_tokens": 150,
+                                                   "trial_steps": 2}
+    assert arm_plan(cfg, data, tune_tokens=1000)["trial_steps"] is None  # the whole run sees 250
+
+
 def test_table4_paper_is_priced_without_its_corpus_and_records_nothing(capsys, tmp_path):
     code, out, err = plan(capsys, TABLE4, "--scale", "paper", "--runs-dir", str(tmp_path / "runs"))
     assert code == 0, err
@@ -38,8 +55,11 @@ def test_table4_paper_is_priced_without_its_corpus_and_records_nothing(capsys, t
     assert [p.kind for p in parts] == ["pretraining"] * 4  # the paper scale tunes nothing
     tokens = sum(p.cells * p.tokens for p in parts)
     assert tokens == 3 * 8192 * 512 * (100_000 + 100_000 + 300_000 + 500_000)  # seeds x batch x T x steps
-    cfg = exp.config(exp.arms[0], 0, "runs")
-    fpt = flops_per_token(cfg.model, 512, 50_265, 0.15, False)
+    # BERT-large (L24, H1024, F4096) at T = 512, V = 50,265, 15% predicted, no NSP, per token (model.flops_per_token):
+    # per layer 4H^2 + 4HF + 4TH = 23,068,672 (Q, output, MLP, attention) and 4H^2 = 4,194,304 (K, V); 23 whole
+    # layers, then K, V everywhere and the rest at 15% + 1/512 of the positions: 634,748,108.8; the MLM head
+    # 0.15 x (2H^2 + 2HV) = 15,755,980.8; x 3 (forward and backward) = 1,951,512,268.8, near 6 x 335M parameters
+    fpt = 1_951_512_268.8
     assert sum(p.cells * p.flops for p in parts) == pytest.approx(tokens * fpt)
     h100 = tokens * fpt / (PEAK_FLOPS["H100 SXM"] * 0.35) / 3600
     assert h100 > 1000  # thousands of GPU-hours, before fine-tuning

@@ -181,11 +181,14 @@ def run_one(exp: Experiment, store: CellStore, cell: dict, storage: str, worker:
         result = pretrain(cfg, callbacks=(stop_at_step(Path(cell["run_dir"])),))
     else:
         result = _pretrain_ddp(cfg, Path(cell["run_dir"]))
-    if result["status"] == "finished" and exp.finetune_tasks:
+    if exp.finetune_tasks:
         from harness.finetune.runner import finetune
 
-        # One arm per encoder shape is also fine-tuned from random weights: the score pretraining has to beat.
-        inits = ("pretrained", "random") if cell["arm"] in exp.random_init_baselines.values() else ("pretrained",)
+        # One arm per encoder shape is also fine-tuned from random weights: the score pretraining has to beat. It
+        # needs nothing the pretraining made (config and tokenizer are written first), so a diverged run's seed keeps
+        # its baseline; only the diverged run itself is not fine-tuned (the analysis counts it as the worst score).
+        baseline = ("random",) if cell["arm"] in exp.random_init_baselines.values() else ()
+        inits = (("pretrained",) if result["status"] == "finished" else ()) + baseline
         for task in exp.finetune_tasks:
             for init in inits:
                 finetune(Path(cell["run_dir"]), task, data_dir, exp.finetune_protocol, init=init)
