@@ -12,7 +12,7 @@ import pytest
 from harness.config import DataConfig, OptimConfig
 from harness.data.corpus import cache_root, prepare_corpus
 from harness.data.datamodule import MaskedLMDataset, PretrainDataModule, candidate_counts, plan_epoch
-from harness.data.formats import build_examples, select_documents
+from harness.data.formats import _truncate_pair, build_examples, select_documents
 from harness.data.masking import is_candidate, mask_tokens
 from harness.data.pipeline import Split, prepare
 from harness.data.shards import SHARD_BYTES
@@ -125,6 +125,23 @@ def test_a_one_sentence_chunk_is_a_random_next_negative():
         a, b = rows[: ex.b_start[i] - ex.offsets[i]], rows[ex.b_start[i] - ex.offsets[i] :]
         assert ex.nsp[i] == 0 and a.tolist() == [[0, 20]], f"seed {seed}"  # the whole sentence, uncut
         assert len(b) and (doc_of(split, b[:, 0]) != 0).all(), f"seed {seed}"
+
+
+def test_a_pair_that_does_not_fit_is_trimmed_from_either_end_at_random():
+    """BERT's truncate_seq_pair trims the longer segment a token at a time, from its front or its end by a coin flip.
+    A of 10 tokens (sentences 0-3 and 3-10) and B of 4 must fit in 8, so A loses 6. Coins 0.1 (front), 0.9 (end),
+    0.1, 0.1, 0.9, 0.9: front 0->1, end 10->9, front 1->2, 2->3 (the first sentence is gone), end 9->8, 8->7."""
+
+    class Coins:
+        def __init__(self, draws: list[float]):
+            self.draws = iter(draws)
+
+        def random(self) -> float:
+            return next(self.draws)
+
+    a, b = [[0, 3], [3, 10]], [[20, 24]]
+    _truncate_pair(a, b, 8, Coins([0.1, 0.9, 0.1, 0.1, 0.9, 0.9]))
+    assert a == [[3, 7]] and b == [[20, 24]]
 
 
 def test_masking_rates_over_a_million_tokens():

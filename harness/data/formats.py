@@ -130,14 +130,20 @@ def _packed(split: Split, docs: np.ndarray, max_len: int, cross_docs: bool) -> E
     return out.build()
 
 
-def _truncate_pair(a: list, b: list, cap: int) -> None:
-    """Trim tokens from the end of the longer segment until the pair fits (BERT's truncate_seq_pair)."""
+def _truncate_pair(a: list, b: list, cap: int, rng: np.random.Generator) -> None:
+    """Trim one token at a time from the longer segment until the pair fits, from its front or its end at random
+    (BERT's create_pretraining_data.truncate_seq_pair: "to add more randomness and avoid biases")."""
     la, lb = _n_tokens(a), _n_tokens(b)
     while la + lb > cap:
         seg = a if la > lb else b
-        seg[-1][1] -= 1
-        if seg[-1][1] == seg[-1][0]:
-            seg.pop()
+        if rng.random() < 0.5:
+            seg[0][0] += 1
+            if seg[0][0] == seg[0][1]:
+                seg.pop(0)
+        else:
+            seg[-1][1] -= 1
+            if seg[-1][1] == seg[-1][0]:
+                seg.pop()
         la, lb = _n_tokens(a), _n_tokens(b)
 
 
@@ -169,7 +175,7 @@ def _segment_pairs(split: Split, docs: np.ndarray, max_len: int, rng: np.random.
                 if not is_next:
                     b = _random_segment(split, _random_other_doc(rng, docs, d), cap - _n_tokens(a), rng)
                     i -= len(chunk) - len(a)  # put the unused sentences back, as BERT does
-                _truncate_pair(a, b, cap)
+                _truncate_pair(a, b, cap, rng)
                 out.add(d, a, b, is_next)
                 chunk, chunk_len = [], 0
             i += 1
@@ -203,7 +209,7 @@ def _sentence_pairs(split: Split, docs: np.ndarray, max_len: int, rng: np.random
             else:
                 other = _pieces(split, _random_other_doc(rng, docs, d), cap)
                 b, is_next, i = [list(other[rng.integers(len(other))])], 0, i + 1
-            _truncate_pair(a, b, cap)
+            _truncate_pair(a, b, cap, rng)
             out.add(d, a, b, is_next)
     return out.build()
 
@@ -239,8 +245,8 @@ def cached_examples(prepared: PreparedData, split_name: str, cfg: DataConfig, se
     arrays (`cached_array`)."""
     fmt = input_format or cfg.input_format
     what = [split_name, fmt, cfg.max_seq_len, cfg.data_fraction, cfg.data_tokens]
-    if fmt in NSP_FORMATS:  # only the NSP formats draw (pairs and cut points)
-        what += [seed, cfg.nsp_positive_prob]
+    if fmt in NSP_FORMATS:  # only the NSP formats draw (pairs, cut points, which end a pair is trimmed from)
+        what += [seed, cfg.nsp_positive_prob, "trim-either-end"]  # the marker: views from before that are stale
     folder = prepared.dir / "examples" / hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
     names = [f.name for f in fields(Examples)]
     if not (folder / "done").exists():
