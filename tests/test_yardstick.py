@@ -3,8 +3,10 @@ reference; a pretraining run logs it and writes it into result.json."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+from dataclasses import fields, replace
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from harness.callbacks import StepMetrics
-from harness.config import load_config
+from harness.config import DataConfig, load_config
 from harness.data import yardstick
 from harness.data.datamodule import PretrainDataModule
 from harness.data.pipeline import prepare
@@ -78,14 +80,44 @@ def test_a_run_logs_the_yardstick_and_records_it(tmp_path):
     cfg = load_config(TINY, [f"train.runs_dir={tmp_path}", "train.wandb=disabled", "train.num_workers=0",
                              "optim.max_steps=20", "optim.warmup_steps=2", "train.val_every=10",
                              "data.input_format=segment_pair_nsp"])
-    result = pretrain(cfg)
-    saved = json.loads((run_dir_of(cfg) / "result.json").read_text())
-    assert saved == result
+    pretrain(cfg)
+    result = json.loads((run_dir_of(cfg) / "result.json").read_text())
     assert 0 < result["final_yardstick_ppl"] < math.inf and result["final_valid_ppl"] != result["final_yardstick_ppl"]
-    assert result["yardstick_unigram_ppl"] > 1
-    assert result["epochs"] == result["steps"] / result["steps_per_epoch"]
-    header = (run_dir_of(cfg) / "metrics.csv").read_text().splitlines()[0]
-    assert "val/yardstick_ppl" in header
+    assert result["final_yardstick_ppl"] == pytest.approx(math.exp(result["final_yardstick_loss"]), rel=1e-12)
+    # the last validation the learning curve logged is the one result.json records
+    rows = list(csv.DictReader((run_dir_of(cfg) / "metrics.csv").open()))
+    last = [r for r in rows if r.get("val/yardstick_ppl")][-1]
+    assert int(float(last["step"])) == 20
+    assert float(last["val/yardstick_ppl"]) == pytest.approx(result["final_yardstick_ppl"], rel=1e-6)
+    # the unigram reference, recomputed here from the training split's raw tokens (add-one frequencies) at the
+    # targets of the yardstick's first 512 sequences, the ones validation scores
+    _, dm = _data("segment_pair_nsp")
+    vocab = dm.prepared.vocab_size
+    counts = np.bincount(np.asarray(dm.prepared.split("train").tokens), minlength=vocab).astype(float)
+    labels = np.concatenate([dm.yardstick_set[(i, 0)]["labels"] for i in range(min(512, len(dm.yardstick_set)))])
+    targets = labels[labels != IGNORE_INDEX]
+    expected = math.exp(-np.mean(np.log((counts[targets] + 1) / (counts.sum() + vocab))))
+    assert result["yardstick_unigram_ppl"] == pytest.approx(expected, rel=1e-9)
+    assert result["steps"] == 20 and result["epochs"] == 20 / result["steps_per_epoch"]
+
+
+def test_the_analysis_refuses_exactly_what_the_yardstick_depends_on():
+    """Change one data setting at a time: those that change the yardstick's config are what it depends on, less the
+    two it keeps but never uses (static masks: it masks dynamically; decode errors: a run either decodes or stops).
+    The analysis must refuse a study whose arms differ in exactly those (analysis.load.YARDSTICK_KEYS)."""
+    from analysis.load import YARDSTICK_KEYS
+
+    base = DataConfig(input_format="segment_pair_nsp")
+    other = {"corpus": "tiny", "tokenizer": "wordpiece", "vocab_size": 8000, "lowercase": True,
+             "tokenizer_path": "t.json", "input_format": "doc_sentences", "masking": "static",
+             "nsp_positive_prob": 0.6, "static_masks": 3, "mask_prob": 0.2, "random_token_prob": 0.05,
+             "leave_unmasked_prob": 0.05, "max_seq_len": 256, "data_fraction": 0.5, "data_tokens": 1000,
+             "valid_fraction": 0.1, "decode_errors": "replace"}
+    assert set(other) == {f.name for f in fields(DataConfig)}, "a new data setting: say whether the yardstick uses it"
+    kept = {k for k, v in other.items()
+            if yardstick.yardstick_config(replace(base, **{k: v})) != yardstick.yardstick_config(base)}
+    assert kept - {"static_masks", "decode_errors"} == set(yardstick.DEPENDS_ON)
+    assert YARDSTICK_KEYS == tuple(f"data.{k}" for k in yardstick.DEPENDS_ON)
 
 
 def test_bigram_reference_by_hand():
