@@ -69,6 +69,7 @@ class StepMetrics(L.Callback):
         self.last_train: dict[str, float] = {}
         self.last_val: dict[str, float] = {}
         self.diverged_at: int | None = None
+        self.validating_step: int | None = None  # a validation outside fit scores this step (trainer.validate's is 0)
         self.bar: dict[str, str] = {}  # shown in the progress bar
         self._step = self._tick = self._fit_start = self._pause = None
         self._lr = math.nan
@@ -157,8 +158,9 @@ class StepMetrics(L.Callback):
         m = {"val/loss": mlm, "val/ppl": _exp(mlm), "val/yardstick_loss": y, "val/yardstick_ppl": _exp(y)}
         if self.cfg.data.nsp:
             m["val/nsp_acc"] = sums["nsp_correct"] / max(sums["n_sequences"], 1)
-        _emit(trainer, m, trainer.global_step)
-        self.last_val = {**m, "step": trainer.global_step}
+        step = trainer.global_step if self.validating_step is None else self.validating_step
+        _emit(trainer, m, step)
+        self.last_val = {**m, "step": step}
         self.bar["yardstick_ppl"] = f"{m['val/yardstick_ppl']:.2f}"
 
 

@@ -359,9 +359,15 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     counts = data.train_unigram_counts() if cfg.model.output_bias_init == "unigram" and not book.checkpoint else None
     module = PretrainModule(cfg, prepared.vocab_size, counts)
+    metrics = next(cb for cb in trainer.callbacks if isinstance(cb, StepMetrics))
+    if book.revalidate:
+        # Killed during the validation after its checkpoint: score that step again, as the uninterrupted run did
+        # (Lightning skips the sanity check of a resumed fit). Validation draws nothing random; fit restores all.
+        metrics.validating_step = book.resume_step
+        trainer.validate(module, datamodule=data, ckpt_path=book.checkpoint, verbose=False)
+        metrics.validating_step = None
     trainer.fit(module, datamodule=data, ckpt_path=book.checkpoint)
 
-    metrics = next(cb for cb in trainer.callbacks if isinstance(cb, StepMetrics))
     last_step = cfg.train.stop_at_step or cfg.optim.max_steps  # a tuning trial stops early on its own schedule
     if metrics.diverged_at is None and trainer.global_step < last_step:
         raise RuntimeError(f"{run_dir}: training stopped at step {trainer.global_step} of {last_step}")

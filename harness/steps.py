@@ -93,6 +93,14 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+def _has_row(path: Path, step: int, key: str) -> bool:
+    """Whether metrics.csv holds a value of `key` at `step`."""
+    if not path.is_file():
+        return False
+    with path.open(newline="") as f:
+        return any(int(float(r["step"])) == step and r.get(key) for r in csv.DictReader(f))
+
+
 def _step_seed(*parts: int) -> int:
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1  # torch seeds are < 2**63
@@ -107,6 +115,11 @@ class StepBook(L.Callback):
         self.accumulate = cfg.optim.accumulation(cfg.train.devices)
         self.checkpoint = newest_checkpoint(Path(run_dir) / "checkpoints")
         self.resume_step = check_checkpoint(self.checkpoint, cfg) if self.checkpoint else None
+        # A resumed run scores its checkpoint's step again where that is a validation step whose row metrics.csv
+        # lacks (killed during the validation after the checkpoint). Every rank decides from the same file, before
+        # rank zero cuts it back.
+        self.revalidate = self.resume_step is not None and self.resume_step % cfg.train.val_every == 0 and not (
+            _has_row(Path(run_dir) / "metrics.csv", self.resume_step, "val/loss"))
         self._expect: tuple[int, int] | None = None
 
     def start_metrics(self, path: Path) -> None:

@@ -261,3 +261,38 @@ def test_step_gradient_does_not_depend_on_how_the_step_is_cut(tmp_path, tiny_dat
     assert whole.grads.keys() == cut.grads.keys()
     for name, grad in whole.grads.items():
         torch.testing.assert_close(cut.grads[name], grad, atol=1e-6, rtol=0, msg=name)
+
+
+def test_a_resume_redoes_the_validation_its_checkpoint_step_lost(tmp_path, tiny_data):
+    """A worker killed during the validation right after its checkpoint (issue 26): the resumed run validates that
+    step again, so metrics.csv has every validation row, with the values the uninterrupted run logged."""
+    overrides = ["optim.max_steps=20", "optim.warmup_steps=2", "train.val_every=10", "train.log_every=5",
+                 "train.checkpoint_every=10", "train.num_workers=0"]
+    full = tiny(tmp_path, *overrides, "train.arm=full")
+    pretrain(full)
+    reference = column(run_dir_of(full), "val/ppl")
+    assert sorted(reference) == [0, 10, 20]
+
+    cfg = tiny(tmp_path, *overrides, "train.arm=killed")
+    run = run_dir_of(cfg)
+    shutil.copytree(run_dir_of(full), run)
+    (run / "result.json").unlink()
+    for name in ("last.ckpt", "step_0000020.ckpt"):  # killed after step 10's checkpoint...
+        (run / "checkpoints" / name).unlink()
+    with (run / "metrics.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if int(r["step"]) <= 10]
+    for r in rows:  # ...during step 10's validation: its row never written
+        if int(r["step"]) == 10:
+            r.update({k: "" for k in fields if k.startswith("val/")})
+    with (run / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    assert sorted(column(run, "val/ppl")) == [0]
+
+    pretrain(cfg)
+    resumed = column(run, "val/ppl")  # also checks that no step is logged twice
+    assert sorted(resumed) == [0, 10, 20]
+    for step in (10, 20):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5), step
