@@ -1,5 +1,5 @@
-"""`make bench` (sections data, pretrain) and `make bench-prep` (prep): run the sections in one process and write
-them into runs/bench/latest.json (also printed), keeping the sections another command wrote there.
+"""`make bench` (sections data, pretrain, refusals) and `make bench-prep` (prep): run the sections in one process and
+write them into runs/bench/latest.json (also printed), keeping the sections another command wrote there.
 
 Each section returns a dict of numbers; ratios are taken against baselines measured in the same run.
 """
@@ -18,7 +18,7 @@ import torch
 from harness.errors import UserError
 from harness.files import read_json, write_json
 
-SECTIONS = ("data", "pretrain", "prep", "frontier")
+SECTIONS = ("data", "pretrain", "refusals", "prep", "frontier")
 
 
 def bench_from_cli(args: argparse.Namespace) -> None:

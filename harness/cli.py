@@ -46,19 +46,57 @@ def _data_prepare(args: argparse.Namespace) -> None:
     prepare(cfg.data, verbose=True, backend=backend, shard_bytes=int(args.shard_mb * 1e6))
 
 
+# Refusals are fast: `pretrain`, `export-hf` and `finetune` check what the user typed with torch-free modules first,
+# since importing torch and Lightning costs several CPU-seconds (`make bench`: refusal_cpu_s_max); the commands' own
+# functions check the same again, with the state only torch can read (a checkpoint).
+
+
+def _check_run_dir(run_dir: str, weights: bool) -> None:
+    """A pretraining run folder as harness.pretrain.load_run reads it: the folder, its files and a valid config."""
+    from harness.config import read_yaml, with_overrides
+
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: run folder not found")
+    config_path, ckpt_path = folder / "config.yaml", folder / "checkpoints" / "last.ckpt"
+    wanted = (config_path, folder / "tokenizer.json", *([ckpt_path] if weights else []))
+    missing = [p for p in wanted if not p.is_file()]
+    if missing:
+        raise UserError(f"{folder}: not a pretraining run folder (runs/<study>/<arm>/seed_<k>) or not finished; "
+                        f"missing {', '.join(map(str, missing))}")
+    raw = read_yaml(config_path, "run config")
+    try:
+        with_overrides(raw)
+    except UserError as e:
+        raise UserError(f"{config_path}: {e}") from None
+
+
 def _pretrain(args: argparse.Namespace) -> None:
+    from harness.config import load_config
+
+    load_config(args.config, args.overrides)  # bad input refused before torch loads
     from harness.pretrain import pretrain_from_cli
 
     pretrain_from_cli(args)
 
 
 def _export_hf(args: argparse.Namespace) -> None:
+    _check_run_dir(args.run_dir, weights=True)
     from harness.export import export_hf_from_cli
 
     export_hf_from_cli(args)
 
 
 def _finetune(args: argparse.Namespace) -> None:
+    from harness.finetune.protocol import load_protocol
+    from harness.finetune.tasks import check_files, get_task
+
+    for task in args.task:  # as finetune_from_cli checks them, before torch loads
+        spec = get_task(task)
+        if args.data_dir not in (None, "hf") and spec.standin != spec.name:
+            check_files(spec, Path(args.data_dir))
+    load_protocol(args.protocol)
+    _check_run_dir(args.run_dir, weights=args.init == "pretrained")
     from harness.finetune.cli import finetune_from_cli
 
     finetune_from_cli(args)
@@ -252,7 +290,8 @@ def parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks; writes runs/bench/latest.json")
     bench.add_argument("--out", default="runs/bench/latest.json")
-    bench.add_argument("--sections", default="data,pretrain", help="comma-separated: data,pretrain (make bench) "
+    bench.add_argument("--sections", default="data,pretrain,refusals", help="comma-separated: data,pretrain,"
+                       "refusals (make bench; refusals: the CPU seconds the command line takes to refuse bad input) "
                        "or prep (make bench-prep: data preparation at 50 and 500 MB, minutes) or frontier (make "
                        "bench-frontier: the demo designs' learning curves, an hour; FRONTIER=name,... picks some)")
     bench.set_defaults(func=_bench)

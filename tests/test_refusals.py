@@ -246,3 +246,16 @@ def test_grid_status_leaves_a_study_folder_as_it_was(tmp_path, capsys):
     before = listing(folder)
     assert main(["grid", "status", str(folder)]) == 0
     assert listing(folder) == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Item 4: the command line's bad-input cases, each in its own process (timed by `make bench`, not here)
+
+
+def test_every_bad_input_case_of_the_bench_is_one_line_and_exit_2(tmp_path):
+    from harness.benchmarks.refusals import cases, refuse
+
+    results = [refuse(case) for case in cases(tmp_path)]
+    bad = [r for r in results if not r["ok"]]
+    assert not bad, bad
+    assert not list((tmp_path / "runs").glob("*/experiment.yaml"))  # no grid run recorded anything
