@@ -248,6 +248,17 @@ def test_grid_status_leaves_a_study_folder_as_it_was(tmp_path, capsys):
     assert listing(folder) == before
 
 
+def test_analysis_report_on_an_incomplete_study_leaves_it_as_it_was(tmp_path, capsys):
+    from analysis.__main__ import main as analysis_main
+
+    folder = _recorded_study(tmp_path)
+    _finish(folder, "full_sentences", {"status": "finished"})  # the other arm has no run folder yet
+    before = listing(folder)
+    assert analysis_main(["report", str(folder)]) == 2
+    assert "error: " in capsys.readouterr().err
+    assert listing(folder) == before  # no report/, no grid.sqlite journal left behind
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Item 4: the command line's bad-input cases, each in its own process (timed by `make bench`, not here)
 
