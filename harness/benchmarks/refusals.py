@@ -80,6 +80,8 @@ def cases(tmp: Path) -> list[Case]:
         Case("grid run: an arm beyond the position table",
              ("grid", "run", _experiment(tmp / "cross.yaml", **cross), "--scale", "smoke", "--runs-dir", runs),
              "data.max_seq_len: expected at most model.max_positions"),
+        Case("grid run: no such corpus", ("grid", "run", _experiment(tmp / "nocorpus.yaml", fixed={
+            "data.corpus": str(tmp / "no_corpus")}), "--scale", "smoke", "--runs-dir", runs), "no such file or folder"),
         Case("grid run: --runs-dir names a file", ("grid", "run", good, "--scale", "smoke", "--runs-dir", str(a_file)),
              "not a folder"),
         Case("grid run: --devices-per-worker 0",

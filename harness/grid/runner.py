@@ -587,6 +587,7 @@ def run_grid(path: str, scale: str, runs_dir: str = "runs", backend: str = "loca
                             f"{', '.join(a.name for a in exp.arms)}; seeds: {', '.join(map(str, exp.seeds))}")
     if (study_dir(exp, runs_dir) / "grid.sqlite").is_file():  # a store that cannot be read: before the plan
         CellStore(study_dir(exp, runs_dir) / "grid.sqlite", read_only=True)
+    check_inputs(exp)
     if wandb is not None:
         exp = exp.with_run_overrides({"train.wandb": wandb})
     data_dir = check_data_dir(exp, data_dir)
@@ -615,6 +616,21 @@ def run_grid(path: str, scale: str, runs_dir: str = "runs", backend: str = "loca
                  else f"an earlier `grid run`: its terminal, or {folder / 'logs'}/ with --workers > 1")
         raise_if_failed(folder, logs, other)
     return folder
+
+
+def check_inputs(exp: Experiment) -> None:
+    """Every arm's corpus and given tokenizer exist, before the plan prepares data (and torch loads): a missing
+    path is one line naming the arm, not a failure after planning."""
+    from harness.data.corpus import REGISTRY_CORPORA
+
+    for arm in exp.arms:
+        d = exp.config(arm, exp.seeds[0], "runs").data
+        if d.corpus not in REGISTRY_CORPORA and not Path(d.corpus).expanduser().exists():
+            raise UserError(f"{exp.path}: arm {arm.name}: data.corpus={d.corpus}: no such file or folder (expected "
+                            f"{', '.join(map(repr, REGISTRY_CORPORA))} or a path to .txt/.jsonl text)")
+        if d.tokenizer_path and not Path(d.tokenizer_path).expanduser().is_file():
+            raise UserError(f"{exp.path}: arm {arm.name}: data.tokenizer_path={d.tokenizer_path}: no such file "
+                            f"(expected a tokenizer.json)")
 
 
 def check_runs_dir(runs_dir: str) -> None:
