@@ -145,20 +145,23 @@ def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = Fal
         if not root.exists():
             raise UserError(f"{spec}: no such file or folder (expected 'demo', 'tiny', or a path to .txt/.jsonl text)")
         user_files = _UserFiles(root, decode_errors)
+        if not any(f.stat().st_size for f in user_files.files):  # nothing to read: one line, before any work
+            raise UserError(f"{spec}: no documents after normalisation (expected non-blank text)")
         name, key, sources, units = user_files.name, user_files.key(), [user_files.name], user_files.units(shard_bytes)
 
     final = cache_root() / "corpus" / f"{name}-{key}"
-    if not (final / "stats.json").exists():
+    cached = (final / "stats.json").exists()
+    if not cached:
         with locked(cache_root() / "locks" / f"corpus-{name}-{key}"):
             if not (final / "stats.json").exists():
                 try:
                     _build(final, name, sources, units, backend, shard_bytes, verbose)
                 except FetchError as e:  # offline, or a registry serving other bytes: one line, not a traceback
                     raise UserError(f"{spec}: a source could not be fetched ({e})") from None
-    elif verbose:
-        _log(f"corpus {name}: cached at {final}")
     if json.loads((final / "stats.json").read_text())["documents"] == 0:  # built now or cached by an earlier run
         raise UserError(f"{spec}: no documents after normalisation (expected non-blank text)")
+    if cached and verbose:
+        _log(f"corpus {name}: cached at {final}")
     corpus = _load(final, key)
     if verbose:
         _summarise(corpus)
