@@ -214,6 +214,19 @@ def test_grid_status_marks_finished_cells_whose_folder_or_result_is_missing_or_u
     assert "finished, but result.json is unreadable" in doc, out
 
 
+def test_grid_status_marks_a_pending_cell_whose_checkpoint_is_cut_short(tmp_path, capsys):
+    folder = _recorded_study(tmp_path)
+    rows = {r["arm"]: r for r in CellStore(folder / "grid.sqlite").rows()}
+    ckpt = Path(rows["doc_sentences"]["run_dir"]) / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    capsys.readouterr()
+    assert main(["grid", "status", str(folder)]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if " doc_sentences " in x)
+    assert f"pending, but {ckpt} cannot be read: `grid run --restart-cell doc_sentences 0`" in line, out
+
+
 def test_restart_cell_redoes_a_finished_cell_whose_folder_is_gone_and_keeps_a_bad_checkpoint_aside(tmp_path):
     from harness.grid.runner import restart_cell
 

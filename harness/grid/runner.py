@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import traceback
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -490,10 +491,20 @@ def cell_dir(folder: Path, row: dict) -> Path:
 
 
 def _state_note(folder: Path, row: dict) -> str:
-    """What the folder says against the store: a finished cell whose folder or result.json is gone or unreadable."""
+    """What the folder says against the store: a finished cell whose folder or result.json is gone or unreadable, a
+    cell to resume whose checkpoint is cut short (torch saves a zip archive, whose directory is at its end: reading
+    that directory, not the tensors, keeps this cheap for any checkpoint size)."""
+    run_dir = cell_dir(folder, row)
+    if row["status"] in ("pending", "running"):
+        for ckpt in sorted((run_dir / "checkpoints").glob("*.ckpt")):
+            try:
+                zipfile.ZipFile(ckpt).close()
+            except (zipfile.BadZipFile, OSError):
+                return (f"{row['status']}, but {ckpt} cannot be read: `grid run --restart-cell {row['arm']} "
+                        f"{row['seed']}`")
+        return ""
     if row["status"] not in ("finished", "diverged"):
         return ""
-    run_dir = cell_dir(folder, row)
     if not run_dir.is_dir():
         return f"{row['status']}, but its folder is missing: `grid run --restart-cell {row['arm']} {row['seed']}`"
     result = run_dir / "result.json"
