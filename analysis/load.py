@@ -34,6 +34,7 @@ RESULT_STATUSES = ("finished", "diverged")  # a result.json with either is a com
 # analysis never imports harness)
 PRETRAIN_SOURCE = "held-out pretraining split"
 OWN_PPL = "own_ppl"  # perplexity on the held-out split in the arm's own input format (PPL is the yardstick's)
+SHORT_PPL = "short_ppl"  # perplexity on the short-context yardstick: the yardstick's text, one sentence at a time
 NA_OFFLINE = "n/a offline"
 # What the yardstick depends on (harness.data.yardstick.DEPENDS_ON's list, kept equal by a test; analysis never imports
 # harness): text, tokenizer and split, window length and mask rate. Arms that differ in one were scored on different
@@ -41,11 +42,12 @@ NA_OFFLINE = "n/a offline"
 YARDSTICK_KEYS = ("data.corpus", "data.tokenizer", "data.vocab_size", "data.lowercase", "data.tokenizer_path",
                   "data.valid_fraction", "data.max_seq_len", "data.mask_prob")
 UNIGRAM = "yardstick_unigram_ppl"  # result.json's no-context reference: one value per study
+SHORT_UNIGRAM = "short_yardstick_unigram_ppl"  # ... and the short-context yardstick's
 # metrics.csv column -> curve column; any may be missing (older runs, train-only or val-only rows)
 CURVE_COLUMNS = {"train/loss": "train_loss", "train/mlm_ppl": "train_ppl", "train/lr": "lr",
                  "train/tokens": "tokens", "train/tokens_per_s": "tokens_per_s", "train/mfu": "mfu",
                  "val/loss": "val_loss", "val/ppl": "val_own_ppl", "val/nsp_acc": "val_nsp_acc",
-                 "val/yardstick_ppl": "val_ppl"}
+                 "val/yardstick_ppl": "val_ppl", "val/short_yardstick_ppl": "val_short_ppl"}
 
 
 class StudyError(Exception):
@@ -170,9 +172,10 @@ def check_one_yardstick(study: Study) -> None:
         for key in YARDSTICK_KEYS:
             if key in run["config"]:
                 values.setdefault(key, {}).setdefault(json.dumps(run["config"][key]), []).append(run["arm"])
-        u = _float(run["result"].get(UNIGRAM))
-        if math.isfinite(u):  # nearest 1e-6 relative: the same counts and positions give the same float
-            values.setdefault(UNIGRAM, {}).setdefault(f"{u:.6e}", []).append(run["arm"])
+        for key in (UNIGRAM, SHORT_UNIGRAM):
+            u = _float(run["result"].get(key))
+            if math.isfinite(u):  # nearest 1e-6 relative: the same counts and positions give the same float
+                values.setdefault(key, {}).setdefault(f"{u:.6e}", []).append(run["arm"])
     for key, by_value in values.items():
         if len(by_value) > 1:
             seen = "; ".join(f"{v} in {', '.join(dict.fromkeys(arms))}" for v, arms in by_value.items())
@@ -237,8 +240,8 @@ def _float(x: Any) -> float:
 
 
 def tidy_frame(study: Study) -> pd.DataFrame:
-    """A row per run x metric: ppl (the yardstick's), own_ppl, valid_loss, valid_nsp_acc (pretraining) and one per
-    fine-tuning task.
+    """A row per run x metric: ppl (the yardstick's), own_ppl, short_ppl (the short-context yardstick's; 'no
+    yardstick' for runs made before it), valid_loss, valid_nsp_acc (pretraining) and one per fine-tuning task.
 
     value: the run's number (for a task, the mean over its fine-tuning seeds: one number per pretraining seed for
     the paired statistics); values: every number behind it. A diverged run's perplexity is +inf and its downstream
@@ -255,7 +258,7 @@ def tidy_frame(study: Study) -> pd.DataFrame:
         res = run["result"]
         base.update({k: res.get(k) for k in ("steps", "tokens_seen", "train_time_s", "wall_time_s",
                                              "diverged_at_step", "epochs", "steps_per_epoch",
-                                             "yardstick_unigram_ppl")})
+                                             UNIGRAM, SHORT_UNIGRAM)})
         base["tuned_at_edge"] = ",".join(run["at_edge"])
         for prefix in ("scientific", "nuisance", "fixed"):
             base.update({f"{prefix}.{k}": v for k, v in run[prefix].items()})
@@ -270,14 +273,16 @@ def tidy_frame(study: Study) -> pd.DataFrame:
             add(PPL, math.nan, [], metric_status=run["status"], data_source=PRETRAIN_SOURCE)
             continue
         diverged = run["status"] == "diverged"
-        for metric, key in ((PPL, "final_yardstick_ppl"), (OWN_PPL, "final_valid_ppl")):
+        for metric, key in ((PPL, "final_yardstick_ppl"), (OWN_PPL, "final_valid_ppl"),
+                            (SHORT_PPL, "final_short_yardstick_ppl")):
             ppl = _float(res.get(key))
             if diverged or math.isinf(ppl):
-                add(metric, math.inf, [math.inf], metric_status="ok", data_source=PRETRAIN_SOURCE)
+                add(metric, math.inf, [math.inf], metric_status="ok", data_source=PRETRAIN_SOURCE,
+                    higher_is_better=False)
             elif math.isnan(ppl):
-                add(metric, ppl, [], metric_status="no yardstick", data_source=PRETRAIN_SOURCE)
+                add(metric, ppl, [], metric_status="no yardstick", data_source=PRETRAIN_SOURCE, higher_is_better=False)
             else:
-                add(metric, ppl, [ppl], metric_status="ok", data_source=PRETRAIN_SOURCE)
+                add(metric, ppl, [ppl], metric_status="ok", data_source=PRETRAIN_SOURCE, higher_is_better=False)
         add("valid_loss", _float(res.get("final_valid_loss")), [], metric_status="ok", data_source=PRETRAIN_SOURCE,
             higher_is_better=False)
         if res.get("final_valid_nsp_acc") is not None:

@@ -18,7 +18,7 @@ import pandas as pd
 from analysis.tables import Metric, TableResult
 
 VERDICT_MARK = {"reproduced": "reproduced", "contradicted": "CONTRADICTED", "inconclusive": "inconclusive",
-                "no signal": "no signal", "not tested": "not tested"}
+                "no signal": "no signal", "not tested": "not tested", "format-dependent": "format-dependent"}
 
 
 def _num(m: Metric, x: float | None, signed: bool = False) -> str:

@@ -54,6 +54,11 @@ shapes' baselines for that task that are not degenerate (the highest median of t
 none, the arm shows no signal, "baseline degenerate". So does a baseline with no majority-class score to check it
 against (a summary written before it was recorded).
 
+Two yardsticks (Table 2). The long-window yardstick is FULL-SENTENCES' own kind of input, so a Table 2 perplexity
+claim is also judged on the short-context yardstick (the same text, a sentence at a time), each yardstick by the rules
+above on its own (Holm across the claim's comparisons on that yardstick). Equal verdicts stand; where they differ the
+claim is "format-dependent" (or "no signal", where one of them is), and the table prints both verdicts and intervals.
+
 Precedence: not tested (the study lacks the arms) > fewer than MIN_RUNS paired runs > no signal > the interval rule.
 """
 
@@ -72,8 +77,8 @@ MARGIN_PPL = 0.01  # ... or within 1% of the other arm's perplexity
 MIN_RUNS = 2  # paired runs below which there is no interval at all (a t-interval needs a spread)
 RATIO_SIGNAL = 0.9  # ppl / unigram ppl must lie below this for a perplexity claim to carry signal
 MAX_SEEDS = 10_000  # "seeds needed" beyond this is printed as more than it
-REPRODUCED, CONTRADICTED, INCONCLUSIVE, NO_SIGNAL, NOT_TESTED = (
-    "reproduced", "contradicted", "inconclusive", "no signal", "not tested")
+REPRODUCED, CONTRADICTED, INCONCLUSIVE, NO_SIGNAL, NOT_TESTED, FORMAT_DEPENDENT = (
+    "reproduced", "contradicted", "inconclusive", "no signal", "not tested", "format-dependent")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from analysis.load import (
     NA_OFFLINE,
     OWN_PPL,
     RESULT_STATUSES,
+    SHORT_PPL,
+    SHORT_UNIGRAM,
     UNIGRAM,
     Study,
     StudyError,
@@ -33,6 +35,7 @@ from analysis.load import (
 from analysis.paper import PPL, TABLES, TASK_COLUMN, PaperTable
 from analysis.rows import ROW_MAPPINGS, arm_factors, row_pairs
 from analysis.stats import (
+    FORMAT_DEPENDENT,
     INCONCLUSIVE,
     LEVEL,
     MARGIN_POINTS,
@@ -56,6 +59,8 @@ from analysis.stats import (
 )
 
 RANDOM_INIT_ROW = "no pretraining (random init)"
+YARDSTICKS = (PPL, SHORT_PPL)  # the long-window yardstick and, for Table 2, the short-context one
+RATIO_COLUMN = {PPL: "ppl / unigram", SHORT_PPL: "short ppl / unigram"}
 MAJORITY_ROW = "majority class (a constant prediction)"
 
 
@@ -79,7 +84,7 @@ class Metric:
             return "–"
         if math.isinf(x):
             return "diverged" if x > 0 else "-inf"
-        return f"{x:.2f}" if self.key == PPL else f"{x:.1f}"
+        return f"{x:.2f}" if self.key in YARDSTICKS else f"{x:.1f}"
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,10 @@ def _metrics(study: Study, paper: PaperTable, notes: list[str]) -> list[Metric]:
     out = [Metric(PPL, None, "ppl (yardstick)", PPL if PPL in paper.columns else None, False,
                   "held-out yardstick"),
            Metric(OWN_PPL, None, "ppl (own format)", None, False, "held-out split in the arm's own input format")]
+    short = pd.to_numeric(tidy[tidy["metric"] == SHORT_PPL]["value"], errors="coerce")
+    if paper.number == 2 and np.isfinite(short).any():  # runs made before it recorded none
+        out.insert(1, Metric(SHORT_PPL, None, "ppl (short yardstick)", None, False,
+                             "held-out yardstick text, one sentence at a time"))
     tasks = [t for t in dict.fromkeys(tidy["task"].dropna()) if t]
     for task in tasks:
         rows = tidy[(tidy["task"] == task) & (tidy["metric_status"] == "ok")]
@@ -227,7 +236,7 @@ def make_table(study: Study | str | Path, number: int | None = None, margin_poin
     tidy = study.tidy[study.tidy["expected"]]
     runs = study.runs[study.runs["expected"]]
     scores = {(arm, m.key): _by_seed(tidy, arm, m) for arm in study.arms for m in metrics}
-    unigram = _unigram(tidy)
+    unigram = {PPL: _unigram(tidy, UNIGRAM), SHORT_PPL: _unigram(tidy, SHORT_UNIGRAM)}
 
     detail = []
     for arm in study.arms:
@@ -249,8 +258,8 @@ def make_table(study: Study | str | Path, number: int | None = None, margin_poin
                 "tokens": _run_figure(arm_tidy, "tokens_seen"), "steps": _run_figure(arm_tidy, "steps"),
                 "epochs": _run_figure(arm_tidy, "epochs"),
             }
-            if m.key == PPL:
-                log_ratio = _log_ratios(scores[arm, PPL], unigram)
+            if m.key in YARDSTICKS:
+                log_ratio = _log_ratios(scores[arm, m.key], unigram[m.key])
                 row["unigram_ratio"] = math.exp(float(np.median(log_ratio))) if len(log_ratio) else math.nan
                 row["unigram_ratio_hi"] = ratio_upper(log_ratio).value
             detail.append(row)
@@ -296,18 +305,24 @@ def make_table(study: Study | str | Path, number: int | None = None, margin_poin
     ratio = f" (ppl / unigram: perplexity claims need every compared arm's upper bound below {RATIO_SIGNAL:g})"
     notes.append("ppl (yardstick): every arm scored on the same held-out FULL-SENTENCES windows with the same "
                  "positions, all shown as <mask>; its no-context reference, the unigram perplexity of the training "
-                 f"split at those positions, is {unigram:.1f}, one value for the study" + ratio + "."
-                 if math.isfinite(unigram) else
+                 f"split at those positions, is {unigram[PPL]:.1f}, one value for the study" + ratio + "."
+                 if math.isfinite(unigram[PPL]) else
                  "ppl (yardstick): these runs recorded no yardstick (made before it existed); perplexity claims "
                  "cannot be judged.")
+    if any(m.key == SHORT_PPL for m in metrics):
+        notes.append("ppl (short yardstick): the same text as the yardstick, each sentence on its own as <s> sentence "
+                     "</s>, every chosen position <mask>: the windows are FULL-SENTENCES' own inputs, single "
+                     "sentences the pair formats' nearer kind; its unigram reference is "
+                     f"{unigram[SHORT_PPL]:.1f}. A perplexity claim is judged on both; where they disagree it reads "
+                     f"'{FORMAT_DEPENDENT}'.")
     return TableResult(number, paper.title, study, paper, reference, arm_rows, metrics, detail, claims, verdicts,
                        settings, notes, random_init, majority, degenerate)
 
 
-def _unigram(tidy: pd.DataFrame) -> float:
-    """The yardstick's unigram perplexity: one value per study (analysis.load refuses a study whose runs differ in
-    it); nan when no run recorded one."""
-    values = pd.to_numeric(tidy[UNIGRAM], errors="coerce").dropna() if UNIGRAM in tidy else pd.Series(dtype=float)
+def _unigram(tidy: pd.DataFrame, key: str) -> float:
+    """A yardstick's unigram perplexity (result.json's `key`): one value per study (analysis.load refuses a study
+    whose runs differ in it); nan when no run recorded one."""
+    values = pd.to_numeric(tidy[key], errors="coerce").dropna() if key in tidy else pd.Series(dtype=float)
     return float(values.iloc[0]) if len(values) else math.nan
 
 
@@ -355,7 +370,7 @@ def _bound_text(what: str, side: str, b: Bound, fmt) -> str:
 
 
 def _signal(study: Study, metrics: list[Metric], scores: dict, baseline_scores: dict, baseline_of: dict,
-            unigram: float, degenerate: dict | None = None, notes: list[str] | None = None
+            unigram: dict[str, float], degenerate: dict | None = None, notes: list[str] | None = None
             ) -> dict[tuple[str, str], str]:
     """(arm, metric) -> why the arm shows no signal on that metric; absent when it does. One rule for both kinds
     (analysis.stats.signal_bound). A degenerate baseline is replaced by another shape's sound one, said in `notes`."""
@@ -364,8 +379,8 @@ def _signal(study: Study, metrics: list[Metric], scores: dict, baseline_scores: 
     for arm in study.arms:
         for m in metrics:
             ours = scores[arm, m.key]
-            if m.key == PPL:
-                hi = ratio_upper(_log_ratios(ours, unigram))
+            if m.key in YARDSTICKS:
+                hi = ratio_upper(_log_ratios(ours, unigram.get(m.key, math.nan)))
                 if not hi.value < RATIO_SIGNAL:
                     ratio = _bound_text("its ppl / unigram", "up to", hi, lambda x: f"{x:.2f}")
                     out[arm, m.key] = f"{arm} ({ratio}, not below {RATIO_SIGNAL:g})"
@@ -404,7 +419,7 @@ def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], met
     arm_of = {row: arm for arm, row in arm_rows.items() if row is not None}
     pairs = row_pairs(number)
     has_downstream = any(m.downstream for m in metrics)
-    claimable = [m for m in metrics if m.key == PPL or m.downstream]
+    claimable = [m for m in metrics if m.key in YARDSTICKS or m.downstream]
     rows, untested = [], {}
     for claim, row_a, row_b, *_ in pairs:
         if row_a not in arm_of or row_b not in arm_of:
@@ -416,8 +431,11 @@ def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], met
             continue
         a, b = arm_of[row_a], arm_of[row_b]
         deciding = [m for m in claimable if (m.downstream if primary == "downstream" and has_downstream
-                                             else m.key == PPL)]
-        k = sum(1 for c, ra, rb, _, _ in pairs if c == claim and ra in arm_of and rb in arm_of) * len(deciding)
+                                             else m.key in YARDSTICKS)]
+        # Holm across the claim's comparisons on every deciding score; the two yardsticks are not pooled: each gives
+        # its own verdict, and the claim needs both (see the verdicts below)
+        k = sum(1 for c, ra, rb, _, _ in pairs if c == claim and ra in arm_of and rb in arm_of) * (
+            len(deciding) if deciding[0].downstream else 1)
         for m in claimable:
             role = "primary" if m in deciding else "supporting"
             gains = paired_gains(scores[a, m.key], scores[b, m.key], m.higher_is_better)
@@ -459,14 +477,26 @@ def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], met
             why = f"the study lacks the arms for {'; '.join(untested.get(claim, []))}"
         else:
             v = list(deciding["verdict"])
+            both = set(deciding["metric"]) == set(YARDSTICKS)
+            yardstick = "perplexity (yardstick)" if not both else \
+                "perplexity on both yardsticks (windows, single sentences)"
             basis = "downstream scores" if deciding["metric"].str.startswith("finetune/").all() else (
-                "perplexity (yardstick)" if paper.reports_ppl or has_downstream else
-                "perplexity (yardstick) only: no downstream scores in this study")
-            adjust = (f"Holm across {len(deciding)} comparisons (contradicted at {holm_level(len(deciding)):.1%} "
-                      f"each)" if len(deciding) > 1 else "one comparison")
-            few = (deciding["n"] < MIN_RUNS).any()
-            verdict = (INCONCLUSIVE if few else NO_SIGNAL if NO_SIGNAL in v else combine(v))
+                yardstick if paper.reports_ppl or has_downstream else
+                f"{yardstick} only: no downstream scores in this study")
+            k = int(deciding["comparisons"].iloc[0])
+            adjust = (f"Holm across {k} comparisons (contradicted at {holm_level(k):.1%} each)" if k > 1
+                      else "one comparison")
+            verdict = _decide(deciding)
+            if both:  # a verdict from each yardstick; where they differ the claim says so rather than pick one
+                each = {key: _decide(deciding[deciding["metric"] == key]) for key in YARDSTICKS}
+                if each[PPL] != each[SHORT_PPL]:
+                    verdict = NO_SIGNAL if NO_SIGNAL in each.values() else FORMAT_DEPENDENT
             why = f"{basis}; {adjust}: " + ", ".join(f"{n} {k}" for k, n in pd.Series(v).value_counts().items())
+            if verdict == FORMAT_DEPENDENT:
+                why += "; " + "; ".join(
+                    f"{name}: {each[key]} ("
+                    + ", ".join(_brief(r) for r in deciding[deciding["metric"] == key].to_dict("records")) + ")"
+                    for key, name in ((PPL, "windows"), (SHORT_PPL, "single sentences")))
             reasons = [r for r in dict.fromkeys(x for why in deciding["why"] for x in why.split("; ")) if r]
             if reasons:
                 why += " (" + "; ".join(reasons) + ")"
@@ -474,6 +504,19 @@ def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], met
                 why += f"; not run: {'; '.join(untested[claim])}"
         verdicts.append({"claim": claim, "text": text, "verdict": verdict, "why": why})
     return claims, pd.DataFrame(verdicts)
+
+
+def _decide(rows: pd.DataFrame) -> str:
+    """A claim's verdict from its deciding comparisons: too few runs > no signal > the intervals (analysis.stats)."""
+    v = list(rows["verdict"])
+    return INCONCLUSIVE if (rows["n"] < MIN_RUNS).any() else NO_SIGNAL if NO_SIGNAL in v else combine(v)
+
+
+def _brief(r: dict) -> str:
+    """'DOC-SENTENCES vs FULL-SENTENCES +1.95 [+1.80, +2.10] at 95.0%': a comparison's gain and interval."""
+    if math.isnan(r["gain_lo"]):
+        return f"{r['comparison']} {r['gain']:+.2f}, no interval"
+    return f"{r['comparison']} {r['gain']:+.2f} [{r['gain_lo']:+.2f}, {r['gain_hi']:+.2f}] at {r['level']:.1%}"
 
 
 def _fmt_value(v: Any) -> str:
@@ -582,12 +625,13 @@ def wide_frame(t: TableResult) -> pd.DataFrame:
             if d is not None:
                 r = d.loc[m.key]
                 row[f"{m.header} ours"] = range_text(m, r["median"], r["min"], r["max"])
-                if m.key == PPL:
-                    row["ppl / unigram"] = f"{r['unigram_ratio']:.2f}" if math.isfinite(r["unigram_ratio"]) else "–"
+                if m.key in YARDSTICKS:
+                    row[RATIO_COLUMN[m.key]] = (f"{r['unigram_ratio']:.2f}" if math.isfinite(r["unigram_ratio"])
+                                                else "–")
             else:
                 row[f"{m.header} ours"] = ""
-                if m.key == PPL:
-                    row["ppl / unigram"] = ""
+                if m.key in YARDSTICKS:
+                    row[RATIO_COLUMN[m.key]] = ""
             p = _paper_value(t.paper, label, m.paper_column)
             if m.paper_column is not None:  # the paper's number is on the real task, whatever data ours used
                 row[f"{m.paper_column} paper"] = m.fmt(p) if p is not None else "–"

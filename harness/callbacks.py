@@ -57,7 +57,8 @@ class StepMetrics(L.Callback):
     """Once per optimizer step, adds the module's sums over ranks; every train.log_every steps logs the window's
     MLM loss (train/loss) and perplexity, NSP loss and accuracy (NSP formats), learning rate, tokens seen, tokens/s
     and MFU; after each validation, the held-out perplexity on the yardstick (val/yardstick_ppl, the same sequences
-    for every arm: harness.data.yardstick) and in the arm's own input format (val/ppl). A non-finite training
+    for every arm: harness.data.yardstick), on its short-context twin (val/short_yardstick_ppl: the same text one
+    sentence at a time) and in the arm's own input format (val/ppl). A non-finite training
     objective stops the run as diverged."""
 
     def __init__(self, cfg: Config, peak_flops: float):
@@ -156,6 +157,9 @@ class StepMetrics(L.Callback):
         yard = pl_module.yardstick_sums.reduce(trainer.strategy, pl_module.device)
         y = yard["mlm_loss"] / max(yard["n_predicted"], 1)
         m = {"val/loss": mlm, "val/ppl": _exp(mlm), "val/yardstick_loss": y, "val/yardstick_ppl": _exp(y)}
+        short = pl_module.short_yardstick_sums.reduce(trainer.strategy, pl_module.device)
+        s = short["mlm_loss"] / max(short["n_predicted"], 1)
+        m.update({"val/short_yardstick_loss": s, "val/short_yardstick_ppl": _exp(s)})
         if self.cfg.data.nsp:
             m["val/nsp_acc"] = sums["nsp_correct"] / max(sums["n_sequences"], 1)
         step = trainer.global_step if self.validating_step is None else self.validating_step

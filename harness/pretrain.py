@@ -86,6 +86,7 @@ class PretrainModule(L.LightningModule):
             with torch.no_grad():
                 self.model.mlm_head.bias.copy_(torch.as_tensor(yardstick.log_unigram(unigram_counts)))
         self.train_sums, self.val_sums, self.yardstick_sums = Sums(), Sums(), Sums()
+        self.short_yardstick_sums = Sums()  # the short-context yardstick (yardstick.SHORT_LOADER_INDEX)
 
     def _loss(self, batch: dict, sums: Sums, n_predicted: float | None = None, n_sequences: float | None = None
               ) -> Tensor:
@@ -109,15 +110,16 @@ class PretrainModule(L.LightningModule):
                           *loss_denominators(batch, self.trainer.accumulate_grad_batches, self.trainer.world_size))
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if dataloader_idx != yardstick.LOADER_INDEX:
+        if dataloader_idx not in (yardstick.LOADER_INDEX, yardstick.SHORT_LOADER_INDEX):
             self._loss(batch, self.val_sums)
             return
-        # The yardstick has no segment B: MLM only, whatever heads the model has.
+        # The yardsticks have no segment B: MLM only, whatever heads the model has.
         out = self.model(batch["input_ids"], batch.get("attention_mask"), None, batch["labels"])
         mlm_sum = F.cross_entropy(out.mlm_logits.float(), out.mlm_targets, reduction="sum")
         zero = torch.zeros((), device=mlm_sum.device)
-        self.yardstick_sums.add(torch.stack([mlm_sum, zero, zero]).detach().double(),
-                                [out.mlm_targets.numel(), batch["input_ids"].size(0), int(batch["n_tokens"])])
+        sums = self.yardstick_sums if dataloader_idx == yardstick.LOADER_INDEX else self.short_yardstick_sums
+        sums.add(torch.stack([mlm_sum, zero, zero]).detach().double(),
+                 [out.mlm_targets.numel(), batch["input_ids"].size(0), int(batch["n_tokens"])])
 
     def configure_optimizers(self) -> dict:
         o = self.cfg.optim
@@ -388,6 +390,8 @@ def pretrain(cfg: Config, callbacks: tuple = ()) -> dict:
         "final_yardstick_ppl": metrics.last_val.get("val/yardstick_ppl"),
         "yardstick_unigram_ppl": data.yardstick_unigram_ppl,
         "yardstick_bigram_ppl": data.yardstick_bigram_ppl,
+        "final_short_yardstick_ppl": metrics.last_val.get("val/short_yardstick_ppl"),
+        "short_yardstick_unigram_ppl": data.short_yardstick_unigram_ppl,
         "steps_per_epoch": data.steps_per_epoch,
         "epochs": trainer.global_step / data.steps_per_epoch,
         "diverged_at_step": metrics.diverged_at,

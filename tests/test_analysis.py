@@ -101,14 +101,15 @@ def test_table2_has_every_arm_with_medians_ranges_and_what_each_arm_trained(smok
     t = make_table(smoke_study, 2)
     assert t.arm_rows == {"segment_pair_nsp": "SEGMENT-PAIR (+NSP)", "doc_sentences": "DOC-SENTENCES"}
     d = t.detail
-    assert set(d["arm"]) == set(ARMS) and set(d["metric"]) == {"ppl", "own_ppl", "finetune/rt_sentiment"}
+    assert set(d["arm"]) == set(ARMS) and set(d["metric"]) == {"ppl", "short_ppl", "own_ppl",
+                                                                 "finetune/rt_sentiment"}
     assert d[["median", "min", "max", "tokens", "steps", "epochs"]].notna().all().all()
     assert ((d["min"] <= d["median"]) & (d["median"] <= d["max"])).all()
     assert (d["steps"] == SMOKE["optim.max_steps"]).all() and (d["epochs"] > 0).all()
     assert (d["range_level"] == 0.5).all()  # the range of 2 runs covers the median of runs half the time
     ref = d[d["arm"] == "segment_pair_nsp"]
     assert (ref["delta"] == 0).all()
-    ppl = d[d["metric"] == "ppl"]
+    ppl = d[d["metric"].isin(["ppl", "short_ppl"])]  # Table 2: the windows and the single sentences
     assert (ppl["unigram_ratio"] > 0).all() and (ppl["unigram_ratio_hi"] >= ppl["unigram_ratio"]).all()
     sst = d[(d["arm"] == "doc_sentences") & (d["metric"] == "finetune/rt_sentiment")].iloc[0]
     assert sst["paper"] == 92.7 and math.isclose(sst["paper_delta"], 92.7 - 92.9)
@@ -118,7 +119,7 @@ def test_table2_has_every_arm_with_medians_ranges_and_what_each_arm_trained(smok
     assert v["single_sentences_hurt"] == "not tested"  # SENTENCE-PAIR is not in this study
     assert v["doc_not_worse_than_full"] == "not tested"
     wide = t.wide.set_index("arm")
-    assert {"tokens", "steps", "epochs", "ppl / unigram"} <= set(wide.columns)
+    assert {"tokens", "steps", "epochs", "ppl / unigram", "short ppl / unigram"} <= set(wide.columns)
 
 
 def test_random_init_rows_are_the_medians_of_each_encoder_shapes_random_init_runs(smoke_study):

@@ -38,11 +38,13 @@ def _nested(flat: dict) -> dict:
 def write_study(root: Path, table: int, arms: dict[str, dict], seeds: list[int], ppl: dict[str, list[float]],
                 unigram: float | dict[str, float] = 100.0, scores: dict[str, list[float]] | None = None,
                 random_init: dict[str, list[float]] | None = None, majority: float | None = 50.0,
-                config: dict[str, dict] | None = None) -> Path:
+                config: dict[str, dict] | None = None, short: dict[str, list[float]] | None = None,
+                short_unigram: float = 120.0) -> Path:
     """A complete study folder: study.json, and per arm and seed config.yaml, result.json and, with `scores`, the
     fine-tuning summary (one fine-tuning seed per run: the value given). A DIVERGED perplexity makes the run diverged
     (no fine-tuning). `random_init`: arm -> its encoder's random-init score per seed (the arms given are the
-    baselines, each arm's own shape first; an arm without one uses the first listed). `unigram` per arm, or one."""
+    baselines, each arm's own shape first; an arm without one uses the first listed). `unigram` per arm, or one.
+    `short`: arm -> the short-context yardstick's perplexity per seed (none recorded when not given)."""
     folder = root / f"table{table}"
     scores, random_init = scores or {}, random_init or {}
     baseline_of = {arm: arm if arm in random_init else next(iter(random_init), arm) for arm in arms}
@@ -65,6 +67,9 @@ def write_study(root: Path, table: int, arms: dict[str, dict], seeds: list[int],
                       "epochs": 0.5, "final_yardstick_ppl": None if diverged else ppl[arm][i],
                       "final_valid_ppl": None if diverged else ppl[arm][i], "yardstick_unigram_ppl": u,
                       "diverged_at_step": 5 if diverged else None}
+            if short is not None:
+                result |= {"final_short_yardstick_ppl": None if diverged else short[arm][i],
+                           "short_yardstick_unigram_ppl": short_unigram}
             (run / "result.json").write_text(json.dumps(result))
             for kind, table_of in (("finetune", scores), ("finetune-random-init", random_init)):
                 if arm in table_of and (kind != "finetune" or not diverged):
@@ -153,6 +158,33 @@ def test_a_degenerate_baseline_with_no_other_shape_gives_no_signal_baseline_dege
                                random_init={"static": [50.9, 50.9, 51.1]}, majority=50.9))
     v = t.verdicts.set_index("claim").loc["dynamic_not_worse"]
     assert v["verdict"] == "no signal" and "baseline degenerate" in v["why"], v["why"]
+
+
+FORMATS = {"full": {"data.input_format": "full_sentences"}, "doc": {"data.input_format": "doc_sentences"}}
+
+
+@pytest.mark.parametrize("short, verdict", [
+    # windows: DOC 38.0-38.4 vs FULL 40.0-40.4, not worse (gain +2.0 > -0.40, 1% of FULL's 40.2); single sentences:
+    # DOC 66.0-66.5 vs FULL 60.0-60.3, 10% worse (gain -6.1, below -0.60 at 95%): the yardsticks disagree
+    ({"full": [60.0, 60.3, 60.1], "doc": [66.0, 66.5, 66.2]}, "format-dependent"),
+    # single sentences: DOC 59.0-59.3 vs FULL 60.0-60.3: not worse on either, so the claim stands
+    ({"full": [60.0, 60.3, 60.1], "doc": [59.0, 59.3, 59.2]}, "reproduced"),
+])
+def test_a_table2_perplexity_claim_is_judged_on_both_yardsticks(tmp_path, short, verdict):
+    """Without downstream scores (as at demo scale) doc_not_worse_than_full rests on perplexity. Where the windows
+    (FULL-SENTENCES' own kind of input) and single sentences disagree, the verdict says so with both intervals instead
+    of picking the windows; before, the short yardstick did not exist and the windows alone said "reproduced"."""
+    ppl = {"full": [40.0, 40.4, 40.2], "doc": [38.0, 38.4, 38.1]}
+    t = make_table(write_study(tmp_path, 2, FORMATS, [0, 1, 2], ppl, short=short))
+    v = t.verdicts.set_index("claim").loc["doc_not_worse_than_full"]
+    assert v["verdict"] == verdict, v["why"]
+    if verdict == "format-dependent":
+        assert "windows: reproduced (DOC-SENTENCES vs FULL-SENTENCES +2.03 [" in v["why"], v["why"]
+        assert "single sentences: contradicted (DOC-SENTENCES vs FULL-SENTENCES -6.10 [" in v["why"], v["why"]
+    wide = t.wide.set_index("arm")
+    assert wide.loc["doc", "ppl (short yardstick) ours"] == f"{sorted(short['doc'])[1]:.2f} " \
+        f"[{min(short['doc']):.2f}, {max(short['doc']):.2f}]"
+    assert wide.loc["doc", "short ppl / unigram"] == f"{sorted(short['doc'])[1] / 120:.2f}"
 
 
 @pytest.mark.parametrize("config, unigram, named", [

@@ -20,7 +20,7 @@ from harness.data import yardstick
 from harness.data.datamodule import PretrainDataModule
 from harness.data.pipeline import prepare
 from harness.pretrain import PretrainModule, pretrain, run_dir_of
-from harness.tokens import IGNORE_INDEX, MASK
+from harness.tokens import BOS, EOS, IGNORE_INDEX, MASK
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -51,9 +51,12 @@ def test_identical_weights_score_identically_on_the_yardstick_whatever_the_input
         arm_cfg, dm = _data(fmt, f"train.seed={seed}")
         scores[fmt, seed] = _validate(module, arm_cfg, dm)
     yard = {k: v["val/yardstick_ppl"] for k, v in scores.items()}
+    short = {k: v["val/short_yardstick_ppl"] for k, v in scores.items()}
     own = {k: v["val/ppl"] for k, v in scores.items()}
     assert len(set(yard.values())) == 1, yard  # the same sequences, positions and masks: exactly equal
+    assert len(set(short.values())) == 1, short  # so is the short-context yardstick
     assert len(set(own.values())) > 1, own  # each arm's own-format set is other text
+    assert set(short.values()) != set(yard.values())  # one sentence of context is not a window's
 
 
 def test_yardstick_masks_every_selected_position_and_ignores_data_size():
@@ -67,6 +70,37 @@ def test_yardstick_masks_every_selected_position_and_ignores_data_size():
         assert (item["input_ids"][selected] == MASK).all()  # no random, no kept token
         np.testing.assert_array_equal(item["labels"], full.yardstick_set[(i, 0)]["labels"])
     assert dm.yardstick_unigram_ppl == full.yardstick_unigram_ppl
+
+
+def test_the_short_yardstick_is_the_windows_text_one_sentence_at_a_time():
+    """Its sequences are `<s> sentence </s>`, each a sentence of the split (or a piece of one past max_seq_len - 2),
+    together exactly the text of the yardstick's windows in order; every chosen position shows <mask>; its unigram
+    reference is its own, scored at its own positions."""
+    _, dm = _data("sentence_pair_nsp", "data.data_fraction=0.3", "data.random_token_prob=0.1")
+    windows, short = dm.yardstick_set, dm.short_yardstick_set
+    n = min(dm.valid_sequences, len(windows))
+
+    def text(ds, count: int) -> list[int]:
+        ids = np.concatenate([ds.assemble(i)[0] for i in range(count)])
+        return ids[(ids != BOS) & (ids != EOS)].tolist()
+
+    assert text(short, len(short)) == text(windows, n) and len(short) > n  # tiny: 230 sentences in 159 windows
+    bounds = set(np.asarray(dm.prepared.split("valid").sentences).tolist())
+    cap = dm.cfg.max_seq_len - 2
+    for i in range(len(short)):
+        ids = short.assemble(i)[0]
+        assert ids[0] == BOS and ids[-1] == EOS and (ids[1:-1] != EOS).all()
+        start, end = (int(x) for x in short.ex.spans[i])
+        assert start in bounds or (start - max(b for b in bounds if b <= start)) % cap == 0  # a sentence or a piece
+        item = short[(i, 0)]
+        selected = item["labels"] != IGNORE_INDEX
+        assert "token_type_ids" not in item and (item["input_ids"][selected] == MASK).all()
+    labels = np.concatenate([short[(i, 0)]["labels"] for i in range(len(short))])
+    counts = np.bincount(np.asarray(dm.prepared.split("train").tokens), minlength=dm.prepared.vocab_size)
+    targets = labels[labels != IGNORE_INDEX]
+    expected = math.exp(-np.mean(np.log((counts[targets] + 1.0) / (counts.sum() + len(counts)))))
+    assert dm.short_yardstick_unigram_ppl == pytest.approx(expected, rel=1e-9)
+    assert dm.short_yardstick_unigram_ppl != dm.yardstick_unigram_ppl
 
 
 def test_unigram_ppl_is_the_no_context_reference():
@@ -99,6 +133,8 @@ def test_a_run_logs_the_yardstick_and_records_it(tmp_path):
     expected = math.exp(-np.mean(np.log((counts[targets] + 1) / (counts.sum() + vocab))))
     assert result["yardstick_unigram_ppl"] == pytest.approx(expected, rel=1e-9)
     assert result["steps"] == 20 and result["epochs"] == 20 / result["steps_per_epoch"]
+    assert float(last["val/short_yardstick_ppl"]) == pytest.approx(result["final_short_yardstick_ppl"], rel=1e-6)
+    assert result["short_yardstick_unigram_ppl"] == dm.short_yardstick_unigram_ppl
 
 
 def test_the_analysis_refuses_exactly_what_the_yardstick_depends_on():

@@ -226,6 +226,12 @@ class PretrainDataModule(L.LightningDataModule):
                                                                                                           vocab))
         self.yardstick_unigram_ppl = yardstick.unigram_ppl(counts, targets)
         self.yardstick_bigram_ppl = yardstick.bigram_ppl(train.tokens, counts, text[picked - 1], targets)
+        # The short-context yardstick: the same text, one sentence at a time (yardstick.short_examples).
+        self.short_yardstick_set = MaskedLMDataset(valid, yardstick.short_examples(self.yardstick_set.ex, n), ycfg,
+                                                   vocab, yardstick.SEED)
+        short = np.concatenate([np.asarray(self.short_yardstick_set[(i, 0)]["labels"])
+                                for i in range(len(self.short_yardstick_set))])
+        self.short_yardstick_unigram_ppl = yardstick.unigram_ppl(counts, short[short != IGNORE_INDEX])
 
     def train_unigram_counts(self) -> np.ndarray:
         """(V,) token counts of the training text this arm uses: the whole split, or the documents of its data size
@@ -245,9 +251,24 @@ class PretrainDataModule(L.LightningDataModule):
         return self._loader(self.train_set, self.train_sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
-        """[the yardstick (yardstick.LOADER_INDEX), the arm's own format]: the first `valid_sequences` of each, with
-        fixed masks (epoch key 0), so both perplexities are comparable across steps."""
-        return [self._fixed_loader(self.yardstick_set), self._fixed_loader(self.valid_set)]
+        """[the yardstick (yardstick.LOADER_INDEX), the arm's own format, the short-context yardstick
+        (yardstick.SHORT_LOADER_INDEX)]: the first `valid_sequences` of the first two, the sentences of the
+        yardstick's windows for the third; fixed masks (epoch key 0), so the perplexities are comparable across
+        steps."""
+        return [self._fixed_loader(self.yardstick_set), self._fixed_loader(self.valid_set), self._short_loader()]
+
+    def _short_loader(self) -> DataLoader:
+        """Consecutive sentences per micro-batch, as many as fit the long yardstick's micro-batch once padded."""
+        budget = self.optim.micro_batch_size * self.cfg.max_seq_len  # padded tokens
+        batches: list[list] = [[]]
+        longest = 0
+        for i, n in enumerate(np.asarray(self.short_yardstick_set.ex.lengths)):
+            if batches[-1] and (len(batches[-1]) + 1) * max(longest, n) > budget:
+                batches.append([])
+                longest = 0
+            batches[-1].append((i, 0))
+            longest = max(longest, int(n))
+        return self._loader(self.short_yardstick_set, [b for b in batches if b][self.rank :: self.world_size])
 
     def _fixed_loader(self, dataset: MaskedLMDataset) -> DataLoader:
         n = min(self.valid_sequences, len(dataset))

@@ -11,6 +11,11 @@ That no-learning reference is the yardstick's unigram perplexity: token frequenc
 (add-one), scored at the yardstick's positions. The ratio ppl / unigram ppl says how far an arm got past it. The
 other end is the left-bigram count model's perplexity at the same positions (`bigram_ppl`): what trivial local
 statistics reach, so a reader sees where between "no context" and "one word of context" an arm stands.
+
+Windows are FULL-SENTENCES' own training inputs: DOC-SENTENCES never sees a mid-sequence `</s>`, and the pair formats
+never see long single-segment windows. So Table 2 also scores every arm on a short-context yardstick
+(`short_examples`): the same text, each sentence on its own as `<s> sentence </s>`, every chosen position `<mask>`,
+with its own unigram reference. A Table 2 perplexity claim is judged on both (analysis.tables).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from dataclasses import replace
 import numpy as np
 
 from harness.config import DataConfig
+from harness.data.formats import Examples
 
 SEED = 0x7A5D  # the yardstick's masks: one seed for every arm and run
 LOADER_INDEX = 0  # the yardstick's place among the validation loaders (the arm's own format is 1)
+SHORT_LOADER_INDEX = 2  # the short-context yardstick's place (after the arm's own, so 0 and 1 keep their meaning)
 _COUNT_CHUNK = 1 << 26  # tokens per bincount call: bounded memory on a memmap of billions of tokens
 BIGRAM_WEIGHT = 0.8  # the bigram's share in its interpolation with the unigram (the issue's measured reference)
 BIGRAM_MAX_TOKENS = 1 << 28  # pairs counted on at most the first 268M training tokens: ~a minute, whatever the corpus
@@ -41,6 +48,19 @@ def yardstick_config(cfg: DataConfig) -> DataConfig:
     """The arm's data settings with everything the yardstick fixes: format, whole split, all-<mask> masking."""
     return replace(cfg, input_format="full_sentences", masking="dynamic", nsp_positive_prob=0.5, data_fraction=1.0,
                    data_tokens=0, random_token_prob=0.0, leave_unmasked_prob=0.0)
+
+
+def short_examples(windows: Examples, n: int) -> Examples:
+    """The short-context yardstick's view: every sentence of the first `n` yardstick windows on its own (a sentence
+    the windows cut into pieces, as FULL-SENTENCES does past max_seq_len, piece by piece), document separators left
+    out. The same text as the windows, with one sentence of context instead of a window."""
+    rows = np.asarray(windows.spans[: windows.offsets[n]])
+    window = np.repeat(np.arange(n), np.diff(np.asarray(windows.offsets[: n + 1])))
+    keep = rows[:, 0] >= 0  # a (-1, -1) row is a document separator
+    spans = rows[keep].astype(np.int64)
+    m = len(spans)
+    return Examples(spans=spans, offsets=np.arange(m + 1, dtype=np.int64), b_start=np.arange(1, m + 1, dtype=np.int64),
+                    nsp=None, docs=np.asarray(windows.docs)[window[keep]], lengths=spans[:, 1] - spans[:, 0] + 2)
 
 
 def unigram_counts(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
