@@ -165,10 +165,10 @@ class OptimConfig:
     """Peak learning rate after warmup (paper BERT-base: 1e-4 at batch 256; Table 3 tunes it per batch size)."""
     warmup_steps: int = 100
     """Linear warmup, then linear decay to 0 (paper: 10K of 1M steps)."""
-    decay_steps: int = 0
-    """0: decay linearly from the end of warmup to 0 at max_steps (the paper's schedule). N > 0: hold the peak LR
-    and decay over the last N steps only (warmup-stable-decay), which keeps the LR high through MLM's early plateau
-    in a short run (harness.schedule)."""
+    decay_fraction: float = 1.0
+    """Share of max_steps over which the LR decays linearly to 0 at the end, after holding the peak since warmup
+    (warmup-stable-decay, harness.schedule); 1.0 (or anything reaching back into warmup) is the paper's linear
+    decay from the end of warmup. A short run at 0.2 keeps the LR high through MLM's early plateau."""
     beta1: float = 0.9
     beta2: float = 0.98
     """0.98 improves stability with large batches (RoBERTa §3.1); BERT used 0.999."""
@@ -185,9 +185,13 @@ class OptimConfig:
         _check(self.peak_lr > 0, "optim.peak_lr", "a positive float", self.peak_lr)
         _check(0 <= self.warmup_steps <= self.max_steps, "optim.warmup_steps", "in [0, optim.max_steps]",
                self.warmup_steps)
-        _check(0 <= self.decay_steps <= self.max_steps - self.warmup_steps, "optim.decay_steps",
-               f"in [0, optim.max_steps - optim.warmup_steps = {self.max_steps - self.warmup_steps}] (0 = decay over "
-               f"the whole schedule)", self.decay_steps)
+        _check(0 < self.decay_fraction <= 1, "optim.decay_fraction", "a fraction in (0, 1] (1 = the paper's linear "
+               "decay)", self.decay_fraction)
+
+    @property
+    def decay_steps(self) -> int:
+        """The last steps over which the LR decays (at most every step after warmup)."""
+        return min(self.max_steps - self.warmup_steps, max(1, round(self.decay_fraction * self.max_steps)))
 
     def accumulation(self, devices: int) -> int:
         """Micro-batches per device per optimizer step: batch_size = micro_batch_size x accumulation x devices."""

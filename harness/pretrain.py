@@ -130,7 +130,7 @@ class PretrainModule(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=o.peak_lr, betas=(o.beta1, o.beta2), eps=o.eps,
                                       **speed.adamw_kwargs(self.device.type))
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, partial(lr_factor, warmup=o.warmup_steps, total=o.max_steps, decay=o.decay_steps or None))
+            optimizer, partial(lr_factor, warmup=o.warmup_steps, total=o.max_steps, decay=o.decay_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

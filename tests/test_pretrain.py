@@ -68,11 +68,13 @@ def test_lr_schedule_warms_up_then_decays_to_zero(lr_trace):
 def test_warmup_stable_decay_holds_the_peak_then_decays_over_the_last_steps(lr_trace):
     f = [lr_factor(s, warmup=2, total=10, decay=4) for s in range(11)]
     assert f == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
-    cfg = load_config(TINY, ["optim.max_steps=10", "optim.warmup_steps=2", "optim.decay_steps=4"])
+    cfg = load_config(TINY, ["optim.max_steps=10", "optim.warmup_steps=2", "optim.decay_fraction=0.4"])
     lrs = lr_trace(PretrainModule(cfg, vocab_size=400).configure_optimizers(), 10)
-    assert lrs == pytest.approx([cfg.optim.peak_lr * x for x in f])
-    with pytest.raises(UserError, match=r"optim.decay_steps: expected in \[0, optim.max_steps - optim.warmup_steps"):
-        load_config(TINY, ["optim.max_steps=10", "optim.warmup_steps=2", "optim.decay_steps=9"])
+    assert cfg.optim.decay_steps == 4 and lrs == pytest.approx([cfg.optim.peak_lr * x for x in f])
+    # 1.0, the default, is the paper's linear decay from the end of warmup
+    assert load_config(TINY, ["optim.max_steps=10", "optim.warmup_steps=2"]).optim.decay_steps == 8
+    with pytest.raises(UserError, match=r"optim.decay_fraction: expected a fraction in \(0, 1\]"):
+        load_config(TINY, ["optim.decay_fraction=0"])
 
 
 def test_unigram_output_bias_starts_the_model_at_the_unigram_perplexity(tmp_path, tiny_data):
