@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from analysis.complete import IncompleteStudyError
 from analysis.load import StudyError
 from analysis.tables import make_table
 
@@ -205,3 +206,30 @@ def test_a_study_on_two_yardsticks_is_refused_at_load_in_one_line(tmp_path, conf
                           capture_output=True, text=True)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert named in proc.stderr and "b256" in proc.stderr, proc.stderr
+
+
+def test_a_baseline_seed_without_its_random_init_summary_is_named_not_skipped(tmp_path):
+    """The random-init baseline of seed 1 is missing (its pretraining diverged, and the grid used to skip it): the
+    study is incomplete, naming the summary, rather than checked on seeds 0 and 2 alone."""
+    fmt = {"seg": {"data.input_format": "segment_pair_nsp"}, "full": {"data.input_format": "full_sentences"}}
+    ppl = {"seg": [40.0, 40.5, 40.2], "full": [38.0, 38.4, 38.1]}
+    scores = {"seg": [70.0, 70.5, 70.2], "full": [75.0, 75.6, 75.2]}
+    folder = write_study(tmp_path, 2, fmt, [0, 1, 2], ppl, scores=scores,
+                         random_init={"seg": [60.0, 60.1, 60.2], "full": [61.0, 61.1, 61.2]})
+    (folder / "seg" / "seed_1" / "finetune-random-init" / TASK / "summary.json").unlink()
+    with pytest.raises(IncompleteStudyError, match=r"seg/seed_1/finetune-random-init/sst2/summary.json: missing"):
+        make_table(folder)
+
+
+def test_a_fine_tuning_seed_without_a_finite_score_counts_as_the_worst(tmp_path):
+    """Run seed 2 of FULL-SENTENCES fine-tuned twice: 75.4 and a diverged fine-tune (no score). Its number is -inf,
+    the worst, not 75.4 (the finite one alone), so the cell's minimum reads -inf."""
+    fmt = {"seg": {"data.input_format": "segment_pair_nsp"}, "full": {"data.input_format": "full_sentences"}}
+    ppl = {"seg": [40.0, 40.5, 40.2], "full": [38.0, 38.4, 38.1]}
+    scores = {"seg": [70.0, 70.5, 70.2], "full": [75.0, 75.6, 75.2]}
+    folder = write_study(tmp_path, 2, fmt, [0, 1, 2], ppl, scores=scores,
+                         random_init={"seg": [60.0, 60.1, 60.2], "full": [61.0, 61.1, 61.2]})
+    path = folder / "full" / "seed_2" / "finetune" / TASK / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "values": [75.4, None]}))
+    d = make_table(folder).detail.set_index(["arm", "metric"]).loc[("full", f"finetune/{TASK}")]
+    assert (d["min"], d["median"], d["max"]) == (-math.inf, 75.0, 75.6)
