@@ -148,7 +148,7 @@ def test_the_audits_numbers_give_no_signal_not_reproduced():
     study = SimpleNamespace(arms=["seg", "full"])
     scores = {("seg", m.key): seg, ("full", m.key): full}
     baselines = {("seg", m.key): base, ("full", m.key): base}
-    signal = tables._signal(study, [m], scores, baselines, {"seg": "seg", "full": "full"}, math.nan)
+    signal = tables._signal(study, [m], scores, baselines, {"seg": "seg", "full": "full"}, {})
     assert set(signal) == {("seg", m.key), ("full", m.key)}
     claims, verdicts = tables._claims(2, paper.TABLES[2], {"seg": "SEGMENT-PAIR (+NSP)", "full": "FULL-SENTENCES"},
                                       [m], scores, signal, 0.5, 0.01)
@@ -156,7 +156,7 @@ def test_the_audits_numbers_give_no_signal_not_reproduced():
     assert "not above its random-init baseline" in claims.iloc[0]["why"]
     # The same numbers with a baseline they clear get the interval rule instead.
     low = dict(zip(seeds, [60.0, 60.5, 59.8]))
-    signal = tables._signal(study, [m], scores, {k: low for k in baselines}, {"seg": "seg", "full": "full"}, math.nan)
+    signal = tables._signal(study, [m], scores, {k: low for k in baselines}, {"seg": "seg", "full": "full"}, {})
     assert signal == {}
 
 
