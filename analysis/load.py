@@ -40,7 +40,7 @@ NA_OFFLINE = "n/a offline"
 # harness): text, tokenizer and split, window length and mask rate. Arms that differ in one were scored on different
 # yardsticks, and their perplexities do not compare.
 YARDSTICK_KEYS = ("data.corpus", "data.tokenizer", "data.vocab_size", "data.lowercase", "data.tokenizer_path",
-                  "data.valid_fraction", "data.max_seq_len", "data.mask_prob")
+                  "data.valid_fraction", "data.max_seq_len")
 UNIGRAM = "yardstick_unigram_ppl"  # result.json's no-context reference: one value per study
 SHORT_UNIGRAM = "short_yardstick_unigram_ppl"  # ... and the short-context yardstick's
 # metrics.csv column -> curve column; any may be missing (older runs, train-only or val-only rows)

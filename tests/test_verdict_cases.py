@@ -190,12 +190,12 @@ def test_a_table2_perplexity_claim_is_judged_on_both_yardsticks(tmp_path, short,
 
 @pytest.mark.parametrize("config, unigram, named", [
     ({"b2k": {"data.max_seq_len": 256}}, 100.0, "data.max_seq_len"),
-    ({"b8k": {"data.mask_prob": 0.2}}, 100.0, "data.mask_prob"),
+    ({"b256": {"data.max_seq_len": 64}}, 100.0, "data.max_seq_len"),
     ({"b8k": {"data.vocab_size": 8192}}, 100.0, "data.vocab_size"),
     ({}, {"b256": 100.0, "b2k": 100.0, "b8k": 120.0}, "yardstick_unigram_ppl"),
 ])
 def test_a_study_on_two_yardsticks_is_refused_at_load_in_one_line(tmp_path, config, unigram, named):
-    """Arms that differ in a setting the yardstick depends on (sequence length, mask rate, vocabulary), or record
+    """Arms that differ in a setting the yardstick depends on (sequence length, vocabulary), or record
     different unigram references, were scored on different yardsticks: `analysis report` exits 2 with one line
     naming the setting and the arms."""
     ppl = {"b256": [4.0, 4.1], "b2k": [3.3, 3.4], "b8k": [3.5, 3.6]}
