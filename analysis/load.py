@@ -9,8 +9,10 @@ The directory tree is the data format (STYLE item 7):
   runs/<study>/<arm>/seed_<k>/finetune/<task>/summary.json
 
 Loading never fails on a missing or unfinished run: it gets a row whose `status` says so, and the table functions
-(analysis.tables) refuse to print a table over it. Nothing here imports training code, so it works on a laptop over
-results copied from a cluster.
+(analysis.tables) refuse to print a table over it. A corrupt one fails at once, one line naming the file (and the
+field): a file that is not UTF-8, JSON or YAML, a result.json that is not an object, a finished one without its
+yardstick perplexity (it would drop out of the comparisons). Nothing here imports training code, so it works on a
+laptop over results copied from a cluster.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ NA_OFFLINE = "n/a offline"
 # yardsticks, and their perplexities do not compare.
 YARDSTICK_KEYS = ("data.corpus", "data.tokenizer", "data.vocab_size", "data.lowercase", "data.tokenizer_path",
                   "data.valid_fraction", "data.max_seq_len")
+REQUIRED_RESULT = ("final_yardstick_ppl",)  # a finished run's result.json fields that no comparison can do without
 UNIGRAM = "yardstick_unigram_ppl"  # result.json's no-context reference: one value per study
 SHORT_UNIGRAM = "short_yardstick_unigram_ppl"  # ... and the short-context yardstick's
 # metrics.csv column -> curve column; any may be missing (older runs, train-only or val-only rows)
@@ -54,13 +57,46 @@ class StudyError(Exception):
     """A results folder the analysis cannot use: the message names the folder or file and what is wrong."""
 
 
-def read_json(path: Path) -> dict | None:
+def _text(path: Path) -> str:
+    """A file's text; StudyError naming the file and the byte offset where it is not UTF-8."""
+    data = Path(path).read_bytes()
     try:
-        return json.loads(Path(path).read_text())
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StudyError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object (study.json, cell.json, result.json, summary.json); None when the file is absent. Anything else
+    (not UTF-8, not JSON, JSON that is not an object) is a StudyError naming the file."""
+    try:
+        text = _text(path)
     except FileNotFoundError:
         return None
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise StudyError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise StudyError(f"{path}: expected a JSON object of fields, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A run's config.yaml, flattened to section.field keys; {} when absent. Not UTF-8, not YAML, or not a mapping of
+    sections: a StudyError naming the file (and the line), in one line."""
+    if not path.is_file():
+        return {}
+    try:
+        doc = yaml.safe_load(_text(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise StudyError(f"{path}: not valid YAML ({getattr(e, 'problem', None) or type(e).__name__}{where})") \
+            from None
+    if doc is not None and not isinstance(doc, dict):
+        raise StudyError(f"{path}: expected a mapping of config sections, got {type(doc).__name__} {doc!r:.60}")
+    return flatten(doc or {})
 
 
 def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
@@ -188,13 +224,15 @@ def _run_row(study_dir: Path, meta: dict, arm_meta: dict, arm: str, seed: int, c
     run_dir = study_dir / arm / f"seed_{seed}"
     result = read_json(run_dir / "result.json")
     cell_json = read_json(run_dir / "cell.json") or {}
-    config_path = run_dir / "config.yaml"
-    config = flatten(yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
+    config = read_config(run_dir / "config.yaml")
     detail = None
     if cell_json.get("kind", "run") != "run":  # a tuning trial's folder is not the arm's result, whatever it holds
         status, detail, result = "unfinished", f"holds a {cell_json['kind']!r} cell, not a run (cell.json)", None
     elif result is not None and result.get("status") in RESULT_STATUSES:
         status = result["status"]
+        check_result(run_dir / "result.json", result)
+    elif result is not None:
+        status, detail = "unfinished", f"result.json has status {result.get('status')!r}"
     elif run_dir.is_dir():
         status, detail = "unfinished", "no result.json"
     else:
@@ -217,6 +255,18 @@ def _run_row(study_dir: Path, meta: dict, arm_meta: dict, arm: str, seed: int, c
         "git_commit": provenance.get("git_commit"), "config_hash": provenance.get("config_hash"),
         "packages": json.dumps(provenance.get("packages") or {}, sort_keys=True),
     }
+
+
+def check_result(path: Path, result: dict) -> None:
+    """A finished run's result.json holds the fields its row in every comparison rests on (REQUIRED_RESULT): one
+    missing or null is a StudyError naming the file and the field, never a run dropped from the comparisons."""
+    if result["status"] != "finished":  # a diverged run has no perplexity: it counts as the worst
+        return
+    for key in REQUIRED_RESULT:
+        if result.get(key) is None:
+            what = "missing" if key not in result else "null"
+            raise StudyError(f"{path}: '{key}' is {what} in a result with status 'finished'; without it the run "
+                             f"would drop out of every comparison (rerun the cell, or restore the file)")
 
 
 def _at_edge(t: dict) -> bool:
@@ -249,7 +299,8 @@ def tidy_frame(study: Study) -> pd.DataFrame:
     seed with a non-finite score (its fine-tuning diverged) counts the same way: the run's mean is then -inf.
     majority_score: the task's majority-class score on its dev set (a constant prediction), as the summary records it.
     status: the run's; metric_status: 'ok', 'missing' (an expected summary is absent), 'n/a offline', 'diverged',
-    'no yardstick' (a run made before the yardstick existed)."""
+    'no yardstick' (short_ppl of a run made before the short yardstick existed; a finished run without the yardstick's
+    ppl is refused at load)."""
     rows = []
     for run in study.runs.to_dict("records"):
         base = {k: run[k] for k in ("study", "table", "scale", "arm", "seed", "run_dir", "expected", "status",

@@ -247,6 +247,47 @@ def test_restart_cell_redoes_a_finished_cell_whose_folder_is_gone_and_keeps_a_ba
         restart_cell(folder, "no_such_arm", 0)
 
 
+def _damage(run: Path, case: str) -> None:
+    result = run / "result.json"
+    if case == "result-not-an-object":
+        result.write_text('"finished"')
+    elif case == "result-lacks-yardstick-ppl":
+        result.write_text(json.dumps({k: v for k, v in json.loads(result.read_text()).items()
+                                      if k != "final_yardstick_ppl"}))
+    elif case == "result-yardstick-ppl-null":
+        result.write_text(json.dumps({**json.loads(result.read_text()), "final_yardstick_ppl": None}))
+    elif case == "config-not-yaml":
+        (run / "config.yaml").write_text("data: {max_seq_len: 128\noptim: [\n")
+    elif case == "config-not-utf8":
+        (run / "config.yaml").write_bytes(b"# caf\xe9\n" + (run / "config.yaml").read_bytes())
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("result-not-an-object", ["result.json: expected a JSON object", "'finished'"]),
+    ("result-lacks-yardstick-ppl", ["result.json: 'final_yardstick_ppl' is missing", "status 'finished'"]),
+    ("result-yardstick-ppl-null", ["result.json: 'final_yardstick_ppl' is null", "status 'finished'"]),
+    ("config-not-yaml", ["config.yaml: not valid YAML", "line 2, column 6"]),
+    ("config-not-utf8", ["config.yaml: not UTF-8 text (byte 0xe9 at offset 5)"]),
+])
+def test_analysis_report_refuses_a_corrupt_cell_naming_the_file_and_writes_nothing(tmp_path, capsys, case, needles):
+    """One cell of a complete Table 3 study (typed-in numbers, tests/test_verdict_cases.py) is damaged: the report is
+    one line naming the file (and the field), exit 2, and no report/ folder. Before, a result.json that is not an
+    object or a config.yaml that is not YAML (or not UTF-8) was a traceback, and a finished run without its yardstick
+    perplexity dropped out of the comparisons with exit 0."""
+    from test_verdict_cases import BATCH, write_study
+
+    from analysis.__main__ import main as analysis_main
+
+    folder = write_study(tmp_path, 3, BATCH, [0, 1, 2], {"b256": [4.0, 4.1, 4.05], "b2k": [3.3, 3.4, 3.35],
+                                                         "b8k": [3.5, 3.6, 3.55]})
+    run = folder / "b2k" / "seed_1"
+    _damage(run, case)
+    before = listing(folder)
+    code = analysis_main(["report", "--quiet", str(folder)])
+    one_line_exit_2(capsys, code, str(run), *needles)
+    assert listing(folder) == before and not (folder / "report").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Item 3: read commands never write
 
