@@ -45,6 +45,7 @@ YARDSTICK_KEYS = ("data.corpus", "data.tokenizer", "data.vocab_size", "data.lowe
                   "data.valid_fraction", "data.max_seq_len")
 REQUIRED_RESULT = ("final_yardstick_ppl",)  # a finished run's result.json fields that no comparison can do without
 UNIGRAM = "yardstick_unigram_ppl"  # result.json's no-context reference: one value per study
+BIGRAM = "yardstick_bigram_ppl"  # ... its local-context reference (the left-bigram count model); older runs lack it
 SHORT_UNIGRAM = "short_yardstick_unigram_ppl"  # ... and the short-context yardstick's
 # metrics.csv column -> curve column; any may be missing (older runs, train-only or val-only rows)
 CURVE_COLUMNS = {"train/loss": "train_loss", "train/mlm_ppl": "train_ppl", "train/lr": "lr",
@@ -201,14 +202,15 @@ def load_study(study_dir: str | Path) -> Study:
 
 def check_one_yardstick(study: Study) -> None:
     """Refuse (StudyError, one line) a study whose arms were scored on different yardsticks: a setting in
-    YARDSTICK_KEYS that differs between arms, or a unigram reference that does (it is one value per study)."""
+    YARDSTICK_KEYS that differs between arms, or a reference (unigram, left bigram) that does: each is one value per
+    study. A run that lacks a reference (made before it was recorded) is not compared on it."""
     runs = study.runs[study.runs["expected"]].to_dict("records")
     values: dict[str, dict[Any, list[str]]] = {}  # key -> value -> the arms that have it
     for run in runs:
         for key in YARDSTICK_KEYS:
             if key in run["config"]:
                 values.setdefault(key, {}).setdefault(json.dumps(run["config"][key]), []).append(run["arm"])
-        for key in (UNIGRAM, SHORT_UNIGRAM):
+        for key in (UNIGRAM, BIGRAM, SHORT_UNIGRAM):
             u = _float(run["result"].get(key))
             if math.isfinite(u):  # nearest 1e-6 relative: the same counts and positions give the same float
                 values.setdefault(key, {}).setdefault(f"{u:.6e}", []).append(run["arm"])
@@ -309,7 +311,7 @@ def tidy_frame(study: Study) -> pd.DataFrame:
         res = run["result"]
         base.update({k: res.get(k) for k in ("steps", "tokens_seen", "train_time_s", "wall_time_s",
                                              "diverged_at_step", "epochs", "steps_per_epoch",
-                                             UNIGRAM, SHORT_UNIGRAM)})
+                                             UNIGRAM, BIGRAM, SHORT_UNIGRAM)})
         base["tuned_at_edge"] = ",".join(run["at_edge"])
         for prefix in ("scientific", "nuisance", "fixed"):
             base.update({f"{prefix}.{k}": v for k, v in run[prefix].items()})

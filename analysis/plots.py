@@ -1,7 +1,8 @@
 """PNG figures per table, drawn with matplotlib's object API (no pyplot state, so nothing depends on the backend:
 a headless cluster node, a test, or a notebook that shows the saved file).
 
-  learning_curves.png   validation perplexity vs tokens seen per arm: median over seeds, band min-max
+  learning_curves.png   validation perplexity vs tokens seen per arm: median over seeds, band min-max; the
+                        yardstick's unigram and left-bigram references as horizontal lines
   ppl_vs_batch.png      Table 3: final perplexity vs batch size at equal compute, ours and the paper's
   downstream.png        a panel per fine-tuning task: a bar per arm (median, error bar min-max over seeds, every
                         fine-tuning seed as a dot) and the paper's number as a red dash on the same 0-100 scale; a
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.load import BIGRAM, UNIGRAM
 from analysis.paper import PPL
 from analysis.tables import TableResult
 
@@ -37,10 +39,21 @@ def _colors(t: TableResult) -> dict[str, tuple]:
     return {arm: cmap(i % 10) for i, arm in enumerate(t.study.arms)}
 
 
+# result.json key -> (label, line style) of the yardstick's references, drawn as horizontal lines where recorded
+REFERENCES = {UNIGRAM: ("no-context reference (unigram)", "--"),
+              BIGRAM: ("local-context reference (left bigram)", ":")}
+
+
 def learning_curves(t: TableResult, path: Path) -> Path | None:
-    """Yardstick perplexity vs tokens seen, with the yardstick's unigram perplexity (no context) as a dashed line; x is
-    the median over seeds of the tokens seen at each validation step (the formats that raise the batch size see more
-    sequences per step)."""
+    fig = learning_curves_figure(t)
+    return _save(fig, path) if fig is not None else None
+
+
+def learning_curves_figure(t: TableResult) -> Figure | None:
+    """Yardstick perplexity vs tokens seen, with the yardstick's references as horizontal lines: the unigram (no
+    context, dashed) and the left bigram (one word of left context, dotted; older runs lack it). x is the median over
+    seeds of the tokens seen at each validation step (the formats that raise the batch size see more sequences per
+    step)."""
     curves = t.study.curves
     curves = curves[curves["arm"].isin(t.study.arms)].dropna(subset=["val_ppl"])
     if curves.empty:
@@ -58,9 +71,10 @@ def learning_curves(t: TableResult, path: Path) -> Path | None:
         ax.plot(x, by_step["med"], marker="o", ms=3, color=colors[arm], label=f"{_label(t, arm)}")
         ax.fill_between(x, by_step["lo"], by_step["hi"], color=colors[arm], alpha=0.2, lw=0)
     tidy = t.study.tidy
-    unigram = pd.to_numeric(tidy.get("yardstick_unigram_ppl", pd.Series(dtype=float)), errors="coerce").median()
-    if math.isfinite(unigram):
-        ax.axhline(unigram, color="grey", linestyle="--", label="unigram (no context)")
+    for key, (label, style) in REFERENCES.items():  # one value per study (analysis.load checks it)
+        value = pd.to_numeric(tidy.get(key, pd.Series(dtype=float)), errors="coerce").median()
+        if math.isfinite(value):
+            ax.axhline(value, color="grey", linestyle=style, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("tokens seen (training)")
     ax.set_ylabel("yardstick MLM perplexity (log)")
@@ -69,7 +83,7 @@ def learning_curves(t: TableResult, path: Path) -> Path | None:
                  fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def ppl_vs_batch(t: TableResult, path: Path) -> Path | None:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from analysis.complete import check_complete
 from analysis.load import (
+    BIGRAM,
     NA_OFFLINE,
     OWN_PPL,
     RESULT_STATUSES,
@@ -304,8 +305,9 @@ def make_table(study: Study | str | Path, number: int | None = None, margin_poin
                  f"{margin_ppl:.0%} (perplexity). See analysis/stats.py.")
     ratio = f" (ppl / unigram: perplexity claims need every compared arm's upper bound below {RATIO_SIGNAL:g})"
     notes.append("ppl (yardstick): every arm scored on the same held-out FULL-SENTENCES windows with the same "
-                 "positions, all shown as <mask>; its no-context reference, the unigram perplexity of the training "
-                 f"split at those positions, is {unigram[PPL]:.1f}, one value for the study" + ratio + "."
+                 "positions, all shown as <mask>; its references, count models of the training split scored at "
+                 "those positions, one value each for the study: "
+                 + references_text(unigram[PPL], _unigram(tidy, BIGRAM)) + ratio + "."
                  if math.isfinite(unigram[PPL]) else
                  "ppl (yardstick): these runs recorded no yardstick (made before it existed); perplexity claims "
                  "cannot be judged.")
@@ -319,9 +321,17 @@ def make_table(study: Study | str | Path, number: int | None = None, margin_poin
                        settings, notes, random_init, majority, degenerate)
 
 
+def references_text(unigram: float, bigram: float) -> str:
+    """'no-context reference (unigram) 1001.9; local-context reference (left bigram) 164.2 = 0.164 x unigram': the two
+    ends of the regime, what no context and what one word of left context reach (issue 23, item 5)."""
+    local = (f"{bigram:.1f} = {bigram / unigram:.3f} x unigram (what one word of left context reaches)"
+             if math.isfinite(bigram) else "not recorded (runs made before it)")
+    return f"no-context reference (unigram) {unigram:.1f}; local-context reference (left bigram) {local}"
+
+
 def _unigram(tidy: pd.DataFrame, key: str) -> float:
-    """A yardstick's unigram perplexity (result.json's `key`): one value per study (analysis.load refuses a study
-    whose runs differ in it); nan when no run recorded one."""
+    """A yardstick's reference perplexity (result.json's `key`: unigram or left bigram): one value per study
+    (analysis.load refuses a study whose runs differ in it); nan when no run recorded one."""
     values = pd.to_numeric(tidy[key], errors="coerce").dropna() if key in tidy else pd.Series(dtype=float)
     return float(values.iloc[0]) if len(values) else math.nan
 

@@ -40,12 +40,13 @@ def write_study(root: Path, table: int, arms: dict[str, dict], seeds: list[int],
                 unigram: float | dict[str, float] = 100.0, scores: dict[str, list[float]] | None = None,
                 random_init: dict[str, list[float]] | None = None, majority: float | None = 50.0,
                 config: dict[str, dict] | None = None, short: dict[str, list[float]] | None = None,
-                short_unigram: float = 120.0) -> Path:
+                short_unigram: float = 120.0, bigram: float | dict[str, float] | None = None) -> Path:
     """A complete study folder: study.json, and per arm and seed config.yaml, result.json and, with `scores`, the
     fine-tuning summary (one fine-tuning seed per run: the value given). A DIVERGED perplexity makes the run diverged
     (no fine-tuning). `random_init`: arm -> its encoder's random-init score per seed (the arms given are the
     baselines, each arm's own shape first; an arm without one uses the first listed). `unigram` per arm, or one.
-    `short`: arm -> the short-context yardstick's perplexity per seed (none recorded when not given)."""
+    `short`: arm -> the short-context yardstick's perplexity per seed (none recorded when not given). `bigram`: the
+    left-bigram reference, per arm or one (none recorded when not given, as in runs made before it)."""
     folder = root / f"table{table}"
     scores, random_init = scores or {}, random_init or {}
     baseline_of = {arm: arm if arm in random_init else next(iter(random_init), arm) for arm in arms}
@@ -68,6 +69,8 @@ def write_study(root: Path, table: int, arms: dict[str, dict], seeds: list[int],
                       "epochs": 0.5, "final_yardstick_ppl": None if diverged else ppl[arm][i],
                       "final_valid_ppl": None if diverged else ppl[arm][i], "yardstick_unigram_ppl": u,
                       "diverged_at_step": 5 if diverged else None}
+            if bigram is not None:
+                result["yardstick_bigram_ppl"] = bigram[arm] if isinstance(bigram, dict) else bigram
             if short is not None:
                 result |= {"final_short_yardstick_ppl": None if diverged else short[arm][i],
                            "short_yardstick_unigram_ppl": short_unigram}
@@ -193,13 +196,15 @@ def test_a_table2_perplexity_claim_is_judged_on_both_yardsticks(tmp_path, short,
     ({"b256": {"data.max_seq_len": 64}}, 100.0, "data.max_seq_len"),
     ({"b8k": {"data.vocab_size": 8192}}, 100.0, "data.vocab_size"),
     ({}, {"b256": 100.0, "b2k": 100.0, "b8k": 120.0}, "yardstick_unigram_ppl"),
+    ({}, 100.0, "yardstick_bigram_ppl"),
 ])
 def test_a_study_on_two_yardsticks_is_refused_at_load_in_one_line(tmp_path, config, unigram, named):
     """Arms that differ in a setting the yardstick depends on (sequence length, vocabulary), or record
     different unigram references, were scored on different yardsticks: `analysis report` exits 2 with one line
     naming the setting and the arms."""
     ppl = {"b256": [4.0, 4.1], "b2k": [3.3, 3.4], "b8k": [3.5, 3.6]}
-    folder = write_study(tmp_path, 3, BATCH, [0, 1], ppl, unigram=unigram, config=config)
+    bigram = {"b256": 16.4, "b2k": 16.4, "b8k": 17.0} if named == "yardstick_bigram_ppl" else None
+    folder = write_study(tmp_path, 3, BATCH, [0, 1], ppl, unigram=unigram, config=config, bigram=bigram)
     with pytest.raises(StudyError, match=named):
         make_table(folder)
     proc = subprocess.run([sys.executable, "-m", "analysis", "report", "--quiet", str(folder)], cwd=REPO,
@@ -233,3 +238,33 @@ def test_a_fine_tuning_seed_without_a_finite_score_counts_as_the_worst(tmp_path)
     path.write_text(json.dumps({**json.loads(path.read_text()), "values": [75.4, None]}))
     d = make_table(folder).detail.set_index(["arm", "metric"]).loc[("full", f"finetune/{TASK}")]
     assert (d["min"], d["median"], d["max"]) == (-math.inf, 75.0, 75.6)
+
+
+def _curves(folder: Path) -> None:
+    """A two-row metrics.csv per run (steps 5 and 10), so the learning-curve plot has something to draw."""
+    for run in folder.glob("*/seed_*"):
+        ppl = json.loads((run / "result.json").read_text())["final_yardstick_ppl"] or 1e9
+        (run / "metrics.csv").write_text(f"step,train/tokens,val/yardstick_ppl\n5,500,{2 * ppl}\n10,1000,{ppl}\n")
+
+
+def test_the_table_and_the_plot_show_both_references_unigram_and_left_bigram(tmp_path):
+    """Issue 23 item 5: beside the no-context reference (unigram, 1001.9) the table prints the local-context one (the
+    left-bigram count model at the same positions, 164.2 = 0.164 x unigram), and the learning-curve plot draws both as
+    horizontal lines. Runs made before the bigram was recorded say so. Before, the note and the plot had the unigram
+    only."""
+    from analysis.plots import learning_curves_figure
+
+    ppl = {"b256": [400.0, 410.0], "b2k": [300.0, 310.0], "b8k": [350.0, 360.0]}
+    t = make_table(write_study(tmp_path / "with", 3, BATCH, [0, 1], ppl, unigram=1001.9, bigram=164.2))
+    note = next(n for n in t.notes if n.startswith("ppl (yardstick)"))
+    assert ("no-context reference (unigram) 1001.9; local-context reference (left bigram) 164.2 = 0.164 x unigram"
+            in note), note
+    _curves(t.study.dir)
+    lines = {line.get_label(): line.get_ydata()[0] for line in learning_curves_figure(t).axes[0].lines
+             if "reference" in line.get_label()}
+    assert lines == {"no-context reference (unigram)": 1001.9,
+                     "local-context reference (left bigram)": 164.2}, lines
+
+    old = make_table(write_study(tmp_path / "old", 3, BATCH, [0, 1], ppl, unigram=1001.9))
+    note = next(n for n in old.notes if n.startswith("ppl (yardstick)"))
+    assert "local-context reference (left bigram) not recorded" in note, note
