@@ -1,9 +1,10 @@
 """A TableResult as markdown (the terminal: what `make ablation-*` prints), LaTeX (booktabs) and HTML.
 
 Every rendering carries the same four parts: the table in the paper's layout (ours as median [min, max] beside the
-paper's number), the per-arm detail (spread, interval, delta against the reference arm, the paper's delta), the
-verdict per paper claim with the comparisons behind it, and the settings (scientific / nuisance / fixed, divergences,
-tuned values at the edge of their search range) with the notes. Written by hand rather than through pandas' Styler,
+paper's number, and under it the settings that differ from the paper's recipe), the per-arm detail (spread,
+interval, delta against the reference arm, the paper's delta), the verdict per paper claim with the comparisons
+behind it, and the settings (scientific / nuisance / fixed, divergences, tuned values at the edge of their search
+range) with the notes. Written by hand rather than through pandas' Styler,
 so the analysis needs nothing beyond pandas, numpy and matplotlib.
 """
 
@@ -128,6 +129,18 @@ def settings_lines(t: TableResult) -> list[str]:
     ]
 
 
+def deviation_lines(t: TableResult) -> list[str]:
+    """'optim.peak_lr: 0.001–0.002 (paper: 0.0001; training setup: peak LR 1e-4)': each setting of the runs that
+    differs from the paper's recipe (analysis.tables.deviations); empty when the study runs it."""
+    return [f"{d['key']}: {d['ours']} (paper: {d['paper']}; {d['source']})" for d in t.deviations]
+
+
+def deviations_heading(t: TableResult) -> str:
+    """What the block under the table is called: '<scale>-scale deviations from the paper's recipe'."""
+    scale = t.settings["scale"] or "this"
+    return f"{scale}-scale deviations from the paper's recipe" + ("" if t.deviations else ": none")
+
+
 def _title(t: TableResult) -> tuple[str, str]:
     s = t.settings
     title = f"Table {t.number}: {t.title}"
@@ -156,6 +169,9 @@ def markdown(t: TableResult) -> str:
         "Ours: median over seeds [min, max]; tokens, steps and epochs: what each arm trained (median over seeds); "
         "paper: the paper's number for that row.", "",
         md_table(t.wide), "",
+        f"**{deviations_heading(t)}**" + (" (the study's factors aside; ours, then the paper's):" if t.deviations
+                                           else ""),
+        *[f"- {line}" for line in deviation_lines(t)], "",
         "### The paper's claims", "", md_table(verdicts_frame(t)), "",
     ]
     if len(t.claims):
@@ -203,6 +219,7 @@ def latex(t: TableResult) -> str:
     return "\n\n".join([
         f"% {title}\n% {sub}\n% needs \\usepackage{{booktabs}}",
         latex_table(t.wide, f"{title}. Ours: median over seeds [min, max]; paper: the paper's number."),
+        tex(deviations_heading(t)) + ("\n" + _itemize(deviation_lines(t)) if t.deviations else ""),
         latex_table(verdicts_frame(t), "The paper's claims."),
         latex_table(detail_frame(t), "Per arm and metric."),
         _itemize(settings_lines(t)), _itemize(t.notes),
@@ -230,7 +247,9 @@ def html(t: TableResult, images: Iterable[str] = ()) -> str:
     body = [
         f"<h1>{html_lib.escape(title)}</h1><p>{html_lib.escape(sub)}</p>",
         "<p>Ours: median over seeds [min, max]; paper: the paper's number for that row.</p>",
-        table(t.wide), "<h2>The paper's claims</h2>", table(verdicts_frame(t)), table(claims_frame(t)),
+        table(t.wide), f"<p><b>{html_lib.escape(deviations_heading(t))}</b></p>",
+        items(deviation_lines(t)) if t.deviations else "",
+        "<h2>The paper's claims</h2>", table(verdicts_frame(t)), table(claims_frame(t)),
         "<h2>Per arm and metric</h2>", table(detail_frame(t)),
         "<h2>Settings</h2>", items(settings_lines(t)), "<h2>Notes</h2>", items(t.notes),
         *[f'<img src="{html_lib.escape(name)}" alt="{html_lib.escape(name)}">' for name in images],

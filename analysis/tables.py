@@ -33,7 +33,7 @@ from analysis.load import (
     load_study,
     random_init_scores,
 )
-from analysis.paper import PPL, TABLES, TASK_COLUMN, PaperTable
+from analysis.paper import PPL, TABLES, TASK_COLUMN, PaperTable, recipe
 from analysis.rows import ROW_MAPPINGS, arm_factors, row_pairs
 from analysis.stats import (
     FORMAT_DEPENDENT,
@@ -128,6 +128,9 @@ class TableResult:
     """Downstream metric key -> the task's majority-class score (a constant prediction on its dev set)."""
     degenerate: dict[tuple[str, str], str] = field(default_factory=dict)
     """(baseline arm, metric key) -> why that random-init baseline certifies nothing (analysis.stats)."""
+    deviations: list[dict[str, str]] = field(default_factory=list)
+    """The settings of the runs that differ from the paper's recipe (analysis.paper.RECIPE), the study's scientific
+    factors aside: key, ours (a range where the arms differ), paper, source; by section."""
     @property
     def wide(self) -> pd.DataFrame:
         """The paper's layout: a row per paper row (then arms with no paper row), per metric ours and the paper's."""
@@ -318,7 +321,41 @@ def make_table(study: Study | str | Path, number: int | None = None, margin_poin
                      f"{unigram[SHORT_PPL]:.1f}. A perplexity claim is judged on both; where they disagree it reads "
                      f"'{FORMAT_DEPENDENT}'.")
     return TableResult(number, paper.title, study, paper, reference, arm_rows, metrics, detail, claims, verdicts,
-                       settings, notes, random_init, majority, degenerate)
+                       settings, notes, random_init, majority, degenerate,
+                       deviations(runs, number, settings["scientific_keys"]))
+
+
+def deviations(runs: pd.DataFrame, number: int, scientific_keys: list[str]) -> list[dict[str, str]]:
+    """Every key of the paper's recipe (analysis.paper.recipe) whose value in the runs' config.yaml differs from the
+    paper's, except the study's scientific factors (compared on purpose, shown in the table's rows). Where the runs
+    differ in a key (a nuisance value tuned per arm), ours is their range. Keys no run records are skipped."""
+    out = []
+    for key, (theirs, source) in sorted(recipe(number).items()):
+        if key in scientific_keys:
+            continue
+        ours = [c[key] for c in runs["config"] if key in c]
+        if not ours or all(_same_value(v, theirs) for v in ours):
+            continue
+        out.append({"key": key, "ours": _value_range(ours), "paper": _recipe_value(theirs), "source": source})
+    return out
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    return a == b
+
+
+def _recipe_value(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10_000 else _fmt_value(v)
+
+
+def _value_range(values: list[Any]) -> str:
+    """'128', or '0.001–0.002' where the runs differ (numbers), or 'pre, post' (anything else)."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        lo, hi = min(values), max(values)
+        return _recipe_value(lo) if lo == hi else f"{_recipe_value(lo)}–{_recipe_value(hi)}"
+    return ", ".join(dict.fromkeys(_fmt_value(v) for v in values))
 
 
 def references_text(unigram: float, bigram: float) -> str:
@@ -572,8 +609,8 @@ def _settings(study: Study, runs: pd.DataFrame, factors: dict[str, dict], arm_ro
 def _run_notes(study: Study, runs: pd.DataFrame, settings: dict) -> list[str]:
     notes = []
     if settings["scale"] and settings["scale"] != "paper":
-        notes.append(f"Scale '{settings['scale']}': a smaller model and budget than the paper's; compare directions "
-                     f"and deltas, not absolute numbers.")
+        notes.append(f"Scale '{settings['scale']}': a smaller model and budget than the paper's (each setting that "
+                     f"differs is listed under the table); compare directions and deltas, not absolute numbers.")
     commits = sorted({c for c in runs["git_commit"] if c})
     if len(commits) > 1:
         notes.append(f"Runs come from {len(commits)} git commits: {', '.join(c[:10] for c in commits)}.")

@@ -40,7 +40,8 @@ def write_study(root: Path, table: int, arms: dict[str, dict], seeds: list[int],
                 unigram: float | dict[str, float] = 100.0, scores: dict[str, list[float]] | None = None,
                 random_init: dict[str, list[float]] | None = None, majority: float | None = 50.0,
                 config: dict[str, dict] | None = None, short: dict[str, list[float]] | None = None,
-                short_unigram: float = 120.0, bigram: float | dict[str, float] | None = None) -> Path:
+                short_unigram: float = 120.0, bigram: float | dict[str, float] | None = None,
+                scale: str = "smoke") -> Path:
     """A complete study folder: study.json, and per arm and seed config.yaml, result.json and, with `scores`, the
     fine-tuning summary (one fine-tuning seed per run: the value given). A DIVERGED perplexity makes the run diverged
     (no fine-tuning). `random_init`: arm -> its encoder's random-init score per seed (the arms given are the
@@ -50,7 +51,7 @@ def write_study(root: Path, table: int, arms: dict[str, dict], seeds: list[int],
     folder = root / f"table{table}"
     scores, random_init = scores or {}, random_init or {}
     baseline_of = {arm: arm if arm in random_init else next(iter(random_init), arm) for arm in arms}
-    meta = {"study": folder.name, "table": table, "scale": "smoke", "seeds": seeds,
+    meta = {"study": folder.name, "table": table, "scale": scale, "seeds": seeds,
             "arms": [{"name": a, "scientific": s} for a, s in arms.items()],
             "scientific": sorted({k for s in arms.values() for k in s}), "random_init_baseline": baseline_of,
             "finetune": {"tasks": [TASK] if scores else [], "protocol": "smoke"}}
@@ -65,7 +66,8 @@ def write_study(root: Path, table: int, arms: dict[str, dict], seeds: list[int],
             (run / "config.yaml").write_text(yaml.safe_dump(_nested(flat)))
             diverged = ppl[arm][i] == DIVERGED
             u = unigram[arm] if isinstance(unigram, dict) else unigram
-            result = {"status": "diverged" if diverged else "finished", "steps": 10, "tokens_seen": 1000,
+            result = {"status": "diverged" if diverged else "finished", "steps": flat["optim.max_steps"],
+                      "tokens_seen": 1000,
                       "epochs": 0.5, "final_yardstick_ppl": None if diverged else ppl[arm][i],
                       "final_valid_ppl": None if diverged else ppl[arm][i], "yardstick_unigram_ppl": u,
                       "diverged_at_step": 5 if diverged else None}
@@ -268,3 +270,46 @@ def test_the_table_and_the_plot_show_both_references_unigram_and_left_bigram(tmp
     old = make_table(write_study(tmp_path / "old", 3, BATCH, [0, 1], ppl, unigram=1001.9))
     note = next(n for n in old.notes if n.startswith("ppl (yardstick)"))
     assert "local-context reference (left bigram) not recorded" in note, note
+
+
+def test_settings_that_differ_from_the_papers_recipe_are_printed_under_the_table(tmp_path):
+    """Issue 23 item 3: every setting of the runs' config.yaml that differs from the paper's recipe (analysis.paper
+    RECIPE) is printed under the table as "demo-scale deviations from the paper's recipe", `key: ours (paper: theirs;
+    source)`, by section, except the study's scientific factor (data.input_format here); a setting the arms differ in
+    (a peak LR tuned per arm) as a range. A setting at the paper's value (mask rate 0.15) is not listed; a study at the
+    paper's recipe lists none. Before, nothing said a demo table ran a tiny pre-LN model at 128 tokens."""
+    from analysis.paper import RECIPE
+    from analysis.render import deviation_lines, html, latex, markdown
+
+    ppl = {"full": [40.0, 40.4, 40.2], "doc": [38.0, 38.4, 38.1]}
+    demo = {"model.preset": "tiny", "model.norm": "pre", "optim.max_steps": 10}
+    config = {"full": {**demo, "optim.peak_lr": 1e-3}, "doc": {**demo, "optim.peak_lr": 2e-3}}
+    t = make_table(write_study(tmp_path / "demo", 2, FORMATS, [0, 1, 2], ppl, config=config, scale="demo"))
+    keys = [line.split(":")[0] for line in deviation_lines(t)]
+    assert keys == ["data.max_seq_len", "data.vocab_size", "model.norm", "model.preset", "optim.max_steps",
+                    "optim.peak_lr"], keys
+    lines = dict(line.split(": ", 1) for line in deviation_lines(t))
+    assert lines["data.max_seq_len"].startswith("128 (paper: 512; "), lines
+    assert lines["model.preset"].startswith("tiny (paper: base; "), lines
+    assert lines["optim.max_steps"].startswith("10 (paper: 1,000,000; "), lines
+    assert lines["optim.peak_lr"].startswith("0.001–0.002 (paper: 0.0001; "), lines
+    md = markdown(t)
+    block = md.index("demo-scale deviations from the paper's recipe")
+    assert md.index("| paper row |") < block < md.index("### The paper's claims"), md
+    assert "- optim.peak_lr: 0.001–0.002 (paper: 0.0001; " in md
+    assert "model.norm: pre (paper: post" in latex(t) and "model.norm: pre (paper: post" in html(t)
+
+    at_recipe = {k: v for k, (v, _) in RECIPE.items()}
+    recipe = {arm: at_recipe for arm in FORMATS}
+    t = make_table(write_study(tmp_path / "paper", 2, FORMATS, [0, 1, 2], ppl, config=recipe, scale="paper"))
+    assert deviation_lines(t) == []
+    assert "paper-scale deviations from the paper's recipe: none" in markdown(t)
+
+
+def test_every_recipe_key_is_a_config_field():
+    """A key of the paper's recipe that no config has would never be compared, and so never printed."""
+    from analysis.paper import RECIPE, RECIPE_OF_TABLE
+    from harness.config import Config, flatten
+
+    fields = set(flatten(Config().to_dict()))
+    assert [k for table in (RECIPE, *RECIPE_OF_TABLE.values()) for k in table if k not in fields] == []
