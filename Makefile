@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SCALE ?= demo
-WORKERS ?= 1
+WORKERS ?= 2
 
 .PHONY: help setup test test-slow test-slurm lint data bench bench-prep bench-frontier gpu-check gpu-wheels ablation-nsp ablation-masking ablation-batch \
 	ablation-data tables notebook clean
