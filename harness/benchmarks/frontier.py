@@ -10,7 +10,8 @@ gives tokens, which nothing distorts.
 
 `python -m harness bench --sections frontier` (make bench-frontier) runs the candidates not yet in
 runs/frontier/ (delete a candidate's folder to rerun it), writes the curves into the bench report, a table
-(runs/frontier/frontier.md) and a plot (docs/frontier.png). Designs are chosen on the reference arm's format
+(runs/frontier/frontier.md) and a plot (docs/frontier.png), then times one cell on 2 threads against two cells on
+1 thread each (`thread_layout`; FRONTIER_THREADS=0 skips it). Designs are chosen on the reference arm's format
 (FULL-SENTENCES) only, never on a comparison between arms. `FRONTIER=name,name` runs only those candidates.
 """
 
@@ -177,6 +178,35 @@ def plot(curves: dict[str, list[dict]]) -> None:
     fig.savefig(PLOT, dpi=110)
 
 
+def thread_layout(steps: int = 400) -> dict:
+    """Tokens per wall-second of the demo design (FULL-SENTENCES) as one cell on 2 threads, then as two cells at once
+    on 1 thread each (their sum): which layout `grid run` should use on this machine. Training time only
+    (result.json's train_time_s), so start-up and validation do not count. Needs a quiet machine."""
+    import shutil
+
+    def launch(name: str, threads: int) -> subprocess.Popen:
+        shutil.rmtree(OUT / "threads" / name, ignore_errors=True)
+        values = {"optim.max_steps": steps, "train.val_every": steps, "train.num_workers": 0,
+                  "train.wandb": "disabled", "train.study": "frontier/threads", "train.arm": name}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        return subprocess.Popen([sys.executable, "-m", "harness", "pretrain", "--config", BASE,
+                                 *[f"{k}={v}" for k, v in values.items()]], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    def speed(name: str) -> float:
+        result = json.loads((OUT / "threads" / name / "seed_0" / "result.json").read_text())
+        return result["tokens_seen"] / result["train_time_s"]
+
+    launch("one_cell_2_threads", 2).wait()
+    pair = [launch(f"two_cells_1_thread_{i}", 1) for i in (0, 1)]
+    for p in pair:
+        p.wait()
+    one = speed("one_cell_2_threads")
+    two = sum(speed(f"two_cells_1_thread_{i}") for i in (0, 1))
+    return {"steps": steps, "one_cell_2_threads_tokens_per_s": round(one), "two_cells_1_thread_tokens_per_s":
+            round(two), "two_cells_vs_one": round(two / one, 2)}
+
+
 def run() -> dict:
     wanted = [n for n in os.environ.get("FRONTIER", "").split(",") if n] or list(CANDIDATES)
     unknown = sorted(set(wanted) - set(CANDIDATES))
@@ -210,7 +240,9 @@ def run() -> dict:
     (OUT / "frontier.md").write_text(text + "\n")
     print(text)
     plot(curves)
-    return {"curves": curves, "table": str(OUT / "frontier.md"), "plot": str(PLOT)}
+    layout = thread_layout() if os.environ.get("FRONTIER_THREADS", "1") != "0" else None
+    print(f"threads: {layout}")
+    return {"curves": curves, "table": str(OUT / "frontier.md"), "plot": str(PLOT), "threads": layout}
 
 
 if __name__ == "__main__":
