@@ -154,7 +154,8 @@ def table(curves: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict[str, list[dict]]) -> None:
+def plot(curves: dict[str, list[dict]], bigram: float | None = None) -> None:
+    """Ratio against CPU-minutes and tokens, one line per candidate; `bigram`: the left-bigram reference's ratio."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,13 +167,16 @@ def plot(curves: dict[str, list[dict]]) -> None:
             ax.plot([p[x] / (1e6 if x == "tokens" else 1) for p in points], [p["ratio"] for p in points],
                     marker=".", label=name)
     for ax, label in zip(axes, ("training CPU-minutes (one thread)", "tokens seen (millions)")):
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.axhline(0.9, color="grey", lw=0.8, ls=":")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--", label="unigram (no context)")
+        ax.axhline(0.9, color="grey", lw=0.8, ls=":", label="0.9: the signal threshold")
+        if bigram:
+            ax.axhline(bigram, color="black", lw=0.8, ls="-.", label="left-bigram count model")
         ax.set_xlabel(label)
+        ax.set_ylim(0, 1.25)  # step 0 of a zero-bias run (~4.2) lies above
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("yardstick ppl / unigram ppl")
     axes[1].legend(fontsize=7)
-    fig.suptitle("The learning frontier of the demo designs (FULL-SENTENCES, tiny corpus of demo.yaml, seed 0)")
+    fig.suptitle("The learning frontier of the demo designs on the demo corpus (FULL-SENTENCES unless named; seed 0)")
     fig.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT, dpi=110)
@@ -235,11 +239,15 @@ def run() -> dict:
         for p in running:  # stopped by its PID, never by name
             p.terminate()
             p.wait()
-    curves = {n: curve(n) for n in CANDIDATES if (OUT / n / "seed_0" / "result.json").is_file()}
+    done = [n for n in CANDIDATES if (OUT / n / "seed_0" / "result.json").is_file()]
+    curves = {n: curve(n) for n in done}
     text = table(curves)
     (OUT / "frontier.md").write_text(text + "\n")
     print(text)
-    plot(curves)
+    results = [json.loads((OUT / n / "seed_0" / "result.json").read_text()) for n in done]
+    bigram = next((r["yardstick_bigram_ppl"] / r["yardstick_unigram_ppl"] for r in results
+                   if r.get("yardstick_bigram_ppl")), None)
+    plot(curves, bigram)
     layout = thread_layout() if os.environ.get("FRONTIER_THREADS", "1") != "0" else None
     print(f"threads: {layout}")
     return {"curves": curves, "table": str(OUT / "frontier.md"), "plot": str(PLOT), "threads": layout}
