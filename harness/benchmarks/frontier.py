@@ -38,6 +38,7 @@ COMMON = {"model.preset": "tiny", "model.max_positions": 128, "model.dropout": 0
           "optim.batch_size": 16, "optim.micro_batch_size": 16, "optim.warmup_steps": 100, "optim.decay_fraction": 1.0,
           "train.val_every": 250, "train.log_every": 50, "train.num_workers": 0, "train.wandb": "disabled"}
 WSD = {"optim.max_steps": 4000, "optim.warmup_steps": 100, "optim.decay_fraction": 0.2}  # warmup-stable-decay
+NSP_OFF = "diagnostic.nsp_loss_off"  # not a config field: train_candidate drops the NSP head from the loss
 DEMO = {"data.mask_prob": 0.4, "model.position_init": "sinusoidal", "optim.decay_fraction": 0.2}  # demo.yaml's
 # name -> (the lever it moves, overrides on COMMON). Order: the pairs run in this order, two at a time.
 CANDIDATES: dict[str, tuple[str, dict]] = {
@@ -73,6 +74,11 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "demo-t1-reference": ("Table 1's reference arm (static masks, SEGMENT-PAIR+NSP, 180K-token subset) at its demo "
                           "design", {**DEMO, "data.input_format": "segment_pair_nsp", "data.masking": "static",
                                      "data.data_tokens": 180000, "optim.max_steps": 4000}),
+    # Why the NSP arms stay on the plateau: the same arm without its NSP loss, and a format without NSP.
+    "diag-nsp-off": ("diagnostic: SEGMENT-PAIR at the demo design with the NSP loss weighted 0, 2,000 steps",
+                     {**DEMO, "data.input_format": "segment_pair_nsp", "optim.max_steps": 2000, NSP_OFF: True}),
+    "diag-doc": ("DOC-SENTENCES at the demo design, 2,000 steps",
+                 {**DEMO, "data.input_format": "doc_sentences", "optim.max_steps": 2000}),
     "wsd-seq64": ("64-token sequences, batch 32 (its yardstick has 64-token windows: not comparable)",
                   {**WSD, "optim.peak_lr": 1e-3, "data.max_seq_len": 64, "optim.batch_size": 32,
                    "optim.micro_batch_size": 32}),
@@ -108,12 +114,30 @@ def train_candidate(name: str) -> None:
     from harness.pretrain import pretrain
 
     torch.set_num_threads(1)
-    _, overrides = CANDIDATES[name]
+    overrides = dict(CANDIDATES[name][1])
+    if overrides.pop(NSP_OFF, False):  # the model keeps its NSP head (and segments); only its loss is left out
+        _without_nsp_loss()
     values = {**COMMON, **overrides, "train.study": "frontier", "train.arm": name, "train.runs_dir": "runs"}
     cfg = load_config(BASE, [f"{k}={v}" for k, v in values.items()])
     run_dir = OUT / name / "seed_0"
     run_dir.mkdir(parents=True, exist_ok=True)
     pretrain(cfg, callbacks=(CpuClock(run_dir / "cpu.csv"),))
+
+
+def _without_nsp_loss() -> None:
+    """Diagnostic: PretrainModule's loss as if the model had no NSP head (it still has one, and segment embeddings)."""
+    from harness.pretrain import PretrainModule
+
+    loss = PretrainModule._loss
+
+    def mlm_only(self, batch, sums, n_predicted=None, n_sequences=None):
+        head, self.model.nsp_head = self.model.nsp_head, None
+        try:
+            return loss(self, batch, sums, n_predicted, n_sequences)
+        finally:
+            self.model.nsp_head = head
+
+    PretrainModule._loss = mlm_only
 
 
 def curve(name: str) -> list[dict]:
