@@ -74,6 +74,9 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "demo-t1-reference": ("Table 1's reference arm (static masks, SEGMENT-PAIR+NSP, 180K-token subset) at its demo "
                           "design", {**DEMO, "data.input_format": "segment_pair_nsp", "data.masking": "static",
                                      "data.data_tokens": 180000, "optim.max_steps": 4000}),
+    "demo-t2-reference-long": ("Table 2's reference arm at the demo design for 12,000 steps: when does it leave?",
+                               {**DEMO, "data.input_format": "segment_pair_nsp", "optim.max_steps": 12000,
+                                "train.val_every": 500}),
     # Why the NSP arms stay on the plateau: the same arm without its NSP loss, and a format without NSP.
     "diag-nsp-off": ("diagnostic: SEGMENT-PAIR at the demo design with the NSP loss weighted 0, 2,000 steps",
                      {**DEMO, "data.input_format": "segment_pair_nsp", "optim.max_steps": 2000, NSP_OFF: True}),
