@@ -212,8 +212,8 @@ class PretrainDataModule(L.LightningDataModule):
         self.valid_set = MaskedLMDataset(valid, self.valid_examples, self.cfg, vocab, self.seed)
         # The yardstick: the same held-out windows and positions for every arm (harness.data.yardstick).
         ycfg = yardstick.yardstick_config(self.cfg)
-        self.yardstick_set = MaskedLMDataset(valid, cached_examples(prepared, "valid", ycfg, yardstick.SEED)[0], ycfg,
-                                             vocab, yardstick.SEED)
+        windows, yardstick_folder = cached_examples(prepared, "valid", ycfg, yardstick.SEED)
+        self.yardstick_set = MaskedLMDataset(valid, windows, ycfg, vocab, yardstick.SEED)
         n = min(self.valid_sequences, len(self.yardstick_set))
         items = [self.yardstick_set[(i, 0)] for i in range(n)]
         labels = np.concatenate([np.asarray(item["labels"]) for item in items])
@@ -222,10 +222,12 @@ class PretrainDataModule(L.LightningDataModule):
                                for it in items])
         picked = np.flatnonzero(labels != IGNORE_INDEX)  # never position 0 (<s>), so picked - 1 is in its sequence
         targets = labels[picked]
-        counts = cached_array(prepared.dir / "train.unigram_counts.npy", lambda: yardstick.unigram_counts(train.tokens,
-                                                                                                          vocab))
+        counts = self._split_unigram_counts()
         self.yardstick_unigram_ppl = yardstick.unigram_ppl(counts, targets)
-        self.yardstick_bigram_ppl = yardstick.bigram_ppl(train.tokens, counts, text[picked - 1], targets)
+        # counted once per prepared data and yardstick view (up to a minute at scale), not at every run's start
+        bigram_file = yardstick_folder / f"bigram_ppl_{n}.npy"
+        self.yardstick_bigram_ppl = float(cached_array(
+            bigram_file, lambda: np.array(yardstick.bigram_ppl(train.tokens, counts, text[picked - 1], targets))))
         # The short-context yardstick: the same text, one sentence at a time (yardstick.short_examples).
         self.short_yardstick_set = MaskedLMDataset(valid, yardstick.short_examples(self.yardstick_set.ex, n), ycfg,
                                                    vocab, yardstick.SEED)
@@ -236,12 +238,17 @@ class PretrainDataModule(L.LightningDataModule):
     def train_unigram_counts(self) -> np.ndarray:
         """(V,) token counts of the training text this arm uses: the whole split, or the documents of its data size
         (Table 4), so a smaller arm's output-bias init (model.output_bias_init) knows nothing of text it never sees."""
-        train, vocab = self.prepared.split("train"), self.prepared.vocab_size
         if self.cfg.data_fraction == 1.0 and not self.cfg.data_tokens:
-            return cached_array(self.prepared.dir / "train.unigram_counts.npy",
-                                lambda: yardstick.unigram_counts(train.tokens, vocab))
+            return self._split_unigram_counts()
+        train = self.prepared.split("train")
         return yardstick.document_unigram_counts(train.tokens, train.sentences[train.documents],
-                                                 select_documents(train, self.cfg), vocab)
+                                                 select_documents(train, self.cfg), self.prepared.vocab_size)
+
+    def _split_unigram_counts(self) -> np.ndarray:
+        """(V,) token counts of the whole training split, cached beside the prepared data."""
+        train = self.prepared.split("train")
+        return cached_array(self.prepared.dir / "train.unigram_counts.npy",
+                            lambda: yardstick.unigram_counts(train.tokens, self.prepared.vocab_size))
 
     @property
     def steps_per_epoch(self) -> int:
