@@ -11,8 +11,9 @@ gives tokens, which nothing distorts.
 `python -m harness bench --sections frontier` (make bench-frontier) runs the candidates not yet in
 runs/frontier/ (delete a candidate's folder to rerun it), writes the curves into the bench report, a table
 (runs/frontier/frontier.md) and a plot (docs/frontier.png), then times one cell on 2 threads against two cells on
-1 thread each (`thread_layout`; FRONTIER_THREADS=0 skips it). Designs are chosen on the reference arm's format
-(FULL-SENTENCES) only, never on a comparison between arms. `FRONTIER=name,name` runs only those candidates.
+1 thread each (`thread_layout`; FRONTIER_THREADS=0 skips it). Designs are chosen on reference arms' curves only
+(FULL-SENTENCES, then each table's reference arm), never on a comparison between arms. `FRONTIER=name,name` runs
+only those candidates.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ COMMON = {"model.preset": "tiny", "model.max_positions": 128, "model.dropout": 0
 WSD = {"optim.max_steps": 4000, "optim.warmup_steps": 100, "optim.decay_fraction": 0.2}  # warmup-stable-decay
 NSP_OFF = "diagnostic.nsp_loss_off"  # not a config field: train_candidate drops the NSP head from the loss
 DEMO = {"data.mask_prob": 0.4, "model.position_init": "sinusoidal", "optim.decay_fraction": 0.2}  # demo.yaml's
+T2 = {**DEMO, "data.input_format": "segment_pair_nsp", "optim.max_steps": 3600}  # Table 2's reference arm
 # name -> (the lever it moves, overrides on COMMON). Order: the pairs run in this order, two at a time.
 CANDIDATES: dict[str, tuple[str, dict]] = {
     "linear-1e-3": ("schedule: the paper's linear decay over the whole run",
@@ -82,6 +84,23 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                      {**DEMO, "data.input_format": "segment_pair_nsp", "optim.max_steps": 2000, NSP_OFF: True}),
     "diag-doc": ("DOC-SENTENCES at the demo design, 2,000 steps",
                  {**DEMO, "data.input_format": "doc_sentences", "optim.max_steps": 2000}),
+    # Table 2's reference arm (SEGMENT-PAIR+NSP) at the demo design and 3,600 steps, with one lever moved each: which
+    # gets the paper's baseline format off the plateau, where FULL-SENTENCES already leaves it?
+    "t2-heads4": ("Table 2's reference arm, 4 attention heads of 32 instead of 2 of 64",
+                  {**T2, "model.n_heads": 4}),
+    "t2-pre-2e-3": ("Table 2's reference arm, pre-LN at peak LR 2e-3 (cramming)",
+                    {**T2, "model.norm": "pre", "optim.peak_lr": 2e-3}),
+    "t2-bs32": ("Table 2's reference arm, batch 32 x 1,800 steps (same tokens, twice the NSP pairs a step)",
+                {**T2, "optim.batch_size": 32, "optim.micro_batch_size": 32, "optim.max_steps": 1800,
+                 "train.val_every": 125}),
+    # Table 1's reference arm (static masks) on FULL-SENTENCES, since SEGMENT-PAIR+NSP does not leave the plateau in
+    # the table's budget (above): a subset seen ~4 times per static mask, as the paper's 10 masks over 40 epochs are.
+    "t1-full-500k-4masks": ("Table 1's reference arm on FULL-SENTENCES: static, 4 masks, 500K-token subset (16 epochs)",
+                            {**DEMO, "data.masking": "static", "data.static_masks": 4, "data.data_tokens": 500000,
+                             "optim.max_steps": 4000}),
+    "t1-full-1m-2masks": ("Table 1's reference arm on FULL-SENTENCES: static, 2 masks, 1M-token subset (8 epochs)",
+                          {**DEMO, "data.masking": "static", "data.static_masks": 2, "data.data_tokens": 1000000,
+                           "optim.max_steps": 4000}),
     "wsd-seq64": ("64-token sequences, batch 32 (its yardstick has 64-token windows: not comparable)",
                   {**WSD, "optim.peak_lr": 1e-3, "data.max_seq_len": 64, "optim.batch_size": 32,
                    "optim.micro_batch_size": 32}),
