@@ -73,9 +73,10 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     # The demo design itself (configs/demo.yaml) on each table's reference arm, at the table's demo steps:
     "demo-t2-reference": ("Table 2's reference arm (SEGMENT-PAIR+NSP) at its demo design",
                           {**DEMO, "data.input_format": "segment_pair_nsp", "optim.max_steps": 3600}),
-    "demo-t1-reference": ("Table 1's reference arm (static masks, SEGMENT-PAIR+NSP, 180K-token subset) at its demo "
-                          "design", {**DEMO, "data.input_format": "segment_pair_nsp", "data.masking": "static",
-                                     "data.data_tokens": 180000, "optim.max_steps": 4000}),
+    "demo-t1-reference": ("Table 1's first demo design: static masks, SEGMENT-PAIR+NSP, 180K-token subset (replaced "
+                          "by t1-full-500k-4masks)",
+                          {**DEMO, "data.input_format": "segment_pair_nsp", "data.masking": "static",
+                           "data.data_tokens": 180000, "optim.max_steps": 4000}),
     "demo-t2-reference-long": ("Table 2's reference arm at the demo design for 12,000 steps: when does it leave?",
                                {**DEMO, "data.input_format": "segment_pair_nsp", "optim.max_steps": 12000,
                                 "train.val_every": 500}),
@@ -93,6 +94,10 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "t2-bs32": ("Table 2's reference arm, batch 32 x 1,800 steps (same tokens, twice the NSP pairs a step)",
                 {**T2, "optim.batch_size": 32, "optim.micro_batch_size": 32, "optim.max_steps": 1800,
                  "train.val_every": 125}),
+    "t2-seq64": ("Table 2's reference arm, 64-token sequences, batch 32 (its yardstick: 64-token windows)",
+                 {**T2, "data.max_seq_len": 64, "optim.batch_size": 32, "optim.micro_batch_size": 32}),
+    "t2-seq64-bs16": ("Table 2's reference arm, 64-token sequences, batch 16 (half the tokens; 64-token yardstick)",
+                      {**T2, "data.max_seq_len": 64}),
     # Table 1's reference arm (static masks) on FULL-SENTENCES, since SEGMENT-PAIR+NSP does not leave the plateau in
     # the table's budget (above): a subset seen ~4 times per static mask, as the paper's 10 masks over 40 epochs are.
     "t1-full-500k-4masks": ("Table 1's reference arm on FULL-SENTENCES: static, 4 masks, 500K-token subset (13 epochs)",
