@@ -115,6 +115,10 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                        "optim.peak_lr": 3e-3, "optim.warmup_steps": 9, "train.val_every": 20}),
     "demo-t4-small": ("Table 4's reference arm: 1,600 steps over a 160K-token subset (~16 epochs)",
                       {**DEMO, "data.data_tokens": 160000, "optim.max_steps": 1600, "train.val_every": 200}),
+    "t1-sp-seq64": ("Table 1's reference arm on the paper's SEGMENT-PAIR+NSP at Table 2's 64 x 32: static, 4 masks, "
+                    "500K-token subset",
+                    {**T2, "data.max_seq_len": 64, "optim.batch_size": 32, "optim.micro_batch_size": 32,
+                     "data.masking": "static", "data.static_masks": 4, "data.data_tokens": 500000}),
     "wsd-seq64": ("64-token sequences, batch 32 (its yardstick has 64-token windows: not comparable)",
                   {**WSD, "optim.peak_lr": 1e-3, "data.max_seq_len": 64, "optim.batch_size": 32,
                    "optim.micro_batch_size": 32}),
