@@ -42,6 +42,7 @@ WSD = {"optim.max_steps": 4000, "optim.warmup_steps": 100, "optim.decay_fraction
 NSP_OFF = "diagnostic.nsp_loss_off"  # not a config field: train_candidate drops the NSP head from the loss
 DEMO = {"data.mask_prob": 0.4, "model.position_init": "sinusoidal", "optim.decay_fraction": 0.2}  # demo.yaml's
 T2 = {**DEMO, "data.input_format": "segment_pair_nsp", "optim.max_steps": 3600}  # Table 2's reference arm
+SEQ64 = {"data.max_seq_len": 64, "optim.batch_size": 32, "optim.micro_batch_size": 32}  # ~the tokens of 16 x 128
 # name -> (the lever it moves, overrides on COMMON). Order: the pairs run in this order, two at a time.
 CANDIDATES: dict[str, tuple[str, dict]] = {
     "linear-1e-3": ("schedule: the paper's linear decay over the whole run",
@@ -71,18 +72,15 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                  {**WSD, "optim.peak_lr": 1e-3, "model.preset": "mini", "optim.max_steps": 1200,
                   "train.val_every": 100}),
     # The demo design itself (configs/demo.yaml) on each table's reference arm, at the table's demo steps:
-    "demo-t2-reference": ("Table 2's reference arm (SEGMENT-PAIR+NSP) at its demo design",
-                          {**DEMO, "data.input_format": "segment_pair_nsp", "optim.max_steps": 3600}),
+    "demo-t2-reference": ("Table 2's reference arm (SEGMENT-PAIR+NSP) at its demo design", T2),
     "demo-t1-reference": ("Table 1's first demo design: static masks, SEGMENT-PAIR+NSP, 180K-token subset (replaced "
                           "by t1-full-500k-4masks)",
-                          {**DEMO, "data.input_format": "segment_pair_nsp", "data.masking": "static",
-                           "data.data_tokens": 180000, "optim.max_steps": 4000}),
+                          {**T2, "data.masking": "static", "data.data_tokens": 180000, "optim.max_steps": 4000}),
     "demo-t2-reference-long": ("Table 2's reference arm at the demo design for 12,000 steps: when does it leave?",
-                               {**DEMO, "data.input_format": "segment_pair_nsp", "optim.max_steps": 12000,
-                                "train.val_every": 500}),
+                               {**T2, "optim.max_steps": 12000, "train.val_every": 500}),
     # Why the NSP arms stay on the plateau: the same arm without its NSP loss, and a format without NSP.
     "diag-nsp-off": ("diagnostic: SEGMENT-PAIR at the demo design with the NSP loss weighted 0, 2,000 steps",
-                     {**DEMO, "data.input_format": "segment_pair_nsp", "optim.max_steps": 2000, NSP_OFF: True}),
+                     {**T2, "optim.max_steps": 2000, NSP_OFF: True}),
     "diag-doc": ("DOC-SENTENCES at the demo design, 2,000 steps",
                  {**DEMO, "data.input_format": "doc_sentences", "optim.max_steps": 2000}),
     # Table 2's reference arm (SEGMENT-PAIR+NSP) at the demo design and 3,600 steps, with one lever moved each: which
@@ -95,7 +93,7 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                 {**T2, "optim.batch_size": 32, "optim.micro_batch_size": 32, "optim.max_steps": 1800,
                  "train.val_every": 125}),
     "t2-seq64": ("Table 2's reference arm, 64-token sequences, batch 32 (its yardstick: 64-token windows)",
-                 {**T2, "data.max_seq_len": 64, "optim.batch_size": 32, "optim.micro_batch_size": 32}),
+                 {**T2, **SEQ64}),
     "t2-seq64-bs16": ("Table 2's reference arm, 64-token sequences, batch 16 (half the tokens; 64-token yardstick)",
                       {**T2, "data.max_seq_len": 64}),
     # Table 1's reference arm (static masks) on FULL-SENTENCES, since SEGMENT-PAIR+NSP does not leave the plateau in
@@ -117,11 +115,9 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                       {**DEMO, "data.data_tokens": 160000, "optim.max_steps": 1600, "train.val_every": 200}),
     "t1-sp-seq64": ("Table 1's reference arm on the paper's SEGMENT-PAIR+NSP at Table 2's 64 x 32: static, 4 masks, "
                     "500K-token subset",
-                    {**T2, "data.max_seq_len": 64, "optim.batch_size": 32, "optim.micro_batch_size": 32,
-                     "data.masking": "static", "data.static_masks": 4, "data.data_tokens": 500000}),
+                    {**T2, **SEQ64, "data.masking": "static", "data.static_masks": 4, "data.data_tokens": 500000}),
     "wsd-seq64": ("64-token sequences, batch 32 (its yardstick has 64-token windows: not comparable)",
-                  {**WSD, "optim.peak_lr": 1e-3, "data.max_seq_len": 64, "optim.batch_size": 32,
-                   "optim.micro_batch_size": 32}),
+                  {**WSD, "optim.peak_lr": 1e-3, **SEQ64}),
 }
 
 
