@@ -64,7 +64,7 @@ ablation-nsp: EXP = table2_nsp
 ablation-masking: EXP = table1_masking
 ablation-batch: EXP = table3_batch
 ablation-data: EXP = table4_data
-ablation-nsp ablation-masking ablation-batch ablation-data: $(STAMP)  ## a paper table: SCALE=smoke|demo|paper WORKERS=N
+ablation-nsp ablation-masking ablation-batch ablation-data: $(STAMP)  ## a paper table: SCALE=smoke|demo|paper (laptop: Table 1) WORKERS=N
 	$(PY) -m harness grid run experiments/$(EXP).yaml --scale $(SCALE) --workers $(WORKERS) $(GRID_ARGS)
 	$(PY) -m analysis report runs/$(EXP)-$(SCALE)
 

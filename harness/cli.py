@@ -235,7 +235,9 @@ def parser() -> argparse.ArgumentParser:
         "cell is recorded and the grid goes on. Safe to start several times at once (leased claims).",
     )
     run.add_argument("experiment", help="an experiment file, e.g. experiments/table2_nsp.yaml")
-    run.add_argument("--scale", default="demo", help="smoke | demo | paper (as the file defines them)")
+    run.add_argument("--scale", default="demo",
+                     help="smoke | demo | paper, and laptop in Table 1's file (a longer demo); each file's "
+                          "scales.<name>.why says what it runs")
     run.add_argument("--backend", choices=("local", "slurm", "submitit-local"), default="local",
                      help="local processes, a SLURM job array via submitit, or submitit's local executor")
     run.add_argument("--workers", type=int, default=1, help="concurrent workers (cells at a time)")
