@@ -9,9 +9,11 @@ run costs whatever else the machine does; a neighbour still slows them a little 
 gives tokens, which nothing distorts.
 
 `python -m harness bench --sections frontier` (make bench-frontier) runs the candidates not yet in
-runs/frontier/ (delete a candidate's folder to rerun it), writes the curves into the bench report, a table
-(runs/frontier/frontier.md) and a plot (docs/frontier.png), then times one cell on 2 threads against two cells on
-1 thread each (`thread_layout`; FRONTIER_THREADS=0 skips it). Designs are chosen on reference arms' curves only
+runs/frontier/ (delete a candidate's folder to rerun it), writes the curves into the bench report, a committed data
+file (docs/frontier.json: per candidate its lever and its points), a table (runs/frontier/frontier.md) and a plot
+(docs/frontier.png), then times one cell on 2 threads against two cells on 1 thread each (`thread_layout`;
+FRONTIER_THREADS=0 skips it). `python -m harness.benchmarks.frontier --redraw` redraws the plot from
+docs/frontier.json alone, without training. Designs are chosen on reference arms' curves only
 (FULL-SENTENCES, then each table's reference arm), never on a comparison between arms. `FRONTIER=name,name` runs
 only those candidates.
 """
@@ -23,13 +25,16 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning.pytorch as L
 
 OUT = Path("runs/frontier")
 PLOT = Path("docs/frontier.png")
+DATA = Path("docs/frontier.json")  # the curves the plot is drawn from, committed
 BASE = "configs/demo.yaml"
 CHECKPOINTS_MIN = (2, 4, 6, 8)  # table columns: the ratio reached within this many training CPU-minutes
 # What every candidate shares unless it overrides it (pinned here, so that the demo config's own choices do not leak
@@ -121,6 +126,38 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
 }
 
 
+class Panel(NamedTuple):
+    """One row of the plot: the candidates that move one lever, against `baseline` (drawn grey: the run they change)."""
+
+    title: str
+    names: tuple[str, ...]
+    baseline: str | None = None
+
+
+# Every candidate in one panel, grouped by the lever it tests (the comments of CANDIDATES above).
+PANELS = (
+    Panel("Schedule and peak LR (FULL-SENTENCES, batch 16 x 4,000 steps)",
+          ("wsd-1e-3", "linear-1e-3", "wsd-decay50", "wsd-5e-4", "wsd-2e-3")),
+    Panel("Mask rate and initialisation (FULL-SENTENCES)",
+          ("wsd-mask40", "wsd-mask60", "wsd-zero-bias", "wsd-sinusoidal"), baseline="wsd-1e-3"),
+    Panel("Batch, norm, model shape and sequence length (FULL-SENTENCES)",
+          ("wsd-bs8", "wsd-bs32", "wsd-pre-3e-3", "wsd-L4", "wsd-mini", "wsd-seq64"), baseline="wsd-1e-3"),
+    Panel("Table 2's reference arm (SEGMENT-PAIR+NSP), one lever moved each",
+          ("t2-seq64", "demo-t2-reference", "demo-t2-reference-long", "t2-heads4", "t2-pre-2e-3", "t2-bs32",
+           "t2-seq64-bs16")),
+    Panel("Table 1's reference arm (static masks over a subset)",
+          ("t1-full-500k-4masks", "t1-full-1m-2masks", "demo-t1-reference", "t1-sp-seq64")),
+    Panel("Tables 3 and 4: the arms nearest the plateau", ("demo-t3-bs128", "demo-t3-bs512", "demo-t4-small")),
+    Panel("Diagnostics: why SEGMENT-PAIR+NSP stays on the plateau", ("diag-nsp-off", "diag-doc"),
+          baseline="demo-t2-reference"),
+)
+# The demo's chosen design, drawn bold and labelled at its line's end: the candidate closest to configs/demo.yaml
+# on FULL-SENTENCES, and each table's arm at the design its experiment file runs.
+CHOSEN = {"wsd-mask40": "~ configs/demo.yaml", "t2-seq64": "Table 2 reference", "t1-full-500k-4masks":
+          "Table 1 reference", "demo-t3-bs128": "Table 3, batch 128", "demo-t3-bs512": "Table 3, batch 512",
+          "demo-t4-small": "Table 4 reference"}
+
+
 class CpuClock(L.Callback):
     """CPU-seconds of this process spent training (validation excluded), written with the step to cpu.csv after
     every validation."""
@@ -177,20 +214,29 @@ def _without_nsp_loss() -> None:
 
 
 def curve(name: str) -> list[dict]:
-    """[{step, tokens, cpu_min, ratio}] at each validation of a finished candidate."""
+    """[{step, tokens, cpu_min, ratio}] at each validation of a finished candidate.
+
+    Tokens are logged every train.log_every steps (and at the last), validations come every train.val_every: a
+    validation step without a logged row (val_every 60 against log_every 50) takes its tokens by linear interpolation
+    between the logged rows around it, from (0, 0), so the tokens never decrease along a curve."""
+    import numpy as np
+
     run_dir = OUT / name / "seed_0"
     result = json.loads((run_dir / "result.json").read_text())
     unigram = result["yardstick_unigram_ppl"]
     cpu = {int(r["step"]): float(r["train_cpu_s"]) for r in csv.DictReader(open(run_dir / "cpu.csv"))}
-    tokens, points = {}, []
+    tokens, ratios = {0: 0}, {}
     for row in csv.DictReader(open(run_dir / "metrics.csv")):
+        step = int(row["step"])
         if row.get("train/tokens"):
-            tokens[int(row["step"])] = int(float(row["train/tokens"]))
-        if row.get("val/yardstick_ppl") and int(row["step"]) in cpu:
-            step = int(row["step"])
-            points.append({"step": step, "tokens": tokens.get(step, 0), "cpu_min": round(cpu[step] / 60, 2),
-                           "ratio": round(float(row["val/yardstick_ppl"]) / unigram, 4)})
-    return points
+            tokens[step] = int(float(row["train/tokens"]))
+        if row.get("val/yardstick_ppl") and step in cpu:
+            ratios[step] = float(row["val/yardstick_ppl"]) / unigram
+    logged = sorted(tokens)
+    steps = sorted(ratios)
+    at = np.interp(steps, logged, [tokens[s] for s in logged])
+    return [{"step": s, "tokens": int(round(t)), "cpu_min": round(cpu[s] / 60, 2), "ratio": round(ratios[s], 4)}
+            for s, t in zip(steps, at)]
 
 
 def _at(points: list[dict], minutes: float) -> float | None:
@@ -214,32 +260,96 @@ def table(curves: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict[str, list[dict]], bigram: float | None = None) -> None:
-    """Ratio against CPU-minutes and tokens, one line per candidate; `bigram`: the left-bigram reference's ratio."""
+def curves_data(curves: dict[str, list[dict]], results: dict[str, dict]) -> dict:
+    """What docs/frontier.json holds: per candidate its panel (the lever it tests), its description, its yardstick's
+    unigram perplexity and left-bigram ratio, and its points."""
+    lever = {name: panel.title for panel in PANELS for name in panel.names}
+    candidates = {}
+    for name, points in curves.items():
+        r = results[name]
+        bigram = r.get("yardstick_bigram_ppl")
+        candidates[name] = {"lever": lever[name], "description": CANDIDATES[name][0],
+                            "unigram_ppl": round(r["yardstick_unigram_ppl"], 1),
+                            "bigram_ratio": round(bigram / r["yardstick_unigram_ppl"], 4) if bigram else None,
+                            "points": points}
+    return {"about": "python -m harness bench --sections frontier; seed 0; ratio = yardstick ppl / unigram ppl; "
+                     "cpu_min: training CPU-minutes of one thread (validation excluded)", "candidates": candidates}
+
+
+def write_data(data: dict, path: Path = DATA) -> None:
+    """docs/frontier.json with one point a line: short, and its diffs read point by point."""
+    entries = []
+    for name, entry in data["candidates"].items():
+        head = json.dumps({k: v for k, v in entry.items() if k != "points"})[:-1]
+        points = ",\n      ".join(json.dumps(p) for p in entry["points"])
+        entries.append(f'    {json.dumps(name)}: {head}, "points": [\n      {points}]}}')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'{{"about": {json.dumps(data["about"])},\n  "candidates": {{\n' + ",\n".join(entries) + "}}\n")
+
+
+def plot(data: dict, path: Path = PLOT) -> None:
+    """One row per lever (PANELS), the ratio against training CPU-minutes (left) and tokens seen (right); the demo's
+    chosen design bold and labelled at its line's end, each row's baseline grey, the legend beside each row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    for name, points in curves.items():
-        for ax, x in zip(axes, ("cpu_min", "tokens")):
-            ax.plot([p[x] / (1e6 if x == "tokens" else 1) for p in points], [p["ratio"] for p in points],
-                    marker=".", label=name)
-    for ax, label in zip(axes, ("training CPU-minutes (one thread)", "tokens seen (millions)")):
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--", label="unigram (no context)")
-        ax.axhline(0.9, color="grey", lw=0.8, ls=":", label="0.9: the signal threshold")
-        if bigram:
-            ax.axhline(bigram, color="black", lw=0.8, ls="-.", label="left-bigram count model")
-        ax.set_xlabel(label)
-        ax.set_ylim(0, 1.25)  # step 0 of a zero-bias run (~4.2) lies above
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("yardstick ppl / unigram ppl")
-    axes[1].legend(fontsize=7)
-    fig.suptitle("The learning frontier of the demo designs on the demo corpus (FULL-SENTENCES unless named; seed 0)")
-    fig.tight_layout()
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PLOT, dpi=110)
+    candidates = data["candidates"]
+    panels = [p for p in PANELS if any(n in candidates for n in p.names)]
+    fig, axes = plt.subplots(len(panels), 2, figsize=(17, 2.6 * len(panels) + 1.2), sharey=True, sharex="col",
+                             squeeze=False)
+    palette = plt.get_cmap("tab10").colors
+    bigram = next((c["bigram_ratio"] for c in candidates.values() if c["bigram_ratio"]), None)
+    for row, panel in zip(axes, panels):
+        lines = [(panel.baseline, "0.6", "baseline")] if panel.baseline in candidates else []
+        lines += [(n, palette[i], "chosen" if n in CHOSEN else "") for i, n in enumerate(panel.names)
+                  if n in candidates]
+        for name, colour, kind in lines:
+            points = candidates[name]["points"]
+            label = textwrap.shorten(f"{name}: {candidates[name]['description']}", 95)
+            label = "\n    ".join(textwrap.wrap(label, 52))
+            if kind == "baseline":
+                label = f"{name} (the row's baseline)"
+            style = {"baseline": dict(lw=3, alpha=0.45, zorder=1), "chosen": dict(lw=3, zorder=3),
+                     "": dict(lw=1.2, marker=".", ms=4, zorder=2)}[kind]
+            for ax, x, scale in zip(row, ("cpu_min", "tokens"), (1, 1e6)):
+                xs, ys = [p[x] / scale for p in points], [p["ratio"] for p in points]
+                ax.plot(xs, ys, color=colour, label=label, **style)
+                if kind == "chosen":
+                    ax.annotate(CHOSEN[name], (xs[-1], ys[-1]), xytext=(5, 0), textcoords="offset points",
+                                va="center", fontsize=9, fontweight="bold", color=colour, annotation_clip=False)
+        for ax in row:
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+            ax.axhline(0.9, color="grey", lw=0.8, ls=":")
+            if bigram:
+                ax.axhline(bigram, color="black", lw=0.8, ls="-.")
+            ax.set_ylim(0, 1.25)  # step 0 of a zero-bias run (~4.2) lies above
+            ax.grid(alpha=0.3)
+        row[0].set_title(panel.title, loc="left", fontsize=11, fontweight="bold")
+        row[0].set_ylabel("yardstick / unigram")
+        row[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    axes[-1][0].set_xlabel("training CPU-minutes (one thread)")
+    axes[-1][1].set_xlabel("tokens seen (millions)")
+    refs = [plt.Line2D([], [], color="grey", lw=0.8, ls="--", label="1.0: the unigram (no context)"),
+            plt.Line2D([], [], color="grey", lw=0.8, ls=":", label="0.9: the signal threshold")]
+    if bigram:
+        refs.append(plt.Line2D([], [], color="black", lw=0.8, ls="-.", label=f"{bigram:.3f}: the left-bigram model"))
+    refs.append(plt.Line2D([], [], color="black", lw=3, label="bold: the demo's chosen design"))
+    fig.legend(handles=refs, loc="upper center", ncol=len(refs), bbox_to_anchor=(0.5, 0.985), frameon=False)
+    fig.suptitle("The learning frontier of the demo designs on the demo corpus (FULL-SENTENCES unless named; seed 0)",
+                 fontsize=13, y=0.998)
+    fig.tight_layout(rect=(0, 0, 1, 0.975))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def redraw(data_path: Path = DATA, path: Path = PLOT) -> None:
+    """The plot and the table from the committed curves alone, without training."""
+    data = json.loads(data_path.read_text())
+    plot(data, path)
+    print(table({name: c["points"] for name, c in data["candidates"].items()}))
 
 
 def thread_layout(steps: int = 400) -> dict:
@@ -301,17 +411,19 @@ def run() -> dict:
             p.wait()
     done = [n for n in CANDIDATES if (OUT / n / "seed_0" / "result.json").is_file()]
     curves = {n: curve(n) for n in done}
+    data = curves_data(curves, {n: json.loads((OUT / n / "seed_0" / "result.json").read_text()) for n in done})
+    write_data(data)
     text = table(curves)
     (OUT / "frontier.md").write_text(text + "\n")
     print(text)
-    results = [json.loads((OUT / n / "seed_0" / "result.json").read_text()) for n in done]
-    bigram = next((r["yardstick_bigram_ppl"] / r["yardstick_unigram_ppl"] for r in results
-                   if r.get("yardstick_bigram_ppl")), None)
-    plot(curves, bigram)
+    plot(data)
     layout = thread_layout() if os.environ.get("FRONTIER_THREADS", "1") != "0" else None
     print(f"threads: {layout}")
     return {"curves": curves, "table": str(OUT / "frontier.md"), "plot": str(PLOT), "threads": layout}
 
 
 if __name__ == "__main__":
-    train_candidate(sys.argv[1])
+    if sys.argv[1:] == ["--redraw"]:
+        redraw()
+    else:
+        train_candidate(sys.argv[1])
