@@ -132,6 +132,25 @@ def prepare(cfg: DataConfig, verbose: bool = False, workers: int | None = None, 
     return PreparedData(out, out / "tokenizer.json", meta["vocab_size"], corpus.stats, meta)
 
 
+def held_out(keys: np.ndarray, valid_fraction: float) -> np.ndarray:
+    """Which documents (DOCUMENT_KEYS rows, in corpus order) form the valid split: those hashing below
+    valid_fraction, but at least MIN_VALID_DOCS (pair formats need two documents) and at most half."""
+    n_valid = min(max(int((keys["valid"] < valid_fraction).sum()), MIN_VALID_DOCS), len(keys) // 2)
+    is_valid = np.zeros(len(keys), dtype=bool)
+    is_valid[np.argsort(keys["valid"])[:n_valid]] = True
+    return is_valid
+
+
+def held_out_documents(cfg: DataConfig) -> Iterator[list[str]]:
+    """The text of the valid split's documents, in corpus order, each as its list of sentences: text no run trains
+    on, which the built fine-tuning tasks (harness.finetune.built) are made of."""
+    corpus = prepare_corpus(cfg.corpus, decode_errors=cfg.decode_errors)
+    valid = held_out(np.concatenate([np.load(s.with_name("keys.npy")) for s in corpus.shards]), cfg.valid_fraction)
+    for document, is_valid in zip(corpus.documents(), valid, strict=True):
+        if is_valid:
+            yield document
+
+
 def binarize(corpus: Corpus, cfg: DataConfig, out: Path, backend: Backend, verbose: bool) -> None:
     """Pass 2: read the documents' keys that splitting stored, train the tokenizer on a sample of the training split,
     encode each sentence shard into its own token file and sentence lengths (the missing ones, on `backend`), then
@@ -148,10 +167,7 @@ def binarize(corpus: Corpus, cfg: DataConfig, out: Path, backend: Backend, verbo
     keys = np.concatenate(per_shard)
     n_bytes = int(keys["bytes"].sum())
     t_keys = time.perf_counter()
-    # The documents hashing below valid_fraction, but at least MIN_VALID_DOCS (pair formats need two documents).
-    n_valid = min(max(int((keys["valid"] < cfg.valid_fraction).sum()), MIN_VALID_DOCS), len(keys) // 2)
-    is_valid = np.zeros(len(keys), dtype=bool)
-    is_valid[np.argsort(keys["valid"])[:n_valid]] = True
+    is_valid = held_out(keys, cfg.valid_fraction)
     tok = _tokenizer(corpus, cfg, keys["bytes"], is_valid, work / "tokenizer.json", verbose)
     t_tok = time.perf_counter()
     vocab_size = tok.get_vocab_size()

@@ -215,7 +215,7 @@ def finetune(run_dir: Path, task: str, data_dir: Path | str | None = None, proto
         raise UserError(f"--init {init}: expected one of {list(INITS)}")
     run = load_run(run_dir, weights=init == "pretrained")
     out = results_dir(run_dir, task, init)
-    data = load_task_data(spec, data_dir)
+    data = load_task_data(spec, data_dir, run.config.data)
     common = {"task": task, "metric": spec.metric, "protocol": proto.name, "init": init,
               "pretrain_status": run.status}
     if data is None:

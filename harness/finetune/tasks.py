@@ -2,7 +2,8 @@
 
 Data for a task comes from, in this order: `--data-dir hf` (HF `datasets`' local cache), `--data-dir DIR` (the
 official files: GLUE at DIR/<TASK>/*.tsv, SQuAD at DIR/*-v1.1.json / *-v2.0.json, RACE at DIR/RACE/), else the
-task's real offline stand-in, else nothing: the result then reads "n/a offline". Every result records its source.
+task's offline stand-in (real labelled data from a registry package, or a task built from the run's held-out text:
+harness.finetune.built), else nothing: the result then reads "n/a offline". Every result records its source.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from harness.config import DataConfig
 from harness.errors import UserError
 from harness.finetune import readers
+from harness.finetune.built import BUILT, RELATION_LABELS, load_built
 from harness.finetune.readers import GlueColumns, TextExample
 
 Kind = Literal["classification", "regression", "qa", "multiple_choice"]
@@ -86,6 +89,9 @@ TASKS = {t.name: t for t in [
     Task("trec6", "classification", "accuracy", labels=("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"), standin="trec6"),
     Task("bbc_news", "classification", "accuracy", labels=("business", "entertainment", "politics", "sports", "tech"),
          standin="bbc_news"),
+    # Built from the held-out documents of the run's own corpus (harness.finetune.built): RACE's and MNLI's shapes.
+    Task("gap_sentence", "multiple_choice", "accuracy", standin="gap_sentence"),
+    Task("sentence_relation", "classification", "accuracy", labels=RELATION_LABELS, standin="sentence_relation"),
 ]}  # fmt: skip
 
 
@@ -105,8 +111,14 @@ class TaskData:
     """Where it was read from: a folder, an HF dataset name, or a pinned package."""
 
 
-def load_task_data(task: Task, data_dir: Path | str | None) -> TaskData | None:
-    """The task's (train, dev) examples and their source, or None when it has no data offline."""
+def load_task_data(task: Task, data_dir: Path | str | None, corpus: DataConfig | None = None) -> TaskData | None:
+    """The task's (train, dev) examples and their source, or None when it has no data offline. `corpus`: the run's
+    data settings, whose held-out documents a built task is made of."""
+    if task.standin == task.name and task.name in BUILT:
+        if corpus is None:
+            raise UserError(f"--task {task.name}: a task built from held-out text needs the run's corpus")
+        train, dev = load_built(task.name, corpus)
+        return TaskData(train, dev, f"stand-in: {BUILT[task.name].describes}", f"held-out split of {corpus.corpus}")
     if task.standin == task.name:
         return _standin(task.name)
     if data_dir == "hf":
