@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,10 +14,26 @@ from harness.cli import main
 from harness.config import load_config
 from harness.grid.cost import PEAK_FLOPS, finetune_parts, flops_per_token, pretrain_parts
 from harness.grid.experiment import load_experiment
-from harness.grid.plan import arm_plan
+from harness.grid.plan import arm_plan, grid_plan
 from harness.model import MaskedLM
 
 TABLE4 = "experiments/table4_data.yaml"
+EXPERIMENTS = sorted(Path(__file__).resolve().parents[1].glob("experiments/*.yaml"))
+
+
+def _planned_scales() -> list:
+    """(file, scale) for every scale but paper (whose corpus is the user's own), slow where the scale's corpus is not
+    the tiny one the suite prepares in seconds (the demo corpus takes minutes to fetch and prepare)."""
+    params = []
+    for path in EXPERIMENTS:
+        for scale in yaml.safe_load(path.read_text())["scales"]:
+            if scale == "paper":
+                continue
+            exp = load_experiment(path, scale)
+            corpora = {exp.config(arm, exp.seeds[0], "runs").data.corpus for arm in exp.arms}
+            marks = () if corpora == {"tiny"} else pytest.mark.slow
+            params.append(pytest.param(path, scale, marks=marks, id=f"{path.stem}-{scale}"))
+    return params
 
 
 def plan(capsys, *args: str) -> tuple[int, str, str]:
@@ -44,6 +61,16 @@ def test_arm_plan_from_a_written_down_step_plan():
                                                    "steps_per_epoch": 2, "epochs": 2.5, "train_tokens": 150,
                                                    "trial_steps": 2}
     assert arm_plan(cfg, data, tune_tokens=1000)["trial_steps"] is None  # the whole run sees 250
+
+
+@pytest.mark.parametrize("path, scale", _planned_scales())
+def test_the_plan_grid_run_computes_gives_each_scales_stated_epochs(path, scale):
+    """The plan `grid run` refuses a design by, on the data the scale trains on: the stated epochs (checked at load
+    by tests/test_grid.py only for being there) are within the plan's tolerance of what the data module computes,
+    and a masking study's static arm sees each static mask again. Table 1's smoke scale once stated 2.5 epochs where
+    a fresh cache planned 2.63, and `make ablation-masking SCALE=smoke` stopped before its first cell."""
+    exp = load_experiment(path, scale)
+    assert set(grid_plan(exp)) == {arm.name for arm in exp.arms}  # a refused design raises UserError
 
 
 def test_table4_paper_is_priced_without_its_corpus_and_records_nothing(capsys, tmp_path):
