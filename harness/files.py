@@ -8,6 +8,14 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_root() -> Path:
+    """$HARNESS_CACHE if set, else ~/.cache/roberta-harness; created if missing. Every cache of the harness (corpora,
+    binarized data, stand-in tasks, submitit's folders) lies under it."""
+    root = Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "roberta-harness").expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Atomic: a reader sees the old file or the complete new one, never half of it (temporary name, then rename)."""
     path = Path(path)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from harness.config import DataConfig, OptimConfig
-from harness.data.corpus import cache_root, prepare_corpus
+from harness.data.corpus import prepare_corpus
 from harness.data.datamodule import MaskedLMDataset, PretrainDataModule, candidate_counts, plan_epoch
 from harness.data.formats import _truncate_pair, build_examples, select_documents
 from harness.data.masking import is_candidate, mask_tokens
@@ -18,6 +18,7 @@ from harness.data.pipeline import Split, prepare
 from harness.data.shards import SHARD_BYTES
 from harness.data.tokenizer import train_tokenizer
 from harness.errors import UserError
+from harness.files import cache_root
 from harness.tokens import BOS, EOS, IGNORE_INDEX, MASK, SPECIAL_TOKENS
 
 FORMATS = ["segment_pair_nsp", "sentence_pair_nsp", "full_sentences", "doc_sentences"]

@@ -396,8 +396,8 @@ def test_data_prepare_runs_its_shards_as_a_job_array(tmp_path, slurm_conf):
     """`data prepare --backend slurm` on tiny in shards of 0.3 MB: the splitting and the encoding each go out as a job
     array of five tasks, two at a time, and the prepared files are those of one process on this machine."""
     from harness.config import load_config
-    from harness.data.corpus import cache_root
     from harness.data.pipeline import prepare
+    from harness.files import cache_root
 
     reference = prepare(load_config(TINY).data, workers=1)  # in the session's cache
     cache = tmp_path / "cache"  # on the one node's disk, which its jobs share

@@ -30,9 +30,10 @@ import numpy as np
 import psutil
 
 from harness.config import DataConfig, OptimConfig
-from harness.data.corpus import Corpus, _split_block, _use_splitter, cache_root, prepare_corpus
+from harness.data.corpus import Corpus, _split_block, _use_splitter, prepare_corpus
 from harness.data.pipeline import _encode_block, _use_tokenizer
 from harness.data.shards import blocks
+from harness.files import cache_root
 
 # (MB, workers): the speed-up at 50 MB, where the fixed serial steps (Punkt training on its 3 MB sample, the
 # tokenizer's merges) weigh most, and at 500 MB; memory at 50 MB against 500 MB.

@@ -64,6 +64,7 @@ from harness.data.sources import (
     split_paragraphs,
 )
 from harness.errors import UserError
+from harness.files import cache_root
 
 # Of the normaliser and the corpus layout: bump it whenever the text a corpus gets, or how it is stored, could change,
 # so old caches are not reused. 4: sentence shards. 5: each shard's keys.npy, each spool piece's paragraph count.
@@ -80,13 +81,6 @@ TITLE_ABBREVIATIONS = set("mr mrs ms dr st prof rev gen gov sen rep col lt capt 
 # (the sentences' UTF-8, no newlines). The split tasks compute them while they hold the sentences, in parallel, where
 # pass 2 would have to read the whole text again on one core: ~30 min at 160 GB.
 DOCUMENT_KEYS = np.dtype([("valid", "<f8"), ("size", "<f8"), ("sentences", "<i8"), ("bytes", "<i8")])
-
-
-def cache_root() -> Path:
-    """$HARNESS_CACHE if set, else ~/.cache/roberta-harness; created if missing."""
-    root = Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "roberta-harness").expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 @dataclass(frozen=True)

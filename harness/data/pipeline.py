@@ -29,7 +29,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from harness.config import DataConfig
-from harness.data.corpus import Corpus, cache_root, prepare_corpus
+from harness.data.corpus import Corpus, prepare_corpus
 from harness.data.shards import (
     SHARD_BYTES,
     Backend,
@@ -44,6 +44,7 @@ from harness.data.shards import (
 from harness.data.sources import file_sha256
 from harness.data.tokenizer import train_tokenizer, use_tokenizer_file
 from harness.errors import UserError
+from harness.files import cache_root
 
 VERSION = 2  # bump when the binarized layout or split rule changes
 MIN_VALID_DOCS = 2

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from harness.cluster import check_slurm, submitit_executor
 from harness.errors import UserError
+from harness.files import cache_root
 
 # 128 MB of text: about two minutes of sentence splitting and encoding on one core here (~1 MB/s), so a killed run
 # loses little and SLURM's start-up cost per task is small beside the work; 16 GB (the paper's BOOKS + WIKI) is 125
@@ -58,8 +59,6 @@ class Backend:
             self.executor()
 
     def executor(self):
-        from harness.data.corpus import cache_root
-
         cluster = "local" if self.name == "submitit-local" else "slurm"
         return submitit_executor(cache_root() / "data-prepare", cluster, self.workers, self.slurm)
 

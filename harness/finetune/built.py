@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.config import DataConfig
-from harness.data.corpus import cache_root
 from harness.errors import UserError
+from harness.files import cache_root
 from harness.finetune.readers import ChoiceExample, TextExample
 
 VERSION = 1  # bump when a builder or the split rule changes

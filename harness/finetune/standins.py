@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.data.corpus import cache_root
 from harness.data.sources import BBC, FetchError, Source, bbc_articles, fetch
 from harness.errors import UserError
+from harness.files import cache_root
 
 VERSION = 1  # bump when a reader or the split rule changes
 DEV_FRACTION = 0.1  # share of texts (by hash) held out as dev: 1,275 / 523 / 215 of 12,752 / 5,381 / 2,125
