@@ -171,10 +171,17 @@ def seeds_to_resolve(iv: Interval, boundary: float, k: int = 1) -> int | None:
     level = LEVEL if iv.estimate > boundary else holm_level(k)
     if iv.sd == 0:
         return MIN_RUNS
-    for n in range(MIN_RUNS, MAX_SEEDS + 1):
-        if _t(level, n - 1) * iv.sd / math.sqrt(n) < gap:
-            return n
-    return MAX_SEEDS + 1
+
+    def resolves(n: int) -> bool:  # the half-width falls with n (t quantile and 1 / sqrt(n) both do): bisect
+        return _t(level, n - 1) * iv.sd / math.sqrt(n) < gap
+
+    if not resolves(MAX_SEEDS):
+        return MAX_SEEDS + 1
+    lo, hi = MIN_RUNS - 1, MAX_SEEDS  # resolves(hi); not resolves(lo) or lo below MIN_RUNS
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if resolves(mid) else (mid, hi)
+    return hi
 
 
 def heading(iv: Interval, boundary: float) -> str:

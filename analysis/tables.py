@@ -191,10 +191,10 @@ def _by_seed(tidy: pd.DataFrame, arm: str, m: Metric) -> dict[int, float]:
     result there is (ppl +inf, score -inf), never dropped."""
     rows = tidy[(tidy["arm"] == arm) & (tidy["metric"] == m.key) & tidy["status"].isin(RESULT_STATUSES)]
     out = {}
-    for r in rows.to_dict("records"):
-        value = (-math.inf if m.higher_is_better else math.inf) if r["status"] == "diverged" else r["value"]
+    for seed, status, value in rows[["seed", "status", "value"]].itertuples(index=False):
+        value = (-math.inf if m.higher_is_better else math.inf) if status == "diverged" else value
         if not math.isnan(value):
-            out[int(r["seed"])] = float(value)
+            out[int(seed)] = float(value)
     return out
 
 

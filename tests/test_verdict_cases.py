@@ -58,12 +58,13 @@ def write_study(root: Path, table: int, arms: dict[str, dict], seeds: list[int],
     folder.mkdir(parents=True)
     (folder / "study.json").write_text(json.dumps(meta))
     for arm, scientific in arms.items():
+        flat = {"data.max_seq_len": 128, "data.mask_prob": 0.15, "data.vocab_size": 4096, "optim.max_steps": 10,
+                **(config or {}).get(arm, {}), **scientific}
+        config_text = yaml.safe_dump(_nested(flat))
         for i, seed in enumerate(seeds):
             run = folder / arm / f"seed_{seed}"
             run.mkdir(parents=True)
-            flat = {"data.max_seq_len": 128, "data.mask_prob": 0.15, "data.vocab_size": 4096, "optim.max_steps": 10,
-                    **(config or {}).get(arm, {}), **scientific}
-            (run / "config.yaml").write_text(yaml.safe_dump(_nested(flat)))
+            (run / "config.yaml").write_text(config_text)
             diverged = ppl[arm][i] == DIVERGED
             u = unigram[arm] if isinstance(unigram, dict) else unigram
             result = {"status": "diverged" if diverged else "finished", "steps": flat["optim.max_steps"],
