@@ -5,7 +5,8 @@ run of arm B with the same seed are a pair. A run's downstream score is the mean
 two sources of variance are taken together, as MultiBERTs' multi-bootstrap resamples them together (Sellam et al.
 2021); few-seed reporting follows rliable (Agarwal et al. 2021): say what the seeds can and cannot show. A diverged run
 counts as the worst possible result: perplexity +inf, downstream score -inf (it was never fine-tuned). It is never
-dropped.
+dropped from a comparison; only the signal check (below) leaves it out, since that asks what the runs that trained
+learned.
 
 A table cell: the median over runs and their range [min, max]. The range of n runs covers the median of the
 population of runs with probability 1 - 2 * 0.5^n (75% at n = 3, 94% at n = 5): it is printed as the range it is,
@@ -17,12 +18,19 @@ seed s (score difference; for perplexity, B's minus A's, so a positive gain is a
     conservative under heavier symmetric tails (tests/test_verdict_simulation.py measures both).
   - A run diverged (an infinite d_s; both arms diverged on a seed: a tie, d_s = 0): the order-statistic (sign-test)
     interval [d_(k), d_(n+1-k)] for the median of d, whose level 1 - 2 P(Binomial(n, 1/2) < k) needs no
-    assumption about the noise. Below 6 seeds no k reaches 95% (n = 5: 93.8%, n = 3: 75%): no interval, no verdict,
-    and the table says so.
+    assumption about the noise. Below 6 seeds no k reaches 95% (n = 5: 93.8%, n = 3: 75%): no interval, so the
+    comparison is inconclusive and the table says why.
   - boundary b = 0 (superiority) or -m (non-inferiority). Reproduced: the 95% interval lies above b. Contradicted:
     the interval lies below b at the Holm-adjusted level (next paragraph). Else inconclusive, printed with the
     number of seeds that would resolve it at the observed mean and spread, and which way: toward reproduced where
     the mean gain lies above b, toward contradicted where below.
+  - Inconclusive because of a diverged run (no interval at the printed level, or a rank interval that reaches
+    +-inf): printed with the least number of paired seeds at which a rank interval could leave out the j diverged
+    runs that stand against the heading (A alone diverged, d_s = -inf, toward reproduced; B alone, +inf, toward
+    contradicted), with no more diverging: the least n with 1 - 2 P(Binomial(n, 1/2) <= j) reaching the level
+    (`rank_seeds`; j = 0: 6 seeds at 95%, j = 1: 9). A necessary count, not a promise: the finite gains must then
+    clear b too. Never "no signal": the diverged run is evidence about the comparison, not about whether the arms
+    learned.
   - Every interval is printed with its own level (a sign interval's is 96.9-99.2%, not 95%), or as "no interval"
     with the reason.
 
@@ -32,34 +40,41 @@ scores; perplexity for Table 3, or where a study has no downstream scores). Repr
 1 - 0.05 / k for k comparisons (for "any", Holm's first step; so a claim of 10 comparisons is not contradicted by
 one that crosses at 95%).
 
-No signal. A comparison means nothing where the arms did not learn what the metric measures. Each compared arm must
-clear a threshold by a one-sided 95% bound (`signal_bound`) over its runs:
-  - downstream: its per-seed gain over its own encoder from random weights (the random-init baseline of its shape)
-    must have a lower bound above 0;
-  - perplexity: its per-seed ratio to the yardstick's unigram perplexity (the no-context reference) must have an upper
-    bound below RATIO_SIGNAL (computed on log ratios).
-The bound: every value finite, the t bound on their mean; a run diverged (its value infinite, on the wrong side), the
-order-statistic bound on their median, the j-th value from the right side, j the least with
-P(Binomial(n, 1/2) < j) >= 95%. That bound clears the threshold exactly when at least j of the n runs do (a sign test
-of "the median run learned"), so a diverged run counts against its arm without erasing the others: of 8 runs, 7 must
-clear it (one may diverge); of 5, all 5; below 5 runs no order-statistic bound reaches 95% (no signal shown). Downstream
-and perplexity checks are one rule, so the same divergence pattern gets the same answer. One-sided, because the check
-asks one question, "did it learn?", at 5% error; the verdict itself still rests on the two-sided interval above.
+No signal. A comparison means nothing between arms that did not learn. Whether an arm learned is asked of its
+finished runs: a diverged run trained nothing to show, so the check leaves it out and says so beside its bound ("2 of 3
+runs finished, 1 diverged"; a run whose score is not finite, every fine-tuning seed diverged, is left out of that
+task's check alike); in the comparisons it still counts as the worst result (above). Each check is a one-sided 95% t
+bound on the mean of the finished runs' values (`signal_bound`; at least MIN_RUNS of them):
+  - downstream, each task: the per-seed gain over the arm's own encoder from random weights (the random-init baseline
+    of its shape; where that is degenerate, below, the strictest sound one of another shape) must have a lower bound
+    above 0;
+  - perplexity, each yardstick: the per-run ratio to its unigram perplexity (the no-context reference) must have an
+    upper bound below RATIO_SIGNAL (computed on log ratios).
+Signal belongs to the arm, from every piece of evidence (`arm_signal`): it shows signal when any of its checks clears,
+and then its comparisons count on every metric. Where none clears and a check has a single finished run (no bound: one
+run has no spread), whether it learned is not known and its comparisons are inconclusive, with that reason. Else it
+shows no signal: every check had its finished runs and none cleared, or it had none to ask (no run finished; or no
+task with a sound baseline and no yardstick reference recorded). One-sided, because a check asks one question, "did it
+learn?", at 5% error each; an arm that learned nothing clears one of its c checks with probability at most c x 5%
+(less, as they share runs), and then its comparisons are judged by the intervals above, at their printed levels.
 
 A degenerate baseline. A random-init baseline that does not itself beat the task's majority class (a constant
 prediction, recorded with every fine-tuning summary) certifies nothing: an encoder stuck there is beaten by any arm that
-moved at all. Degenerate: its per-seed scores minus the majority-class score have no lower bound above 0 (the rule
+moved at all. Degenerate: its per-seed scores minus the majority-class score have no lower bound above 0 (the bound
 above; an encoder at the majority class on every seed has a bound of exactly 0). The check then uses the other encoder
-shapes' baselines for that task that are not degenerate (the highest median of them: the strictest), and where there is
-none, the arm shows no signal, "baseline degenerate". So does a baseline with no majority-class score to check it
-against (a summary written before it was recorded).
+shapes' baselines for that task that are not degenerate (the highest median of them: the strictest). Where there is
+none, the task certifies no arm either way: the table marks it, and its comparisons count between arms that show
+signal elsewhere. So does a baseline with no majority-class score to check it against (a summary written before it
+was recorded).
 
 Two yardsticks (Table 2). The long-window yardstick is FULL-SENTENCES' own kind of input, so a Table 2 perplexity
 claim is also judged on the short-context yardstick (the same text, a sentence at a time), each yardstick by the rules
 above on its own (Holm across the claim's comparisons on that yardstick). Equal verdicts stand; where they differ the
-claim is "format-dependent" (or "no signal", where one of them is), and the table prints both verdicts and intervals.
+claim is "format-dependent", and the table prints both verdicts and intervals (signal is the arm's, so both yardsticks
+read "no signal" or neither).
 
-Precedence: not tested (the study lacks the arms) > fewer than MIN_RUNS paired runs > no signal > the interval rule.
+Precedence: not tested (the study lacks the arms) > fewer than MIN_RUNS paired runs > no signal > an arm not known to
+have learned (inconclusive) > the interval rule.
 """
 
 from __future__ import annotations
@@ -75,7 +90,7 @@ LEVEL = 0.95  # every printed interval's level; the simulation test checks the c
 MARGIN_POINTS = 0.5  # "comparable": within half an accuracy/F1 point (the paper's rows differ by 0.2-0.7 points)
 MARGIN_PPL = 0.01  # ... or within 1% of the other arm's perplexity
 MIN_RUNS = 2  # paired runs below which there is no interval at all (a t-interval needs a spread)
-RATIO_SIGNAL = 0.9  # ppl / unigram ppl must lie below this for a perplexity claim to carry signal
+RATIO_SIGNAL = 0.9  # ppl / unigram ppl below this shows an arm learned (one of its signal checks)
 MAX_SEEDS = 10_000  # "seeds needed" beyond this is printed as more than it
 REPRODUCED, CONTRADICTED, INCONCLUSIVE, NO_SIGNAL, NOT_TESTED, FORMAT_DEPENDENT = (
     "reproduced", "contradicted", "inconclusive", "no signal", "not tested", "format-dependent")
@@ -189,37 +204,66 @@ def heading(iv: Interval, boundary: float) -> str:
     return REPRODUCED if iv.estimate > boundary else CONTRADICTED
 
 
+def rank_seeds(d: np.ndarray, boundary: float, k: int = 1) -> tuple[int | None, int]:
+    """(paired seeds at which a rank interval could leave out the j diverged runs standing against the heading, if no
+    more diverged; j) (see the module docstring). None where the median gain sits on the boundary, MAX_SEEDS + 1
+    beyond it."""
+    d = np.asarray(d, dtype=float)
+    d = d[~np.isnan(d)]
+    estimate = float(np.median(d))
+    if estimate == boundary:
+        return None, 0
+    against, level = (np.isneginf(d), LEVEL) if estimate > boundary else (np.isposinf(d), holm_level(k))
+    j = int(against.sum())
+    for n in range(max(2 * (j + 1), MIN_RUNS), MAX_SEEDS + 1):  # [d_(j+1), d_(n-j)] needs j + 1 <= n / 2
+        if sign_level(n, j + 1) >= level:
+            return n, j
+    return MAX_SEEDS + 1, j
+
+
 @dataclass(frozen=True)
 class Bound:
-    """A one-sided bound for the centre of an arm's per-run values (the signal check): `value` is +-inf where a
-    diverged run sets it, nan where there is no bound at all."""
+    """A one-sided bound for the mean of an arm's finished runs (the signal check): `value` nan where there is none (inf
+    for a ratio, `ratio_upper`)."""
 
     value: float
     level: float
-    method: str  # "t bound on the mean", "order statistic j of n, on the median", or "none: <why>"
-    n: int
+    method: str  # "t bound on the mean" or "none: <why>"
+    n: int  # finished runs: the values it rests on
+    diverged: int  # runs left out: a value that is not finite
+
+    @property
+    def exists(self) -> bool:
+        return not math.isnan(self.level)
+
+    @property
+    def runs(self) -> str:
+        """'3 runs', or '2 of 3 runs finished, 1 diverged'."""
+        if not self.diverged:
+            return f"{self.n} run{'s' * (self.n != 1)}"
+        return f"{self.n} of {self.n + self.diverged} runs finished, {self.diverged} diverged"
 
 
 def signal_bound(x: np.ndarray, side: str, level: float = LEVEL) -> Bound:
-    """One-sided `level` bound ("lower" or "upper") for the centre of `x`: t on the mean when every value is finite,
-    else the order-statistic bound on the median (see the module docstring)."""
+    """One-sided `level` bound ("lower" or "upper") for the mean of the finite values of `x` (the finished runs'), by
+    t; the others are counted as diverged (see the module docstring)."""
     x = np.asarray(x, dtype=float)
-    x = np.sort(x[~np.isnan(x)])
-    n = len(x)
+    x = x[~np.isnan(x)]
+    finished = x[np.isfinite(x)]
+    n, diverged = len(finished), len(x) - len(finished)
     if n < MIN_RUNS:
-        return Bound(math.nan, math.nan, f"none: {n} run(s), fewer than {MIN_RUNS}", n)
-    if np.isfinite(x).all():
-        half = _t(2 * level - 1, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)  # the two-sided 2L-1 quantile is L's
-        mean = float(x.mean())
-        return Bound(mean - half if side == "lower" else mean + half, level, "t bound on the mean", n)
-    js = [j for j in range(1, n + 1) if float(sp.binom.cdf(j - 1, n, 0.5)) >= level]
-    if not js:
-        return Bound(math.nan, math.nan, f"none: a run diverged; with {n} runs an order-statistic bound reaches at "
-                                         f"most {float(sp.binom.cdf(n - 1, n, 0.5)):.1%}, not {level:.0%}", n)
-    j = js[0]
-    value = x[n - j] if side == "lower" else x[j - 1]  # the j-th from the side the bound guards
-    return Bound(float(value), float(sp.binom.cdf(j - 1, n, 0.5)), f"order statistic {j} of {n}, on the median",
-                 n)
+        return Bound(math.nan, math.nan, f"none: fewer than {MIN_RUNS} finished runs", n, diverged)
+    half = _t(2 * level - 1, n - 1) * float(finished.std(ddof=1)) / math.sqrt(n)  # two-sided 2L-1 quantile is L's
+    mean = float(finished.mean())
+    return Bound(mean - half if side == "lower" else mean + half, level, "t bound on the mean", n, diverged)
+
+
+def arm_signal(checks: list[tuple[Bound, bool]]) -> str | None:
+    """An arm's signal from every check it has, each a bound and whether it clears its threshold: None (signal) where
+    any clears; else INCONCLUSIVE where a check has a single finished run to ask; else NO_SIGNAL (so with no check)."""
+    if any(cleared for _, cleared in checks):
+        return None
+    return INCONCLUSIVE if any(0 < b.n < MIN_RUNS for b, _ in checks) else NO_SIGNAL
 
 
 def above_baseline(d: np.ndarray) -> bool:
@@ -231,9 +275,9 @@ def above_baseline(d: np.ndarray) -> bool:
 
 def ratio_upper(log_ratios: np.ndarray) -> Bound:
     """Upper bound of an arm's ppl / unigram ppl: `signal_bound` of its per-run log ratios, exponentiated (inf where
-    a diverged run sets it or there is no bound)."""
+    there is no bound)."""
     b = signal_bound(log_ratios, "upper")
-    return Bound(math.exp(b.value) if not math.isnan(b.value) else math.inf, b.level, b.method, b.n)
+    return Bound(math.exp(b.value) if not math.isnan(b.value) else math.inf, b.level, b.method, b.n, b.diverged)
 
 
 def range_level(n: int) -> float:

@@ -2,7 +2,7 @@
 analysis.rows): our medians over seeds beside the paper's numbers, with their range, paired deltas against the
 table's reference arm, the tokens, steps and epochs each arm trained, and a verdict per paper claim.
 
-Statistics and verdicts (paired by seed, "no signal" where the arms did not learn what the metric measures):
+Statistics and verdicts (paired by seed, "no signal" where an arm shows no sign of having learned anything):
 analysis.stats. Arms map to the paper's rows by their factor values (analysis.rows).
 
 It fails loudly (IncompleteStudyError, naming each run folder or summary) on a missing arm, seed or
@@ -48,12 +48,14 @@ from analysis.stats import (
     RATIO_SIGNAL,
     Bound,
     above_baseline,
+    arm_signal,
     combine,
     heading,
     holm_level,
     judge,
     paired_interval,
     range_level,
+    rank_seeds,
     ratio_upper,
     seeds_to_resolve,
     signal_bound,
@@ -292,9 +294,12 @@ def make_table(study: Study | str | Path, number: int | None = None, margin_poin
                      f"it.")
     majority = _majority(tidy, metrics, notes)
     degenerate = _degenerate(baseline_scores, majority)
+    for m in metrics:
+        stuck = [why for (_, key), why in degenerate.items() if key == m.key]
+        if stuck and len(stuck) == sum(key == m.key for _, key in baseline_scores):
+            notes.append(f"{m.header}: every random-init baseline is degenerate ({'; '.join(stuck)}): the task "
+                         f"certifies no arm either way; its comparisons count between arms that show signal elsewhere.")
     signal = _signal(study, metrics, scores, baseline_scores, baseline_of, unigram, degenerate, notes)
-    notes += [f"{m.header}: no signal from {', '.join(why for (a, k), why in signal.items() if k == m.key)}."
-              for m in metrics if any(k == m.key for _, k in signal)]
     claims, verdicts = _claims(number, paper, arm_rows, metrics, scores, signal, margin_points, margin_ppl)
     settings = _settings(study, runs, factors, arm_rows)
     notes += _run_notes(study, runs, settings)
@@ -410,47 +415,73 @@ def _degenerate(baseline_scores: dict, majority: dict[str, float]) -> dict[tuple
 
 
 def _bound_text(what: str, side: str, b: Bound, fmt) -> str:
-    """'its ppl / unigram up to 0.04 at 96.5% (order statistic 7 of 8, on the median)', or why there is no bound."""
+    """'its ppl / unigram up to 0.46 at 95.0% (t bound on the mean, 2 of 3 runs finished, 1 diverged)', or why there
+    is no bound."""
     if b.method.startswith("none"):
-        return f"no bound on {what}: {b.method.removeprefix('none: ')}"
-    return f"{what} {side} {fmt(b.value)} at {b.level:.1%} ({b.method})"
+        return f"no bound on {what}: {b.method.removeprefix('none: ')} ({b.runs})"
+    return f"{what} {side} {fmt(b.value)} at {b.level:.1%} ({b.method}, {b.runs})"
 
 
 def _signal(study: Study, metrics: list[Metric], scores: dict, baseline_scores: dict, baseline_of: dict,
             unigram: dict[str, float], degenerate: dict | None = None, notes: list[str] | None = None
-            ) -> dict[tuple[str, str], str]:
-    """(arm, metric) -> why the arm shows no signal on that metric; absent when it does. One rule for both kinds
-    (analysis.stats.signal_bound). A degenerate baseline is replaced by another shape's sound one, said in `notes`."""
+            ) -> dict[str, tuple[str, str]]:
+    """Arm -> (no signal or inconclusive, why) for an arm not shown to have learned; absent where it was. Every check
+    it has counts (analysis.stats.arm_signal): each yardstick's ratio to its unigram, each task's gain over a sound
+    random-init baseline (a degenerate one is replaced by another shape's, said in `notes`; a task with none gives no
+    check). `notes` also gets one line with what each arm showed."""
     degenerate = degenerate or {}
-    out = {}
+    out, lines = {}, []
     for arm in study.arms:
+        checks: list[tuple[Bound, bool, str]] = []
+        unchecked = []  # the metrics that could not be asked, and why
         for m in metrics:
             ours = scores[arm, m.key]
             if m.key in YARDSTICKS:
-                hi = ratio_upper(_log_ratios(ours, unigram.get(m.key, math.nan)))
-                if not hi.value < RATIO_SIGNAL:
-                    ratio = _bound_text("its ppl / unigram", "up to", hi, lambda x: f"{x:.2f}")
-                    out[arm, m.key] = f"{arm} ({ratio}, not below {RATIO_SIGNAL:g})"
+                log_ratio = _log_ratios(ours, unigram.get(m.key, math.nan))
+                if not len(log_ratio):
+                    unchecked.append(f"{m.header}: no unigram reference recorded")
+                    continue
+                hi = ratio_upper(log_ratio)
+                cleared = hi.value < RATIO_SIGNAL
+                text = _bound_text(f"its {RATIO_COLUMN[m.key]}", "up to", hi, lambda x: f"{x:.2f}")
+                if hi.exists:
+                    text += f", {'below' if cleared else 'not below'} {RATIO_SIGNAL:g}"
+                checks.append((hi, cleared, text))
             elif m.downstream:
                 own = baseline_of.get(arm, arm)
                 if (own, m.key) not in baseline_scores:
-                    out[arm, m.key] = f"{arm} (no random-init baseline to beat)"
+                    unchecked.append(f"{m.header}: no random-init baseline to beat")
                     continue
                 base = own
                 if (own, m.key) in degenerate:
                     sound = [b for b, k in baseline_scores if k == m.key and (b, k) not in degenerate]
                     if not sound:
-                        out[arm, m.key] = f"{arm} (baseline degenerate: {degenerate[own, m.key]})"
+                        unchecked.append(f"{m.header}: baseline degenerate: {degenerate[own, m.key]}")
                         continue
                     base = max(sound, key=lambda b: float(np.median(list(baseline_scores[b, m.key].values()))))
                     if notes is not None:
                         notes.append(f"{m.header}: {arm} is checked against {base}'s random-init baseline, since "
                                      f"{degenerate[own, m.key]}.")
                 lo = signal_bound(paired_gains(ours, baseline_scores[base, m.key], True), "lower")
-                if not lo.value > 0:
-                    whose = "its" if base == own else f"{base}'s"
+                cleared = lo.value > 0  # nan (no bound) compares False
+                whose = "its" if base == own else f"{base}'s"
+                baseline = f"{whose} random-init baseline on {m.header}"
+                if lo.exists:
                     gain = _bound_text("its gain", "at least", lo, m.fmt)
-                    out[arm, m.key] = f"{arm} (not above {whose} random-init baseline: {gain})"
+                    text = f"{'above' if cleared else 'not above'} {baseline}: {gain}"
+                else:
+                    text = _bound_text(f"its gain over {baseline}", "at least", lo, m.fmt)
+                checks.append((lo, cleared, text))
+        verdict = arm_signal([(b, cleared) for b, cleared, _ in checks])
+        if verdict is None:
+            lines.append(f"{arm}: " + "; ".join(text for _, cleared, text in checks if cleared))
+            continue
+        why = "; ".join([text for *_, text in checks] + unchecked) or "nothing to check it against"
+        out[arm] = (verdict, f"{arm} ({'not known to have learned: ' if verdict == INCONCLUSIVE else ''}{why})")
+        lines.append(f"{arm}: {verdict}, {out[arm][1].removeprefix(arm + ' ')}")
+    if notes is not None and lines:
+        notes.append("Signal (did each arm learn? asked of its finished runs; analysis.stats): " + "; ".join(lines)
+                     + ".")
     return out
 
 
@@ -491,18 +522,26 @@ def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], met
             boundary = -margin
             verdict, iv = judge(gains, boundary, k if role == "primary" else 1)
             why, needed = "", None
-            no_signal = [signal[x, m.key] for x in (a, b) if (x, m.key) in signal]
+            unshown = [signal[x] for x in (a, b) if x in signal]  # (no signal or inconclusive, why) per arm
             if len(gains) < MIN_RUNS:
                 verdict, why = INCONCLUSIVE, f"{len(gains)} paired run(s), fewer than {MIN_RUNS}"
-            elif no_signal:
-                verdict, why = NO_SIGNAL, "; ".join(no_signal)
+            elif any(v == NO_SIGNAL for v, _ in unshown):
+                verdict, why = NO_SIGNAL, "; ".join(w for v, w in unshown if v == NO_SIGNAL)
+            elif unshown:
+                verdict, why = INCONCLUSIVE, "; ".join(w for _, w in unshown)
             elif verdict == INCONCLUSIVE:
-                needed = seeds_to_resolve(iv, boundary, k if role == "primary" else 1)
                 toward = f"toward {heading(iv, boundary)}"
-                why = iv.method.removeprefix("none: ") if not iv.exists else (
-                    f"~{needed} paired seeds would resolve it {toward} at this mean and spread"
-                    if needed and needed <= MAX_SEEDS else
-                    f"more than {MAX_SEEDS} seeds {toward} at this mean and spread" if needed else "")
+                if iv.method == "paired t":
+                    needed = seeds_to_resolve(iv, boundary, k if role == "primary" else 1)
+                    why = (f"~{needed} paired seeds would resolve it {toward} at this mean and spread"
+                           if needed and needed <= MAX_SEEDS else
+                           f"more than {MAX_SEEDS} seeds {toward} at this mean and spread" if needed else "")
+                else:  # a diverged run: no interval at 95%, or a rank interval reaching +-inf
+                    needed, against = rank_seeds(gains, boundary, k if role == "primary" else 1)
+                    rank = (f"at least {needed} paired seeds before a rank interval can resolve it {toward} "
+                            f"({against} diverged run{'s' * (against != 1)} against it, if no more diverge)"
+                            if needed and needed <= MAX_SEEDS else "")
+                    why = "; ".join(x for x in (iv.method.removeprefix("none: ") if not iv.exists else "", rank) if x)
             pa, pb = _paper_value(paper, row_a, m.paper_column), _paper_value(paper, row_b, m.paper_column)
             sign = 1.0 if m.higher_is_better else -1.0
             rows.append({
@@ -536,8 +575,8 @@ def _claims(number: int, paper: PaperTable, arm_rows: dict[str, str | None], met
             verdict = _decide(deciding)
             if both:  # a verdict from each yardstick; where they differ the claim says so rather than pick one
                 each = {key: _decide(deciding[deciding["metric"] == key]) for key in YARDSTICKS}
-                if each[PPL] != each[SHORT_PPL]:
-                    verdict = NO_SIGNAL if NO_SIGNAL in each.values() else FORMAT_DEPENDENT
+                if each[PPL] != each[SHORT_PPL]:  # never "no signal" on one only: signal is the arm's
+                    verdict = FORMAT_DEPENDENT
             why = f"{basis}; {adjust}: " + ", ".join(f"{n} {k}" for k, n in pd.Series(v).value_counts().items())
             if verdict == FORMAT_DEPENDENT:
                 why += "; " + "; ".join(
@@ -683,10 +722,12 @@ def wide_frame(t: TableResult) -> pd.DataFrame:
             if m.paper_column is not None:  # the paper's number is on the real task, whatever data ours used
                 row[f"{m.paper_column} paper"] = m.fmt(p) if p is not None else "–"
         out.append(row)
+    header = {m.key: m.header for m in t.metrics}
     for arm, scores in t.random_init.items():
-        stuck = any((arm, key) in t.degenerate for key in scores)
+        stuck = [header[key] for key in scores if (arm, key) in t.degenerate]
+        where = "" if len(stuck) == len(scores) else f" on {', '.join(stuck)}"  # name the tasks where only some are
         out.append({"paper row": RANDOM_INIT_ROW,
-                    "arm": f"{arm}, random init" + (" (degenerate: at the majority class)" if stuck else ""),
+                    "arm": f"{arm}, random init" + (f" (degenerate{where}: at the majority class)" if stuck else ""),
                     **{f"{m.header} ours": range_text(m, *scores[m.key]) for m in t.metrics if m.key in scores}})
     if t.majority:  # what a constant prediction scores: the floor a random-init baseline has to clear
         out.append({"paper row": MAJORITY_ROW, "arm": "majority class",

@@ -149,7 +149,7 @@ def test_the_audits_numbers_give_no_signal_not_reproduced():
     scores = {("seg", m.key): seg, ("full", m.key): full}
     baselines = {("seg", m.key): base, ("full", m.key): base}
     signal = tables._signal(study, [m], scores, baselines, {"seg": "seg", "full": "full"}, {})
-    assert set(signal) == {("seg", m.key), ("full", m.key)}
+    assert set(signal) == {"seg", "full"}  # signal is the arm's (issue 34)
     claims, verdicts = tables._claims(2, paper.TABLES[2], {"seg": "SEGMENT-PAIR (+NSP)", "full": "FULL-SENTENCES"},
                                       [m], scores, signal, 0.5, 0.01)
     assert verdicts.set_index("claim").loc["no_nsp_not_worse", "verdict"] == "no signal"
@@ -262,16 +262,27 @@ def test_interval_and_verdict_rules():
     iv = stats.paired_interval(np.array([-0.1, 0.6, 0.2]))
     assert stats.seeds_to_resolve(iv, 0.0) == 12 and stats.heading(iv, 0.0) == "reproduced"
     assert stats.range_level(3) == 0.75 and math.isclose(stats.range_level(5), 1 - 2 / 32)
-    # The signal check's one-sided bound: t on the mean (t(0.95, 2) = 2.919986), else an order statistic.
+    # The signal check's one-sided bound: t on the mean of the finished runs (t(0.95, 2) = 2.919986); a diverged
+    # (infinite) value is left out and counted (issue 34).
     assert math.isclose(stats.signal_bound(np.array([0.1, 0.2, 0.3]), "upper").value, 0.2 + 2.919986 * 0.1 / 3 ** 0.5,
                         rel_tol=1e-6)
     eight = stats.signal_bound(np.array([3, 1, 2, np.inf, 5, 4, 7, 6], dtype=float), "upper")
-    assert (eight.value, eight.level) == (7.0, 247 / 256)  # the 7th of 8: P(Binomial(8, 1/2) <= 6) = 247/256
-    assert stats.signal_bound(np.array([-np.inf, 1, 2, 3, 4, 5, 6, 7]), "lower").value == 1.0  # 7th from the top
-    five = stats.signal_bound(np.array([1, 2, 3, 4, np.inf]), "upper")
-    assert five.value == np.inf and five.level == 31 / 32  # of 5 runs all must clear the threshold
-    assert stats.signal_bound(np.array([1, 2, 3, np.inf]), "upper").method == \
-        "none: a run diverged; with 4 runs an order-statistic bound reaches at most 93.8%, not 95%"
+    # 1..7: mean 4, sd 2.160247, t(0.95, 6) = 1.943180
+    assert math.isclose(eight.value, 4 + 1.943180 * 2.160247 / 7 ** 0.5, rel_tol=1e-6), eight
+    assert eight.runs == "7 of 8 runs finished, 1 diverged"
+    three = stats.signal_bound(np.array([-np.inf, 10.0, 10.1]), "lower")  # 10.05 - 6.313752 x 0.0707 / sqrt 2
+    assert math.isclose(three.value, 10.05 - 6.313752 * 0.1 / 2, rel_tol=1e-6) and three.n == 2
+    one = stats.signal_bound(np.array([10.0, -np.inf, -np.inf]), "lower")
+    assert one.method == "none: fewer than 2 finished runs" and one.runs == "1 of 3 runs finished, 2 diverged"
+    none = stats.signal_bound(np.array([-np.inf, -np.inf]), "lower")
+    # an arm's signal: any check clearing shows it; a single finished run leaves it unknown; nothing finished, none
+    assert stats.arm_signal([(one, False), (three, True)]) is None
+    assert stats.arm_signal([(one, False), (none, False)]) == "inconclusive"
+    assert stats.arm_signal([(none, False)]) == stats.arm_signal([]) == "no signal"
+    # rank seeds: A alone diverged (-inf) against reproduced needs [d_(2), d_(n-1)], 96.1% first at n = 9; B alone
+    # (+inf) is not against it: [d_(1), d_(n)] reaches 95% at n = 6 (96.9%)
+    assert stats.rank_seeds(np.array([-np.inf, 1.2, 0.8]), 0.0) == (9, 1)
+    assert stats.rank_seeds(np.array([np.inf, 1.2, 0.8]), 0.0) == (6, 0)
     assert load._at_edge({"low": 1e-4, "high": 3e-3, "log": True, "best": 2.9e-3})
     assert not load._at_edge({"low": 1e-4, "high": 3e-3, "log": True, "best": 6e-4})
 
