@@ -13,18 +13,29 @@ at 6-10 seeds) against the true median of the per-seed gains, which divergences 
 where both arms diverged is a tie, 0). The mean coverage must lie within 3 points of the mean printed level. Below 6
 seeds a study with a divergence prints no interval at all; the intervals of the others (all t) are still checked.
 
-`pytest -s` prints the table.
+Whole studies (issue 34): the same noise written as run folders (study.json, result.json, fine-tuning summaries) and
+read back by analysis.make_table, so the signal check and the claims' precedence are in it too. Every arm learned
+(downstream LEARNED points above its encoder from random weights, ppl / unigram RATIO), each run diverging with
+probability DIVERGE, at 3 and 5 seeds: Table 2 (downstream claims, perplexity supporting) and Table 1 on perplexity
+alone, every true gain at its claim's boundary (doc_not_worse_than_full one margin above it). Checked: "no signal"
+in at most 1% of the claims (the arms learned), false "reproduced" and false "contradicted" each <= 5%.
+
+`pytest -s` prints both tables.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 from scipy import optimize
 from scipy import stats as sp
+from test_verdict_cases import DIVERGED, MASKING, write_study
 
-from analysis.stats import CONTRADICTED, REPRODUCED, combine, judge
+from analysis.stats import CONTRADICTED, NO_SIGNAL, NOT_TESTED, REPRODUCED, combine, judge
+from analysis.tables import make_table
 
 MARGIN = 0.5  # analysis.stats.MARGIN_POINTS
 SPREAD = 0.7  # per-arm seed sd of the demo's downstream scores (measured: 0.2-1.5 points)
@@ -130,3 +141,70 @@ def test_power_grows_with_seeds():
     power = {n: np.mean([judge(d, 0.0)[0] == REPRODUCED for d in _gains(rng, "normal", n, 2 * MARGIN)[:, 0]])
              for n in (3, 10)}
     assert power[10] > max(0.6, power[3]), power
+
+
+# ---- whole studies through make_table --------------------------------------------------------------------------
+
+FORGED = 60  # studies per scenario (0.1-0.2 CPU-seconds each to write and read back, most of it file system)
+LEARNED = 10.0  # every arm's downstream score above its encoder from random weights, in points
+RANDOM_INIT = 60.0  # the encoders from random weights, in points (the majority class: 50)
+RATIO, PPL_SPREAD, PPL_SHARED = 0.45, 0.01, 0.02  # ppl / unigram of every arm; per-arm and shared log-ppl sd per seed
+TABLE2 = {"seg": {"data.input_format": "segment_pair_nsp"}, "sent": {"data.input_format": "sentence_pair_nsp"},
+          "full": {"data.input_format": "full_sentences"}, "doc": {"data.input_format": "doc_sentences"}}
+# True gains at the boundary of each claim: downstream points (Table 2: FULL and DOC one margin below SEGMENT-PAIR,
+# SENTENCE-PAIR equal to it) or relative perplexity (Table 1: dynamic 1% above static, the margin)
+AT_BOUNDARY = {2: {"seg": 0.0, "sent": 0.0, "full": -MARGIN, "doc": -MARGIN}, 1: {"static": 0.0, "dynamic": 0.01}}
+ABOVE_BOUNDARY = {"doc_not_worse_than_full"}  # DOC vs FULL: gain 0, one margin above -m; the others on it
+
+
+def forge(root: Path, table: int, n: int, rng: np.random.Generator) -> Path:
+    """One study in the run-folder format: Table 2 with one fine-tuning task (a random-init baseline per encoder
+    shape) or Table 1 with perplexity only; each run diverges with probability DIVERGE."""
+    effect, seeds = AT_BOUNDARY[table], list(range(n))
+    arms = TABLE2 if table == 2 else MASKING
+    shared, ppl_shared = SHARED * rng.standard_normal(n), PPL_SHARED * rng.standard_normal(n)
+    scores, random_init = None, None
+    if table == 2:
+        scores = {a: list(RANDOM_INIT + LEARNED + effect[a] + shared + SPREAD * rng.standard_normal(n)) for a in arms}
+        random_init = {a: list(RANDOM_INIT + SPREAD * rng.standard_normal(n)) for a in ("seg", "full")}
+        ppl = {a: 100.0 * RATIO * np.exp(ppl_shared + PPL_SPREAD * rng.standard_normal(n)) for a in arms}
+    else:
+        ppl = {a: 100.0 * RATIO * (1 + effect[a]) * np.exp(ppl_shared + PPL_SPREAD * rng.standard_normal(n))
+               for a in arms}
+    ppl = {a: [DIVERGED if rng.random() < DIVERGE else float(v) for v in values] for a, values in ppl.items()}
+    return write_study(root, table, arms, seeds, ppl, scores=scores, random_init=random_init)
+
+
+def simulate_studies(root: Path, table: int, n: int) -> dict:
+    """Over FORGED studies: the share of claims reading "no signal", and the worst false-verdict rates over the
+    claims (reproduced: the claims on their boundary; contradicted: all, each at or above it)."""
+    rng = np.random.default_rng([34, table, n])
+    by_claim: dict[str, list[str]] = {}
+    for i in range(FORGED):
+        folder = forge(root / f"t{table}-n{n}-{i}", table, n, rng)
+        for claim, verdict in make_table(folder).verdicts.set_index("claim")["verdict"].items():
+            if verdict != NOT_TESTED:
+                by_claim.setdefault(claim, []).append(verdict)
+        shutil.rmtree(folder.parent)
+    share = {claim: {v: np.mean([x == v for x in got]) for v in (NO_SIGNAL, REPRODUCED, CONTRADICTED)}
+             for claim, got in by_claim.items()}
+    return {"no_signal": float(np.mean([x == NO_SIGNAL for got in by_claim.values() for x in got])),
+            "false_reproduced": max(s[REPRODUCED] for c, s in share.items() if c not in ABOVE_BOUNDARY),
+            "false_contradicted": max(s[CONTRADICTED] for s in share.values()), "claims": sorted(by_claim)}
+
+
+def test_whole_studies_where_every_arm_learned_read_no_signal_at_most_1_percent(tmp_path):
+    """Issue 34: at 3 and 5 seeds a diverged run (5% of runs) made its arm "no signal" in 23-48% of these claims,
+    although every arm learned (the order-statistic bound needed every run of 5); the signal check now asks the
+    finished runs. False verdicts stay <= 5%."""
+    rows = [(table, n, simulate_studies(tmp_path, table, n)) for table in (2, 1) for n in (3, 5)]
+    print(f"\n{'table':5} {'n':>3} {'divergence':>10} {'studies':>7} {'no signal':>9} {'false repr.':>11} "
+          f"{'false contr.':>12}  claims")
+    for table, n, r in rows:
+        print(f"{table:5d} {n:3d} {DIVERGE:10.0%} {FORGED:7d} {r['no_signal']:9.2%} {r['false_reproduced']:11.2%} "
+              f"{r['false_contradicted']:12.2%}  {', '.join(r['claims'])}")
+    for table, n, r in rows:
+        case = f"Table {table} n={n}"
+        assert r["no_signal"] <= 0.01, case
+        assert r["false_reproduced"] <= 0.05, case
+        assert r["false_contradicted"] <= 0.05, case
