@@ -35,6 +35,7 @@ def report(study_dir: Path, out: Path | None = None, quiet: bool = False) -> Pat
 
     study = load_study(study_dir)
     t = make_table(study)
+    _ = study.curves  # every run's metrics.csv, read (and kept) now: one that cannot be read refuses before any file
     out = out or study_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     images = plots.plot_table(t, out)

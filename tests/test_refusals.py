@@ -95,12 +95,14 @@ def test_a_grid_sqlite_that_is_not_a_database_is_named_and_grid_run_writes_nothi
     assert listing(folder) == before
 
 
-def test_data_prepare_of_empty_files_is_one_line_each_time(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("text", ["", "\n  \n\n"], ids=["empty", "blank-lines"])
+def test_data_prepare_of_empty_files_is_one_line_each_time(tmp_path, capsys, monkeypatch, text):
+    # Files of blank lines must be read to be found empty: no progress lines for that reading (issue 33)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "empty"
     corpus.mkdir()
     for name in ("a.txt", "b.txt"):
-        (corpus / name).write_text("")
+        (corpus / name).write_text(text)
     for _ in range(2):  # the second run finds the cached empty corpus: the same line, not a crash in pipeline.py
         code = main(["data", "prepare", "--corpus", str(corpus), "--workers", "1"])
         err = capsys.readouterr().err
@@ -285,6 +287,22 @@ def test_analysis_report_refuses_a_corrupt_cell_naming_the_file_and_writes_nothi
     before = listing(folder)
     code = analysis_main(["report", "--quiet", str(folder)])
     one_line_exit_2(capsys, code, str(run), *needles)
+    assert listing(folder) == before and not (folder / "report").exists()
+
+
+def test_analysis_report_reads_every_metrics_csv_before_writing_anything(tmp_path, capsys):
+    """A run's metrics.csv without its step column (issue 33): the report used to make report/ and draw first."""
+    from test_verdict_cases import BATCH, write_study
+
+    from analysis.__main__ import main as analysis_main
+
+    folder = write_study(tmp_path, 3, BATCH, [0, 1, 2], {"b256": [4.0, 4.1, 4.05], "b2k": [3.3, 3.4, 3.35],
+                                                         "b8k": [3.5, 3.6, 3.55]})
+    metrics = folder / "b2k" / "seed_1" / "metrics.csv"
+    metrics.write_text("epoch,train/loss\n0,7.1\n")
+    before = listing(folder)
+    code = analysis_main(["report", "--quiet", str(folder)])
+    one_line_exit_2(capsys, code, f"{metrics}: no 'step' column")
     assert listing(folder) == before and not (folder / "report").exists()
 
 

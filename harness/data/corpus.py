@@ -249,6 +249,8 @@ def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backe
                        desc="gather", unit="group", total=len(units), disable=not verbose or len(units) < 2))
     metas = [json.loads((folder / "unit.json").read_text()) for folder in spools]
     t1 = time.perf_counter()
+    # Files of blank lines only: no progress lines, just the one-line refusal after the build (prepare_corpus)
+    verbose = verbose and any(m["documents"] for m in metas)
     if verbose:
         _log(f"  read {sum(m['documents'] for m in metas):,} documents, {sum(m['bytes'] for m in metas) / 1e6:.1f} MB "
              f"spooled, in {sum(m['pieces'] for m in metas)} piece(s)  ({t1 - t0:.1f} s)")
