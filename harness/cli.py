@@ -6,9 +6,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.data.shards import SHARD_BYTES
 from harness.errors import UserError
+from harness.files import zip_damage
+
+if TYPE_CHECKING:
+    from harness.config import Config
 
 CONFIG_HELP = "YAML config with sections data/model/optim/train (see configs/)"
 OVERRIDE_HELP = "section.field=value overrides, e.g. data.input_format=doc_sentences optim.peak_lr=5e-4"
@@ -48,11 +53,13 @@ def _data_prepare(args: argparse.Namespace) -> None:
 
 # Refusals are fast: `pretrain`, `export-hf` and `finetune` check what the user typed with torch-free modules first,
 # since importing torch and Lightning costs several CPU-seconds (`make bench`: refusal_cpu_s_max); the commands' own
-# functions check the same again, with the state only torch can read (a checkpoint).
+# functions check the same again, with the state only torch can read (a checkpoint's contents; that it is a whole
+# zip archive is checked here).
 
 
 def _check_run_dir(run_dir: str, weights: bool) -> None:
-    """A pretraining run folder as harness.pretrain.load_run reads it: the folder, its files and a valid config."""
+    """A pretraining run folder as harness.pretrain.load_run reads it: the folder, its files, a valid config and, with
+    `weights`, a checkpoint that is a whole zip archive."""
     from harness.config import read_yaml, with_overrides
 
     folder = Path(run_dir)
@@ -69,12 +76,35 @@ def _check_run_dir(run_dir: str, weights: bool) -> None:
         with_overrides(raw)
     except UserError as e:
         raise UserError(f"{config_path}: {e}") from None
+    damage = zip_damage(ckpt_path) if weights else None
+    if damage:
+        raise UserError(f"{ckpt_path}: cannot read this checkpoint ({damage}); expected a Lightning checkpoint of a "
+                        f"pretraining run")
+
+
+def _check_resume(cfg: Config) -> None:
+    """The checkpoints pretraining resumes from (harness.steps.newest_checkpoint reads every one of an unfinished
+    run's folder): one that is not a whole zip archive, as torch.save writes them, is refused here."""
+    from harness.config import CANNOT_RESUME, RESULT_STATUSES, run_dir_of
+    from harness.files import read_json
+
+    run_dir = run_dir_of(cfg)
+    done = read_json(run_dir / "result.json")
+    if done is not None and done.get("status") in RESULT_STATUSES:
+        return  # returned as it is, without training
+    for path in sorted((run_dir / "checkpoints").glob("*.ckpt")):
+        damage = zip_damage(path)
+        if damage:
+            raise UserError(f"{path}: cannot read this checkpoint ({damage}); {CANNOT_RESUME}")
 
 
 def _pretrain(args: argparse.Namespace) -> None:
     from harness.config import load_config
+    from harness.data.pipeline import check_paths
 
-    load_config(args.config, args.overrides)  # bad input refused before torch loads
+    cfg = load_config(args.config, args.overrides)  # bad input refused before torch loads
+    check_paths(cfg.data)
+    _check_resume(cfg)
     from harness.pretrain import pretrain_from_cli
 
     pretrain_from_cli(args)

@@ -258,6 +258,18 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# The run folder a config trains into: here, torch-free, for the command line's checks before torch loads.
+RESULT_STATUSES = ("finished", "diverged")  # a run folder with either needs no more training
+# What a run does with a checkpoint it cannot read: it stops, rather than start over and overwrite its metrics.
+CANNOT_RESUME = ("not restarted from step 0: `grid run --restart-cell ARM SEED` (a grid cell) or moving the run "
+                 "folder aside starts it afresh")
+
+
+def run_dir_of(cfg: Config) -> Path:
+    t = cfg.train
+    return Path(t.runs_dir) / t.study / t.arm / f"seed_{t.seed}"
+
+
 def flatten(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """{section: {field: value}} (a Config's `to_dict`) -> {"section.field": value}, the names overrides use."""
     return {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,17 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def zip_damage(path: Path) -> str | None:
+    """Why `path` is not a whole zip archive, as torch.save writes a checkpoint, or None when it is. A file cut short
+    (a copy that stopped, a full disk) has lost the central directory at its end, which zipfile reads without the
+    rest: cheap at any size, and no torch to import."""
+    try:
+        zipfile.ZipFile(path).close()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def read_json(path: Path) -> dict | None:

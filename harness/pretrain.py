@@ -41,7 +41,7 @@ from torch import Tensor
 
 from harness import speed
 from harness.callbacks import ProgressBar, RunCSVLogger, StepMetrics, Sums
-from harness.config import Config, load_config, read_yaml, with_overrides
+from harness.config import RESULT_STATUSES, Config, load_config, read_yaml, run_dir_of, with_overrides
 from harness.data import yardstick
 from harness.errors import UserError
 from harness.files import read_json, write_json
@@ -55,7 +55,6 @@ for _message in ("You're resuming from a checkpoint that ended before the epoch 
                  "Checkpoint directory .* exists and is not empty", "The dirpath has changed from"):
     warnings.filterwarnings("ignore", message=_message)
 WANDB_PROJECT = "roberta-ablations"
-RESULT_STATUSES = ("finished", "diverged")  # a run folder with either needs no more training
 # Dense bf16 tensor-core peaks per GPU from NVIDIA's data sheets (FLOP/s); the first name contained in the device
 # name wins, so the specific variants come first.
 NOMINAL_BF16_PEAK = (
@@ -246,11 +245,6 @@ def _wandb_logger(cfg: Config, run_dir: Path, info: dict) -> Any:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The run folder
-
-
-def run_dir_of(cfg: Config) -> Path:
-    t = cfg.train
-    return Path(t.runs_dir) / t.study / t.arm / f"seed_{t.seed}"
 
 
 def _write_run_files(run_dir: Path, cfg: Config, prepared: Any) -> None:

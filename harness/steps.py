@@ -26,7 +26,7 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 
-from harness.config import Config, flatten
+from harness.config import CANNOT_RESUME, Config, flatten
 from harness.errors import UserError
 
 # A checkpoint resumes only a run with the same values of these (anything else, e.g. the W&B mode, may differ).
@@ -52,9 +52,7 @@ def newest_checkpoint(folder: Path) -> Path | None:
         try:
             step = int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
         except Exception as e:  # noqa: BLE001 - whatever torch raises, the advice is the same
-            raise UserError(f"{path}: cannot read this checkpoint ({type(e).__name__}); not restarted from step 0: "
-                            f"`grid run --restart-cell ARM SEED` (a grid cell) or moving the run folder aside starts "
-                            f"it afresh") from None
+            raise UserError(f"{path}: cannot read this checkpoint ({type(e).__name__}); {CANNOT_RESUME}") from None
         if step > best_step:
             best, best_step = path, step
     return best

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -333,6 +335,28 @@ def test_analysis_report_on_an_incomplete_study_leaves_it_as_it_was(tmp_path, ca
 
 # ---------------------------------------------------------------------------------------------------------------
 # Item 4: the command line's bad-input cases, each in its own process (timed by `make bench`, not here)
+
+
+# `python -m harness ARGV`'s main in a fresh process, then the heavy modules it imported (printed, nothing if none)
+WITHOUT_TORCH = ("import sys; from harness.cli import main; code = main(sys.argv[1:]); "
+                 "print(*(m for m in ('torch', 'lightning') if m in sys.modules), end=''); sys.exit(code)")
+
+
+@pytest.mark.parametrize("name", [
+    "pretrain: no such corpus", "pretrain: resuming from a checkpoint cut short",
+    "finetune: a task file with a comma-separated header", "finetune: a checkpoint cut short",
+    "export-hf: a checkpoint cut short"])
+def test_bad_input_that_torch_need_not_read_is_refused_before_torch_loads(tmp_path, name):
+    """Issue 33: each was the right line, but only after importing torch and Lightning (~6 CPU-seconds); a corpus
+    path, a task file's header and a zip archive cut short are checked without them (harness/cli.py)."""
+    from harness.benchmarks.refusals import cases
+
+    case = next(c for c in cases(tmp_path) if c.name == name)
+    r = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *case.argv], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert case.expect in r.stderr, r.stderr
+    assert r.stdout == "", f"imported {r.stdout} before refusing"
 
 
 def test_every_bad_input_case_of_the_bench_is_one_line_and_exit_2(tmp_path):

@@ -29,7 +29,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from harness.config import DataConfig
-from harness.data.corpus import Corpus, prepare_corpus
+from harness.data.corpus import REGISTRY_CORPORA, Corpus, prepare_corpus
 from harness.data.shards import (
     SHARD_BYTES,
     Backend,
@@ -108,14 +108,23 @@ def _key(corpus: Corpus, cfg: DataConfig) -> str:
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
 
 
+def check_paths(cfg: DataConfig) -> None:
+    """data.corpus (a registry corpus or an existing path) and data.tokenizer_path (a file, when given), as `prepare`
+    reads them: commands check them before torch loads, so a mistyped path is refused at once."""
+    if cfg.corpus not in REGISTRY_CORPORA and not Path(cfg.corpus).expanduser().exists():
+        raise UserError(f"data.corpus={cfg.corpus}: no such file or folder (expected "
+                        f"{', '.join(map(repr, REGISTRY_CORPORA))} or a path to .txt/.jsonl text)")
+    if cfg.tokenizer_path and not Path(cfg.tokenizer_path).expanduser().is_file():
+        raise UserError(f"data.tokenizer_path={cfg.tokenizer_path}: no such file (expected a tokenizer.json)")
+
+
 def prepare(cfg: DataConfig, verbose: bool = False, workers: int | None = None, backend: Backend | None = None,
             shard_bytes: int = SHARD_BYTES) -> PreparedData:
     """Everything a training run needs from the corpus; a no-op when the cache already holds it. `workers`: processes
     that gather, split and encode (None: every core; the tokenizer trains on RAYON_NUM_THREADS threads, which `data
     prepare --workers` sets), or with `backend` where the shards are split and encoded. The result depends on
     neither, nor on `shard_bytes`; a crashed prepare resumes at the shards it had not finished."""
-    if cfg.tokenizer_path and not Path(cfg.tokenizer_path).expanduser().is_file():  # before any work
-        raise UserError(f"data.tokenizer_path={cfg.tokenizer_path}: no such file (expected a tokenizer.json)")
+    check_paths(cfg)  # before any work
     backend = backend or Backend(workers=workers or os.cpu_count() or 1)
     corpus = prepare_corpus(cfg.corpus, decode_errors=cfg.decode_errors, verbose=verbose, backend=backend,
                             shard_bytes=shard_bytes)

@@ -58,11 +58,7 @@ def read_glue_tsv(path: Path, columns: GlueColumns, labels: tuple[str, ...]) -> 
     examples = []
     with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: GLUE's MRPC files start with a BOM
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)  # MNLI/QQP text holds stray quote marks
-        header = next(rows, []) if isinstance(columns.label, str) else None
-        wanted = [c for c in (columns.text_a, columns.text_b, columns.label) if c is not None]
-        if header is not None and not all(c in header for c in wanted):
-            raise UserError(f"{path}: expected a header with columns {wanted}, got {header}")
-        index = [header.index(c) if header is not None else c for c in wanted]
+        index = _glue_index(rows, columns, path)
         for row in rows:
             if not row:
                 continue
@@ -73,6 +69,22 @@ def read_glue_tsv(path: Path, columns: GlueColumns, labels: tuple[str, ...]) -> 
             label = _label(fields[-1], labels, f"{path}:{rows.line_num}")
             examples.append(TextExample(fields[0], fields[1] if columns.text_b is not None else None, label))
     return examples
+
+
+def check_glue_header(path: Path, columns: GlueColumns) -> None:
+    """A GLUE TSV's header alone, as read_glue_tsv reads it: what `finetune` checks before torch loads."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        _glue_index(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), columns, path)
+
+
+def _glue_index(rows, columns: GlueColumns, path: Path) -> list[int]:
+    """Where text_a, text_b (when there is one) and label are in a row: from the header, the first of `rows`, or the
+    indices given for a header-less file; a UserError when the header lacks one."""
+    header = next(rows, []) if isinstance(columns.label, str) else None
+    wanted = [c for c in (columns.text_a, columns.text_b, columns.label) if c is not None]
+    if header is not None and not all(c in header for c in wanted):
+        raise UserError(f"{path}: expected a header with columns {wanted}, got {header}")
+    return [header.index(c) if header is not None else c for c in wanted]
 
 
 def _label(raw: str, labels: tuple[str, ...], where: str) -> int | float:

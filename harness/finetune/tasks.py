@@ -141,7 +141,8 @@ def _standin(name: str) -> TaskData:
 
 
 def check_files(task: Task, data_dir: Path) -> list[Path]:
-    """The task's (train, dev) paths under data_dir; a UserError naming every one that is missing."""
+    """The task's (train, dev) paths under data_dir; a UserError naming every one that is missing, or a GLUE file
+    whose header lacks a column the task reads (a comma-separated file, another task's)."""
     if not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir}: not a folder")
     paths = [data_dir / f for f in task.files]
@@ -149,6 +150,9 @@ def check_files(task: Task, data_dir: Path) -> list[Path]:
     if missing:
         raise UserError(f"--data-dir {data_dir}: task {task.name} needs {', '.join(task.files)}; "
                         f"missing {', '.join(missing)}")
+    if task.glue is not None:
+        for path in paths:
+            readers.check_glue_header(path, task.glue)
     return paths
 
 

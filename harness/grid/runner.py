@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 import traceback
-import zipfile
 from pathlib import Path
 
 import yaml
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from harness.cluster import check_slurm, submitit_executor
 from harness.config import Config, flatten, with_overrides
 from harness.errors import UserError
-from harness.files import read_json, write_json
+from harness.files import read_json, write_json, zip_damage
 from harness.grid.experiment import Arm, Experiment, config_hash, load_experiment
 from harness.grid.provenance import provenance
 from harness.grid.store import CellStore, worker_id
@@ -497,9 +496,7 @@ def _state_note(folder: Path, row: dict) -> str:
     run_dir = cell_dir(folder, row)
     if row["status"] in ("pending", "running"):
         for ckpt in sorted((run_dir / "checkpoints").glob("*.ckpt")):
-            try:
-                zipfile.ZipFile(ckpt).close()
-            except (zipfile.BadZipFile, OSError):
+            if zip_damage(ckpt):
                 return (f"{row['status']}, but {ckpt} cannot be read: `grid run --restart-cell {row['arm']} "
                         f"{row['seed']}`")
         return ""
@@ -632,16 +629,13 @@ def run_grid(path: str, scale: str, runs_dir: str = "runs", backend: str = "loca
 def check_inputs(exp: Experiment) -> None:
     """Every arm's corpus and given tokenizer exist, before the plan prepares data (and torch loads): a missing
     path is one line naming the arm, not a failure after planning."""
-    from harness.data.corpus import REGISTRY_CORPORA
+    from harness.data.pipeline import check_paths
 
     for arm in exp.arms:
-        d = exp.config(arm, exp.seeds[0], "runs").data
-        if d.corpus not in REGISTRY_CORPORA and not Path(d.corpus).expanduser().exists():
-            raise UserError(f"{exp.path}: arm {arm.name}: data.corpus={d.corpus}: no such file or folder (expected "
-                            f"{', '.join(map(repr, REGISTRY_CORPORA))} or a path to .txt/.jsonl text)")
-        if d.tokenizer_path and not Path(d.tokenizer_path).expanduser().is_file():
-            raise UserError(f"{exp.path}: arm {arm.name}: data.tokenizer_path={d.tokenizer_path}: no such file "
-                            f"(expected a tokenizer.json)")
+        try:
+            check_paths(exp.config(arm, exp.seeds[0], "runs").data)
+        except UserError as e:
+            raise UserError(f"{exp.path}: arm {arm.name}: {e}") from None
 
 
 def check_runs_dir(runs_dir: str) -> None:
