@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SCALE ?= demo
 WORKERS ?= 2
 
-.PHONY: help setup test test-slow test-slurm lint data bench bench-prep bench-frontier gpu-check gpu-wheels ablation-nsp ablation-masking ablation-batch \
+.PHONY: help setup test test-slow test-slurm lint data bench bench-prep bench-frontier bench-finetune-frontier gpu-check gpu-wheels ablation-nsp ablation-masking ablation-batch \
 	ablation-data tables notebook clean
 
 help:  ## list targets
@@ -45,6 +45,9 @@ bench-prep: $(STAMP)  ## data preparation at 50 and 500 MB (1 and 2 workers) -> 
 
 bench-frontier: $(STAMP) data  ## the demo designs' learning curves, two at a time on one thread each -> docs/frontier.png (~1 h)
 	$(PY) -m harness bench --sections frontier
+
+bench-finetune-frontier: $(STAMP) data  ## fine-tuning protocols on each table's reference arm vs random weights -> docs/ftfrontier.png
+	$(PY) -m harness bench --sections finetune_frontier
 
 # The device machine has no venv and no registry: `make gpu-check PY=python3` there uses its own torch, with the
 # wheels from `make gpu-wheels` and the data a CPU rehearsal left in .gpu/cache (docs/gpu.md has the exact call).

@@ -18,7 +18,7 @@ import torch
 from harness.errors import UserError
 from harness.files import read_json, write_json
 
-SECTIONS = ("data", "pretrain", "refusals", "prep", "frontier")
+SECTIONS = ("data", "pretrain", "refusals", "prep", "frontier", "finetune_frontier")
 
 
 def bench_from_cli(args: argparse.Namespace) -> None:

@@ -1,0 +1,328 @@
+"""The fine-tuning frontier: under which fine-tuning protocol a demo encoder's downstream score shows what its
+pretraining bought.
+
+What pretraining buys at demo scale is sample efficiency: fine-tuned on few examples, a pretrained tiny encoder beats
+the same architecture from random weights; with enough examples the random weights catch up (issue 31). So a demo
+column measures something only under a protocol where (a) the encoder from random weights is clearly above the
+majority class (else it certifies nothing) and (b) the table's reference arm beats it by a margin. This benchmark
+measures that gap, per task, against the fine-tuning budget (examples x epochs) and the protocol's other settings,
+on each demo table's *reference arm* (its first arm, at its demo design) and that encoder's random-init twin. The
+protocol is chosen on those gaps only, never on a comparison between arms.
+
+  encoders   each table's reference arm, pretrained exactly as its demo grid's cell (`Experiment.config`), seed 0
+             (FT_ENCODER_SEEDS=0,1,2 for more), into runs/ftfrontier/<table>/<arm>/seed_<k>/
+  candidates (task, protocol): configs/finetune.yaml's `grid_demo` with a few settings changed (CANDIDATES)
+  each      fine-tuned from the pretrained weights and from random weights, FT_SEEDS fine-tuning seeds, one thread
+             per process, two processes at a time; every fit appended to runs/ftfrontier/fits.jsonl (a fit already
+             there is not rerun), with its CPU-seconds
+
+`python -m harness bench --sections finetune_frontier` (make bench-finetune-frontier) writes the table (runs/ftfrontier/
+frontier.md; docs/results.md quotes it) and the plot (docs/ftfrontier.png).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+OUT = Path("runs/ftfrontier")
+FITS = OUT / "fits.jsonl"
+PLOT = Path("docs/ftfrontier.png")
+BASE_PROTOCOL = "grid_demo"  # configs/finetune.yaml: what a candidate changes settings of
+TASKS = ("trec6", "rt_sentiment", "gap_sentence", "sentence_relation")
+INITS = ("pretrained", "random")
+B16 = {"batch_sizes": (16,), "max_dev_examples": 1000}
+# name -> (what it moves, settings replacing grid_demo's). Budget = examples x epochs.
+CANDIDATES: dict[str, tuple[str, dict]] = {
+    "n500-e4": ("500 examples x 4 epochs, LR 1e-3 (issue 31's measurement)",
+                {"max_train_examples": 500, "epochs": 4, "lrs": (1e-3,)}),
+    "n1000-e4": ("1,000 examples x 4 epochs", {"max_train_examples": 1000, "epochs": 4, "lrs": (1e-3,)}),
+    "n2000-e4": ("2,000 examples x 4 epochs", {"max_train_examples": 2000, "epochs": 4, "lrs": (1e-3,)}),
+    "n4000-e4": ("4,000 examples x 4 epochs", {"max_train_examples": 4000, "epochs": 4, "lrs": (1e-3,)}),
+    "n1000-e8": ("1,000 examples x 8 epochs", {"max_train_examples": 1000, "epochs": 8, "lrs": (1e-3,)}),
+    "n1000-e4-lr3e-4": ("1,000 examples x 4 epochs at LR 3e-4",
+                        {"max_train_examples": 1000, "epochs": 4, "lrs": (3e-4,)}),
+    "n500-e4-lr3e-4": ("500 examples x 4 epochs at LR 3e-4", {"max_train_examples": 500, "epochs": 4, "lrs": (3e-4,)}),
+    "n2000-e4-lr3e-4": ("2,000 examples x 4 epochs at LR 3e-4",
+                        {"max_train_examples": 2000, "epochs": 4, "lrs": (3e-4,)}),
+    "n2000-e4-lr1e-4": ("2,000 examples x 4 epochs at LR 1e-4",
+                        {"max_train_examples": 2000, "epochs": 4, "lrs": (1e-4,)}),
+    # Batch 16 (more optimizer steps for the same examples x epochs), dev capped at 1,000 (scored every epoch)
+    "b16-n500-e10-lr1e-4": ("batch 16, 500 examples x 10 epochs, LR 1e-4", {**B16, "max_train_examples": 500,
+                                                                           "epochs": 10, "lrs": (1e-4,)}),
+    "b16-n500-e10-lr3e-4": ("batch 16, 500 examples x 10 epochs, LR 3e-4", {**B16, "max_train_examples": 500,
+                                                                           "epochs": 10, "lrs": (3e-4,)}),
+    "b16-n1000-e5-lr3e-4": ("batch 16, 1,000 examples x 5 epochs, LR 3e-4", {**B16, "max_train_examples": 1000,
+                                                                            "epochs": 5, "lrs": (3e-4,)}),
+    "b16-n2000-e5-lr1e-4": ("batch 16, 2,000 examples x 5 epochs, LR 1e-4", {**B16, "max_train_examples": 2000,
+                                                                            "epochs": 5, "lrs": (1e-4,)}),
+}
+COMMON = {"max_seq_len": 128, "max_dev_examples": 2000, "seeds": 1}  # every candidate's, unless it says otherwise
+TABLES = {1: "experiments/table1_masking.yaml", 2: "experiments/table2_nsp.yaml", 3: "experiments/table3_batch.yaml",
+          4: "experiments/table4_data.yaml"}
+
+
+def encoder_config(table: int, seed: int):
+    """The resolved config of table `table`'s reference arm (its first) at the demo scale, seed `seed`: the cell its
+    grid would train, in runs/ftfrontier/ instead of runs/."""
+    from harness.grid.experiment import load_experiment
+
+    exp = load_experiment(TABLES[table], "demo")
+    extra = {"train.wandb": "disabled", "train.study": f"table{table}"}
+    return exp.config(exp.arms[0], seed, str(OUT), extra=extra)
+
+
+def encoder_dir(table: int, seed: int) -> Path:
+    from harness.pretrain import run_dir_of
+
+    return run_dir_of(encoder_config(table, seed))
+
+
+def train_encoder(table: int, seed: int) -> None:
+    """Pretrain one reference encoder in this process, on one thread."""
+    import torch
+
+    from harness.pretrain import pretrain
+
+    torch.set_num_threads(1)
+    pretrain(encoder_config(table, seed))
+
+
+def protocol(candidate: str):
+    from harness.finetune.protocol import load_protocol
+
+    settings = {**COMMON, **CANDIDATES[candidate][1]}
+    return dataclasses.replace(load_protocol(BASE_PROTOCOL), name=f"ftfrontier:{candidate}", **settings)
+
+
+def fit_key(row: dict) -> tuple:
+    return tuple(row[k] for k in ("table", "encoder_seed", "task", "candidate", "init", "ft_seed"))
+
+
+def done_fits() -> set[tuple]:
+    if not FITS.is_file():
+        return set()
+    return {fit_key(json.loads(line)) for line in FITS.read_text().splitlines() if line.strip()}
+
+
+def run_fits(jobs: list[dict]) -> None:
+    """Fine-tune every job (table, encoder_seed, task, candidate, init, ft_seed) in this process, on one thread, each
+    (encoder, task, candidate, init) prepared once; append each result to FITS as it finishes."""
+    import torch
+
+    from harness.finetune import runner
+    from harness.finetune.tasks import get_task, load_task_data
+    from harness.pretrain import load_run
+
+    torch.set_num_threads(1)
+    groups: dict[tuple, list[dict]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job[k] for k in ("table", "encoder_seed", "task", "candidate", "init")), []).append(job)
+    for (table, enc_seed, task, candidate, init), group in groups.items():
+        run = load_run(encoder_dir(table, enc_seed), weights=init == "pretrained")
+        spec, proto = get_task(task), protocol(candidate)
+        prepared = runner.prepare(spec, load_task_data(spec, None, run.config.data), run, proto)
+        for job in group:
+            cpu = time.process_time()
+            out = runner.train_one(spec, prepared, run, proto, proto.lrs[0], proto.batch_sizes[0], job["ft_seed"])
+            row = {**job, "score": out["score"], "best_epoch": out["best_epoch"], "diverged": out["diverged"],
+                   "history": out["history"], "wall_s": out["wall_s"], "cpu_s": round(time.process_time() - cpu, 2),
+                   "majority": prepared.majority, "n_train": prepared.n_examples[0], "n_dev": prepared.n_examples[1],
+                   "examples_x_epochs": prepared.n_examples[0] * proto.epochs}
+            with open(FITS, "a") as f:  # one line per write: two processes append whole lines
+                f.write(json.dumps(row) + "\n")
+            print(f"{fit_key(row)}: {row['score']:.1f} ({row['cpu_s']:.0f} CPU-s)", flush=True)
+
+
+def _env_list(name: str, default: tuple, cast=str) -> tuple:
+    return tuple(cast(x) for x in os.environ.get(name, "").split(",") if x) or default
+
+
+def random_twin(table: int, seed: int) -> tuple[int, int]:
+    """The encoder whose random-init fits stand for this one's: a random init depends only on the encoder's shape
+    (model settings, NSP's segment embeddings, vocabulary) and the seed, so tables that share a shape share them."""
+    def shape(t: int) -> str:
+        cfg = encoder_config(t, seed)
+        return json.dumps([cfg.to_dict()["model"], cfg.data.nsp, cfg.data.corpus, *cfg.data.tokenizer_settings])
+
+    return min((t for t in TABLES if shape(t) == shape(table)), default=table), seed
+
+
+def jobs(tables: tuple, encoder_seeds: tuple, tasks: tuple, candidates: tuple, ft_seeds: int) -> list[dict]:
+    out, seen = [], set()
+    for table in tables:
+        for enc_seed in encoder_seeds:
+            for task in tasks:
+                for candidate in candidates:
+                    for init in INITS:
+                        t, s = random_twin(table, enc_seed) if init == "random" else (table, enc_seed)
+                        for ft_seed in range(ft_seeds):
+                            job = {"table": t, "encoder_seed": s, "task": task, "candidate": candidate, "init": init,
+                                   "ft_seed": ft_seed}
+                            if fit_key(job) not in seen:
+                                seen.add(fit_key(job))
+                                out.append(job)
+    return out
+
+
+def _in_processes(argv_lists: list[list[str]], label: str) -> None:
+    """Run `python -m harness.benchmarks.finetune_frontier ARGS` for each ARGS, two at a time on one thread each."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    todo, running = list(argv_lists), []
+    try:
+        while todo or running:
+            while todo and len(running) < 2:
+                args = todo.pop(0)
+                log = open(OUT / f"{label}-{'-'.join(Path(a).stem for a in args)}.log", "w")
+                running.append(subprocess.Popen([sys.executable, "-m", "harness.benchmarks.finetune_frontier", *args],
+                                                env=env, stdout=log, stderr=subprocess.STDOUT))
+            time.sleep(2)
+            for p in [p for p in running if p.poll() is not None]:
+                running.remove(p)
+                if p.returncode:
+                    print(f"ftfrontier: {' '.join(p.args[3:])} failed (exit {p.returncode}); see {OUT}", flush=True)
+    finally:
+        for p in running:  # stopped by its PID, never by name
+            p.terminate()
+            p.wait()
+
+
+def _cost(group: list[dict]) -> float:
+    """A group's relative CPU cost: examples x epochs per fit, x 16 for the gap task's 4 long options."""
+    settings = {**COMMON, **CANDIDATES[group[0]["candidate"]][1]}
+    per_fit = settings["max_train_examples"] * settings["epochs"] * (16 if group[0]["task"] == "gap_sentence" else 1)
+    return per_fit * len(group)
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Per (table, task, candidate): the pretrained and random-init medians over every fit (encoder seeds x
+    fine-tuning seeds), their spread across fine-tuning seeds, the gap, the majority class, CPU-seconds per fit."""
+    import numpy as np
+
+    by = {}
+    for r in rows:
+        by.setdefault((r["table"], r["encoder_seed"], r["task"], r["candidate"], r["init"]), []).append(r)
+    out = []
+    for table in sorted({r["table"] for r in rows if r["init"] == "pretrained"}):
+        for task in TASKS:
+            for candidate in CANDIDATES:
+                pre = [r for (t, _, k, c, i), rs in by.items() if (t, k, c, i) == (table, task, candidate,
+                                                                                    "pretrained") for r in rs]
+                seeds = sorted({r["encoder_seed"] for r in pre})
+                rnd = [r for s in seeds for r in by.get((*random_twin(table, s), task, candidate, "random"), [])]
+                if not pre or not rnd:
+                    continue
+                p, q = (np.array([r["score"] for r in x]) for x in (pre, rnd))
+                within = [np.std([r["score"] for r in rs], ddof=1) for (t, _, k, c, i), rs in by.items()
+                          if (t, k, c, i) == (table, task, candidate, "pretrained") and len(rs) > 1]
+                out.append({"table": table, "task": task, "candidate": candidate, "pretrained": float(np.median(p)),
+                            "random": float(np.median(q)), "gap": float(np.median(p) - np.median(q)),
+                            "majority": pre[0]["majority"], "random_over_majority": float(np.median(q))
+                            - pre[0]["majority"], "ft_seed_sd": float(np.mean(within)) if within else None,
+                            "fits": len(pre) + len(rnd), "examples_x_epochs": pre[0]["examples_x_epochs"],
+                            "cpu_s_per_fit": float(np.mean([r["cpu_s"] for r in pre + rnd]))})
+    return out
+
+
+def table(summaries: list[dict]) -> str:
+    lines = ["| table | task | candidate | budget (examples x epochs) | pretrained | random init | gap | random - "
+             "majority | sd over fine-tuning seeds | CPU-s per fit |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        sd = "" if s["ft_seed_sd"] is None else f"{s['ft_seed_sd']:.1f}"
+        lines.append(f"| {s['table']} | {s['task']} | {s['candidate']} | {s['examples_x_epochs']:,} | "
+                     f"{s['pretrained']:.1f} | {s['random']:.1f} | **{s['gap']:+.1f}** | "
+                     f"{s['random_over_majority']:+.1f} | {sd} | {s['cpu_s_per_fit']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(summaries: list[dict]) -> None:
+    """Per task, the gap (pretrained - random init) against the budget, a line per table's reference arm; hollow
+    markers where the random-init score is less than 2 points above the majority class (it certifies nothing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if any(s["task"] == t for s in summaries)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for table in sorted({s["table"] for s in summaries}):
+            points = sorted((s for s in summaries if s["task"] == task and s["table"] == table
+                             and s["candidate"].startswith("n") and "-lr" not in s["candidate"]),
+                            key=lambda s: s["examples_x_epochs"])
+            if not points:
+                continue
+            x, y = [p["examples_x_epochs"] for p in points], [p["gap"] for p in points]
+            line, = ax.plot(x, y, label=f"Table {table}")
+            for p in points:
+                sound = p["random_over_majority"] >= 2
+                ax.plot(p["examples_x_epochs"], p["gap"], "o", color=line.get_color(),
+                        markerfacecolor=line.get_color() if sound else "white")
+        ax.axhline(5, color="grey", ls=":", lw=0.8)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("fine-tuning budget: examples x epochs")
+    axes[0][0].set_ylabel("pretrained - random init (points)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("The fine-tuning frontier: what each table's reference arm gains over random weights "
+                 "(hollow: random init < 2 points above the majority class)")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+
+
+def report() -> dict:
+    rows = [json.loads(line) for line in FITS.read_text().splitlines() if line.strip()] if FITS.is_file() else []
+    summaries = summary(rows)
+    text = table(summaries)
+    (OUT / "frontier.md").write_text(text + "\n")
+    print(text)
+    if summaries:
+        plot(summaries)
+    return {"summary": summaries, "table": str(OUT / "frontier.md"), "plot": str(PLOT)}
+
+
+def run() -> dict:
+    tables = _env_list("FT_TABLES", tuple(TABLES), int)
+    encoder_seeds = _env_list("FT_ENCODER_SEEDS", (0,), int)
+    tasks = _env_list("FT_TASKS", TASKS)
+    candidates = _env_list("FT_CANDIDATES", tuple(CANDIDATES))
+    ft_seeds = int(os.environ.get("FT_SEEDS", "3"))
+    OUT.mkdir(parents=True, exist_ok=True)
+    missing = [(t, s) for t in tables for s in encoder_seeds if not (encoder_dir(t, s) / "result.json").is_file()]
+    _in_processes([["encoder", str(t), str(s)] for t, s in missing], "encoder")
+    done = done_fits()
+    todo = [j for j in jobs(tables, encoder_seeds, tasks, candidates, ft_seeds) if fit_key(j) not in done]
+    groups: dict[tuple, list[dict]] = {}  # each group is prepared once, so it stays in one process
+    for job in todo:
+        groups.setdefault(tuple(job[k] for k in ("table", "encoder_seed", "task", "candidate")), []).append(job)
+    halves: list[list[dict]] = [[], []]
+    cost = [0.0, 0.0]
+    for group in sorted(groups.values(), key=_cost, reverse=True):  # the larger first, each to the lighter process
+        i = cost.index(min(cost))
+        halves[i] += group
+        cost[i] += _cost(group)
+    files = []
+    for i, half in enumerate(halves):
+        if half:
+            files.append(OUT / f"jobs{i}.json")
+            files[-1].write_text(json.dumps(half))
+    print(f"ftfrontier: {len(todo)} fits to run", flush=True)
+    _in_processes([["fits", str(f)] for f in files], "fits")
+    return report()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "encoder":
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        train_encoder(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1] == "fits":
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        run_fits(json.loads(Path(sys.argv[2]).read_text()))
