@@ -358,6 +358,7 @@ def tidy_frame(study: Study) -> pd.DataFrame:
             na = summary.get("median") is None
             add(f"finetune/{task}", _run_score(values) if not na else math.nan, values, task=task,
                 metric_status=NA_OFFLINE if na else "ok", data_source=source, protocol=summary.get("protocol"),
+                protocol_settings=summary.get("protocol_settings"),
                 task_metric=summary.get("metric"), summary_path=str(path),
                 majority_score=_float(summary.get("majority_score")), ft_lr_on_edge=summary.get("lr_on_edge"),
                 ft_n_diverged=summary.get("n_diverged"))

@@ -33,7 +33,7 @@ from analysis.load import (
     load_study,
     random_init_scores,
 )
-from analysis.paper import PPL, TABLES, TASK_COLUMN, PaperTable, recipe
+from analysis.paper import PPL, TABLES, TASK_COLUMN, PaperTable, finetune_recipe, recipe
 from analysis.rows import ROW_MAPPINGS, arm_factors, row_pairs
 from analysis.stats import (
     FORMAT_DEPENDENT,
@@ -327,13 +327,16 @@ def make_table(study: Study | str | Path, number: int | None = None, margin_poin
                      f"'{FORMAT_DEPENDENT}'.")
     return TableResult(number, paper.title, study, paper, reference, arm_rows, metrics, detail, claims, verdicts,
                        settings, notes, random_init, majority, degenerate,
-                       deviations(runs, number, settings["scientific_keys"]))
+                       deviations(runs, number, settings["scientific_keys"], tidy))
 
 
-def deviations(runs: pd.DataFrame, number: int, scientific_keys: list[str]) -> list[dict[str, str]]:
+def deviations(runs: pd.DataFrame, number: int, scientific_keys: list[str],
+               tidy: pd.DataFrame | None = None) -> list[dict[str, str]]:
     """Every key of the paper's recipe (analysis.paper.recipe) whose value in the runs' config.yaml differs from the
     paper's, except the study's scientific factors (compared on purpose, shown in the table's rows). Where the runs
-    differ in a key (a nuisance value tuned per arm), ours is their range. Keys no run records are skipped."""
+    differ in a key (a nuisance value tuned per arm), ours is their range. Keys no run records are skipped. Then each
+    fine-tuning setting (as the summaries in `tidy` record their protocol's) that differs from the paper's for its
+    task (analysis.paper.finetune_recipe), as `finetune.<setting>`, naming the tasks where they are not all."""
     out = []
     for key, (theirs, source) in sorted(recipe(number).items()):
         if key in scientific_keys:
@@ -342,7 +345,30 @@ def deviations(runs: pd.DataFrame, number: int, scientific_keys: list[str]) -> l
         if not ours or all(_same_value(v, theirs) for v in ours):
             continue
         out.append({"key": key, "ours": _value_range(ours), "paper": _recipe_value(theirs), "source": source})
-    return out
+    return out + _finetune_deviations(tidy)
+
+
+def _finetune_deviations(tidy: pd.DataFrame | None) -> list[dict[str, str]]:
+    if tidy is None or "protocol_settings" not in tidy:
+        return []
+    settings: dict[str, dict] = {}  # task -> its protocol's settings (one protocol per task in a study)
+    for task, values in zip(tidy["task"], tidy["protocol_settings"]):
+        if isinstance(values, dict):
+            settings.setdefault(task, values)
+    out: dict[tuple[str, str, str, str], list[str]] = {}  # (key, ours, paper, source) -> tasks
+    for task, values in settings.items():
+        for key, (theirs, source) in finetune_recipe(task).items():
+            ours = values.get(key)
+            ours = "all" if key == "max_train_examples" and ours == 0 else ours  # the protocol's 0 means all
+            if ours is not None and _setting_text(ours) != _setting_text(theirs):
+                out.setdefault((f"finetune.{key}", _setting_text(ours), _setting_text(theirs), source), []).append(task)
+    return [{"key": key + ("" if len(tasks) == len(settings) else f" ({', '.join(tasks)})"), "ours": ours,
+             "paper": paper, "source": source} for (key, ours, paper, source), tasks in out.items()]
+
+
+def _setting_text(v: Any) -> str:
+    """A fine-tuning setting as printed: '1e-05, 2e-05' for a list, else as a recipe value."""
+    return ", ".join(map(_fmt_value, v)) if isinstance(v, (list, tuple)) else _recipe_value(v)
 
 
 def _same_value(a: Any, b: Any) -> bool:

@@ -401,3 +401,36 @@ def test_every_recipe_key_is_a_config_field():
 
     fields = set(flatten(Config().to_dict()))
     assert [k for table in (RECIPE, *RECIPE_OF_TABLE.values()) for k in table if k not in fields] == []
+
+
+def test_fine_tuning_settings_that_differ_from_the_papers_are_printed_under_the_table(tmp_path):
+    """Issue 31: a demo fine-tunes on a few hundred examples for a few epochs at one LR, a budget that decides what
+    its columns measure, so each protocol setting (as the summaries record it) that differs from the paper's Table
+    10 is listed with the pretraining ones, as `finetune.<setting>`; a task whose paper recipe differs (RACE's stand-in)
+    is held to its own, and named where the settings differ between tasks. The paper's own protocol lists none."""
+    from analysis.render import deviation_lines
+
+    def protocol(folder: Path, settings: dict) -> None:
+        for summary in folder.glob("*/seed_*/finetune*/*/summary.json"):
+            summary.write_text(json.dumps({**json.loads(summary.read_text()), "protocol_settings": settings}))
+
+    ppl = {"full": [40.0, 40.4, 40.2], "doc": [38.0, 38.4, 38.1]}
+    scores = {"full": [60.0, 61.0, 62.0], "doc": [61.0, 62.0, 63.0]}
+    demo = {"max_train_examples": 500, "epochs": 10, "lrs": [3e-4], "batch_sizes": [16], "seeds": 1,
+            "max_seq_len": 128, "warmup_ratio": 0.06}
+    folder = write_study(tmp_path / "demo", 2, FORMATS, [0, 1, 2], ppl, scores=scores, random_init={"full": [50] * 3})
+    add_task(folder, "gap_sentence", scores, {"full": [40.0] * 3}, majority=25.0)
+    protocol(folder, demo)
+    lines = dict(line.split(": ", 1) for line in deviation_lines(make_table(folder)))
+    assert lines["finetune.max_train_examples"].startswith("500 (paper: all; Table 10"), lines
+    assert lines["finetune.seeds"].startswith("1 (paper: 5; "), lines
+    assert lines[f"finetune.lrs ({TASK})"].startswith("0.0003 (paper: 1e-05, 2e-05, 3e-05; "), lines
+    assert lines["finetune.lrs (gap_sentence)"].startswith("0.0003 (paper: 1e-05; fairseq's RACE recipe"), lines
+    assert "finetune.epochs" not in lines and f"finetune.epochs ({TASK})" not in lines  # 10, as the paper's GLUE
+    assert lines["finetune.epochs (gap_sentence)"].startswith("10 (paper: 5; "), lines
+
+    paper = {"max_train_examples": 0, "epochs": 10, "lrs": [1e-5, 2e-5, 3e-5], "batch_sizes": [16, 32], "seeds": 5,
+             "max_seq_len": 512}
+    folder = write_study(tmp_path / "paper", 2, FORMATS, [0, 1, 2], ppl, scores=scores, random_init={"full": [50] * 3})
+    protocol(folder, paper)
+    assert [line for line in deviation_lines(make_table(folder)) if line.startswith("finetune.")] == []

@@ -3,7 +3,8 @@
   <run>/finetune/<task>/seed_<j>.json   one fine-tuning seed: every (lr, batch) configuration's best dev epoch
                                         and metrics, the seed's best configuration, data source, wall time
   <run>/finetune/<task>/summary.json    the configuration with the best median over seeds, its per-seed values,
-                                        median / min / max, data source, protocol, the majority-class score (what
+                                        median / min / max, data source, protocol (its name and settings), the
+                                        majority-class score (what
                                         a constant prediction scores); "n/a offline" when the task has no data
                                         offline
 With `init="random"` the same encoder is fine-tuned from a random init, into <run>/finetune-random-init/<task>/.
@@ -216,8 +217,8 @@ def finetune(run_dir: Path, task: str, data_dir: Path | str | None = None, proto
     run = load_run(run_dir, weights=init == "pretrained")
     out = results_dir(run_dir, task, init)
     data = load_task_data(spec, data_dir, run.config.data)
-    common = {"task": task, "metric": spec.metric, "protocol": proto.name, "init": init,
-              "pretrain_status": run.status}
+    common = {"task": task, "metric": spec.metric, "protocol": proto.name, "protocol_settings": proto.to_dict(),
+              "init": init, "pretrain_status": run.status}
     if data is None:
         summary = {**common, "data_source": NA_OFFLINE, "status": NA_OFFLINE, "n_seeds": 0, "values": [],
                    "median": None, "min": None, "max": None}
@@ -227,7 +228,7 @@ def finetune(run_dir: Path, task: str, data_dir: Path | str | None = None, proto
     # What a finished seed must match to be reused: the data, the protocol and the weights it started from.
     checkpoint = run.dir / "checkpoints" / "last.ckpt"
     weights = f"{checkpoint.stat().st_size}:{checkpoint.stat().st_mtime_ns}" if run.weights is not None else init
-    settings = json.loads(json.dumps({**common, "protocol_settings": proto.to_dict(), "weights": weights}))
+    settings = json.loads(json.dumps({**common, "weights": weights}))
     prepared = prepare(spec, data, run, proto)
     common |= {"n_train": len(data.train), "n_dev": len(data.dev), "n_train_used": prepared.n_examples[0],
                "n_dev_used": prepared.n_examples[1], "majority_score": prepared.majority}
