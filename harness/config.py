@@ -20,6 +20,7 @@ from harness.tokens import SPECIAL_TOKENS
 InputFormat = Literal["segment_pair_nsp", "sentence_pair_nsp", "full_sentences", "doc_sentences"]
 Masking = Literal["static", "dynamic"]
 TokenizerKind = Literal["byte_bpe", "wordpiece"]
+Splitter = Literal["punkt", "blingfire"]
 NSP_FORMATS = ("segment_pair_nsp", "sentence_pair_nsp")
 
 
@@ -65,6 +66,9 @@ class DataConfig:
     """Share of documents held out for validation perplexity, chosen by document hash."""
     decode_errors: Literal["strict", "replace"] = "strict"
     """User corpora: 'strict' stops at undecodable bytes naming file and offset; 'replace' substitutes and counts."""
+    splitter: Splitter = "punkt"
+    """Sentence splitter for prose: punkt (NLTK's, trained on the corpus; every measured table) or blingfire (compiled,
+    nothing to train, ~2x faster end to end; other boundaries, so another corpus: README, Data)."""
 
     def __post_init__(self) -> None:
         _check(self.input_format in get_args(InputFormat), "data.input_format", f"one of {list(get_args(InputFormat))}",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -131,7 +130,7 @@ def _two_processes_gain(cache: Path) -> dict:
     on the first GAIN_MB of a prepared corpus (its own splitter and tokenizer), each the fastest of GAIN_REPEATS: 2.0
     on a perfectly parallel machine."""
     documents = next((cache / "sentences").glob("*/documents.txt"))
-    splitter = next((cache / "splitters").glob("*.pickle"))
+    splitter = next((cache / "splitters").glob("*.json"))
     tokenizer = next((cache / "binarized").glob("*/tokenizer.json"))
     text = []
     for block in blocks(documents, b"\n\n"):
@@ -144,7 +143,7 @@ def _two_processes_gain(cache: Path) -> dict:
              for docs in documents_of]
     encode = [(block, np.zeros(len(docs), dtype=bool), "uint16") for block, docs in zip(text, documents_of)]
     gain = {}
-    for stage, items, setup in (("split", spool, (_use_splitter, pickle.loads(splitter.read_bytes()))),
+    for stage, items, setup in (("split", spool, (_use_splitter, str(splitter))),
                                 ("encode", encode, (_use_tokenizer, str(tokenizer)))):
         times = {n: min(_timed_in_processes(n, setup, stage, items) for _ in range(GAIN_REPEATS)) for n in (1, 2)}
         gain[stage] = round(2 * times[1] / times[2], 2)

@@ -8,16 +8,20 @@ SHARD_BYTES of text each (harness.data.shards). Preparing a corpus:
    of about SHARD_BYTES; the user's files are gathered in groups (several at once on `workers` processes), each keyed
    by its files' bytes, so a crash or an undecodable byte in one file leaves the groups before it spooled for the
    re-run;
-2. train NLTK's Punkt sentence splitter unsupervised on a sample spread over the whole corpus (no download);
+2. train the Punkt sentence splitter unsupervised on a sample spread over the whole corpus (no download; NLTK's
+   Punkt, reimplemented in harness.data.punkt to make the same decisions faster), or, with `splitter="blingfire"`,
+   use that compiled splitter as it comes (nothing to train);
 3. split each piece into sentences, dropping empty ones and empty documents: a sentence shard, named by the piece
-   and the splitter, so a re-run splits only the missing ones. Shards are split here, one after another on `workers`
+   and the splitter, so a re-run splits only the missing ones. Documents already split (Brown, or the user's files of
+   one sentence per line) are not split again. Shards are split here, one after another on `workers`
    processes (a bounded window of blocks at a time, written back in order), or as a SLURM job array. The text is the
    same byte for byte with any number of workers, any shard size and either backend. Beside its text each shard
    keeps its documents' keys (DOCUMENT_KEYS: content hashes, sentences, bytes), so later passes need not read the
    text to know them.
 
-The corpus is cached under `cache_root()/corpus/<name>-<key>/` (shards.json, stats.json); the key hashes everything
-the text depends on, so a second prepare is a no-op and downstream caches can key on it.
+The corpus is cached under `cache_root()/corpus/<name>-<key>/` (shards.json, stats.json, timing.json); the key hashes
+everything the text depends on (the splitter where it is not the default), so a second prepare is a no-op and
+downstream caches can key on it.
 """
 
 import hashlib
@@ -25,7 +29,6 @@ import importlib.metadata
 import itertools
 import json
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -38,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from harness.data.punkt import Punkt
 from harness.data.shards import (
     SHARD_BYTES,
     Backend,
@@ -69,7 +73,8 @@ from harness.files import cache_root
 # Of the normaliser and the corpus layout: bump it whenever the text a corpus gets, or how it is stored, could change,
 # so old caches are not reused. 4: sentence shards. 5: each shard's keys.npy, each spool piece's paragraph count.
 VERSION = 5
-SAMPLE_BYTES = 3_000_000  # Punkt training text: ~8 s, and enough to learn the abbreviations of the corpus
+SAMPLE_BYTES = 3_000_000  # Punkt training text: ~1.5 s, and enough to learn the abbreviations of the corpus
+SPLITTERS = ("punkt", "blingfire")  # data.splitter's values (harness.config.Splitter)
 # Titles written before a name. Punkt cannot learn these from a corpus that mixes American "Mr." with British
 # "Mr" (BBC, much of the news): seen mostly without a period they do not look like abbreviations, and every
 # "Mr. Smith" would be split after "Mr.".
@@ -120,17 +125,19 @@ Stream = Iterable[tuple[bool, Document]]  # (presplit, document) pairs from one 
 
 
 def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = False, workers: int | None = None,
-                   backend: Backend | None = None, shard_bytes: int = SHARD_BYTES) -> Corpus:
-    """Build (or find in the cache) the corpus `spec`: "demo", "tiny", or a .txt/.jsonl file or folder of them.
-    `workers`: cores that split sentences (None: every core), or with `backend` where the shards are split; the
-    result does not depend on either, nor on `shard_bytes`.
+                   backend: Backend | None = None, shard_bytes: int = SHARD_BYTES, splitter: str = "punkt") -> Corpus:
+    """Build (or find in the cache) the corpus `spec`: "demo", "tiny", or a .txt/.jsonl file or folder of them, its
+    prose split into sentences by `splitter` (SPLITTERS). `workers`: cores that split sentences (None: every core), or
+    with `backend` where the shards are split; the result does not depend on either, nor on `shard_bytes`.
 
     A folder that is itself called demo or tiny is given as ./demo or ./tiny."""
     if decode_errors not in ("strict", "replace"):
         raise UserError(f"data.decode_errors: expected 'strict' or 'replace', got {decode_errors!r}")
+    if splitter not in SPLITTERS:
+        raise UserError(f"data.splitter: expected one of {list(SPLITTERS)}, got {splitter!r}")
     backend = backend or Backend(workers=workers or os.cpu_count() or 1)
     if spec in REGISTRY_CORPORA:
-        name, key = spec, _registry_key(spec)
+        name, key = spec, _registry_key(spec, splitter)
         downloads = cache_root() / "downloads"
         sources = [p.source.name for p in REGISTRY_CORPORA[spec]]
         units = [_Unit(key, lambda: _registry_stream(spec, downloads))]
@@ -138,7 +145,7 @@ def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = Fal
         root = Path(spec).expanduser()
         if not root.exists():
             raise UserError(f"{spec}: no such file or folder (expected 'demo', 'tiny', or a path to .txt/.jsonl text)")
-        user_files = _UserFiles(root, decode_errors)
+        user_files = _UserFiles(root, decode_errors, splitter)
         if not any(f.stat().st_size for f in user_files.files):  # nothing to read: one line, before any work
             raise UserError(f"{spec}: no documents after normalisation (expected non-blank text)")
         name, key, sources, units = user_files.name, user_files.key(), [user_files.name], user_files.units(shard_bytes)
@@ -149,7 +156,7 @@ def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = Fal
         with locked(cache_root() / "locks" / f"corpus-{name}-{key}"):
             if not (final / "stats.json").exists():
                 try:
-                    _build(final, name, sources, units, backend, shard_bytes, verbose)
+                    _build(final, name, sources, units, backend, shard_bytes, splitter, verbose)
                 except FetchError as e:  # offline, or a registry serving other bytes: one line, not a traceback
                     raise UserError(f"{spec}: a source could not be fetched ({e})") from None
     if json.loads((final / "stats.json").read_text())["documents"] == 0:  # built now or cached by an earlier run
@@ -190,15 +197,18 @@ def _load(folder: Path, key: str) -> Corpus:
                   json.loads((folder / "stats.json").read_text()))
 
 
-def _fingerprint() -> dict:
-    # The splitter and the wikitext parser decide sentence boundaries and text, so their versions are pinned too.
+def _fingerprint(splitter: str = "punkt") -> dict:
+    # The splitter and the wikitext parser decide sentence boundaries and text, so their versions are pinned too:
+    # nltk's, whose Punkt and Treebank detokenizer harness.data.punkt and .sources reproduce (tests compare them with
+    # the installed nltk). Another splitter is named only where it is chosen, so Punkt corpora keep their keys.
     versions = {package: importlib.metadata.version(package) for package in ("nltk", "mwparserfromhell")}
-    return {"version": VERSION, **versions}
+    chosen = {} if splitter == "punkt" else {"splitter": splitter, splitter: importlib.metadata.version(splitter)}
+    return {"version": VERSION, **versions, **chosen}
 
 
-def _registry_key(name: str) -> str:
+def _registry_key(name: str, splitter: str = "punkt") -> str:
     parts = [[p.source.pin, p.start, p.stop, p.step] for p in REGISTRY_CORPORA[name]]
-    blob = json.dumps({**_fingerprint(), "name": name, "parts": parts}, sort_keys=True)
+    blob = json.dumps({**_fingerprint(splitter), "name": name, "parts": parts}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -219,7 +229,7 @@ def _normalise(text: str) -> str:
     return " ".join(_CONTROL.sub("", unicodedata.normalize("NFC", text)).split())
 
 
-# ---- building: gather, train Punkt, split ---------------------------------------------------------------------
+# ---- building: gather, train the splitter, split ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -234,10 +244,10 @@ class _Unit:
 
 
 def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backend: Backend, shard_bytes: int,
-           verbose: bool) -> None:
+           splitter: str, verbose: bool) -> None:
     """1. gather each unit into spool pieces of about shard_bytes of text (a unit already spooled is skipped);
-    2. train Punkt on a sample spread over all of them; 3. split each piece into a sentence shard (the missing ones,
-    on `backend`); 4. publish the list of shards and the stats. Every step's output survives a crash."""
+    2. train Punkt on a sample spread over all of them (splitter punkt); 3. split each piece into a sentence shard (the
+    missing ones, on `backend`); 4. publish the list of shards and the stats. Every step's output survives a crash."""
     for folder in ("spool", "sentences", "splitters", "corpus"):  # what killed runs left half-written
         sweep(cache_root() / folder)
     t0 = time.perf_counter()
@@ -256,14 +266,16 @@ def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backe
              f"spooled, in {sum(m['pieces'] for m in metas)} piece(s)  ({t1 - t0:.1f} s)")
     pieces = [(folder, i) for folder, meta in zip(spools, metas) for i in range(meta["pieces"])]
     paragraphs = [n for meta in metas for n in meta["paragraphs"]]
-    splitter = _train_splitter(pieces, paragraphs, sum(sum(meta["paragraph_chars"]) for meta in metas),
-                               min(len(pieces), cores), verbose)
+    if splitter == "punkt":
+        spec, label = _train_splitter(pieces, paragraphs, sum(sum(meta["paragraph_chars"]) for meta in metas),
+                                      min(len(pieces), cores), verbose)
+    else:  # a splitter that comes trained: its name and version are its identity
+        spec, label = splitter, f"{splitter}-{importlib.metadata.version(splitter)}"
     started = time.perf_counter()
     store = cache_root() / "sentences"
     store.mkdir(parents=True, exist_ok=True)
-    shards = [hashlib.sha256(f"{VERSION} {folder.name} {i} {splitter.name}".encode()).hexdigest()[:16]
-              for folder, i in pieces]
-    todo = [(split_shard, (str(folder / f"{i:05d}.jsonl"), str(splitter), str(store / shard)))
+    shards = [hashlib.sha256(f"{VERSION} {folder.name} {i} {label}".encode()).hexdigest()[:16] for folder, i in pieces]
+    todo = [(split_shard, (str(folder / f"{i:05d}.jsonl"), spec, str(store / shard)))
             for (folder, i), shard in zip(pieces, shards, strict=True) if not (store / shard).exists()]
     run_tasks(todo, "split sentences", backend, verbose)
     totals = {"documents": 0, "sentences": 0, "bytes": 0}
@@ -349,17 +361,16 @@ def _gather(unit: _Unit, shard_bytes: int) -> Path:
 def split_shard(spool: str, splitter: str, out: str, workers: int) -> None:
     """One spool piece split into sentences: `out`/documents.txt (one sentence per line, a blank line between
     documents), `out`/keys.npy (DOCUMENT_KEYS, a row per document) and `out`/stats.json ({source index: bytes,
-    documents, sentences}). A task of the split stage: blocks of the piece are split on `workers` processes and
-    written back in order."""
-    with open(splitter, "rb") as f:
-        punkt = pickle.load(f)
+    documents, sentences}). `splitter`: the file of Punkt's parameters, or the name of a splitter that needs none. A
+    task of the split stage: blocks of the piece are split on `workers` processes and written back in order."""
     tmp = temporary(Path(out))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     stats: dict[int, dict] = {}
     keys = []
     with open(tmp / "documents.txt", "wb") as f:
-        for done, block_keys in ordered_map(_split_block, blocks(Path(spool), b"\n"), workers, _use_splitter, (punkt,)):
+        for done, block_keys in ordered_map(_split_block, blocks(Path(spool), b"\n"), workers, _use_splitter,
+                                            (splitter,)):
             for (index, text), n_sentences in zip(done, block_keys["sentences"], strict=True):
                 counts = stats.setdefault(index, {"bytes": 0, "documents": 0, "sentences": 0})
                 f.write(b"\n" + text if f.tell() else text)
@@ -372,18 +383,39 @@ def split_shard(spool: str, splitter: str, out: str, workers: int) -> None:
     publish(tmp, Path(out))
 
 
-def _split_document(splitter, presplit: bool, units: Document) -> list[str]:
-    """A document's sentences: Punkt on each paragraph unless the source split it already; no empty or word-less one."""
+class Blingfire:
+    """blingfire's compiled finite-state sentence splitter (data.splitter=blingfire): nothing to train or download.
+    Its output puts one sentence per line."""
+
+    def __init__(self):
+        import blingfire  # loads its shared library: only where chosen
+
+        self._split = blingfire.text_to_sentences
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._split(text).split("\n")
+
+
+def load_splitter(spec: str) -> Punkt | Blingfire:
+    """The splitter a split task names: "blingfire", or the path of Punkt's parameters (`_train_splitter`)."""
+    if spec == "blingfire":
+        return Blingfire()
+    return Punkt.from_learned(json.loads(Path(spec).read_text()))
+
+
+def _split_document(splitter: Punkt | Blingfire, presplit: bool, units: Document) -> list[str]:
+    """A document's sentences: the splitter on each paragraph unless the source split it already; no empty or
+    word-less one."""
     sentences = units if presplit else [s for u in units for s in splitter.tokenize(u)]
     return [s for s in map(_normalise, sentences) if _HAS_WORD.search(s)]
 
 
-_SPLITTER = None  # the splitter of a splitting process, set once when it starts
+_SPLITTER: Punkt | Blingfire | None = None  # the splitter of a splitting process, loaded once when it starts
 
 
-def _use_splitter(splitter) -> None:
+def _use_splitter(spec: str) -> None:
     global _SPLITTER
-    _SPLITTER = splitter
+    _SPLITTER = load_splitter(spec)
 
 
 def _split_block(block: bytes) -> tuple[list[tuple[int, bytes]], np.ndarray]:
@@ -415,38 +447,33 @@ def _read_spool(spool: Path) -> Iterator[tuple[int, bool, Document]]:
 
 
 def _train_splitter(pieces: list[tuple[Path, int]], paragraphs: list[int], paragraph_chars: int, workers: int,
-                    verbose: bool) -> Path:
+                    verbose: bool) -> tuple[str, str]:
     """Punkt trained on every k-th paragraph of the spool `pieces` (holding `paragraphs` each), k chosen so the sample
     is about SAMPLE_BYTES of their `paragraph_chars`; the pieces are read on `workers` processes. Saved, for the split
-    tasks, under a name that hashes what it learned."""
-    from nltk.tokenize.punkt import PunktSentenceTokenizer, PunktTrainer  # importing nltk takes ~3 s (scipy)
-
+    tasks, under a name that hashes what it learned. Returns (that file, the splitter's name in shard names)."""
     if paragraph_chars == 0:  # everything is split already; the splitter is never used
-        splitter = PunktSentenceTokenizer()
+        punkt = Punkt()
     else:
         stride = max(1, -(-paragraph_chars // SAMPLE_BYTES))
         before = itertools.accumulate(paragraphs, initial=0)  # paragraphs in the pieces before each
         items = [(folder / f"{i:05d}.jsonl", -n % stride, stride) for (folder, i), n in zip(pieces, before)]
         sample = "\n\n".join(p for part in ordered_map(_every_kth_paragraph, items, workers) for p in part)
         started = time.perf_counter()
-        trainer = PunktTrainer()
-        trainer.train(sample, finalize=True)
+        punkt = Punkt.train(sample)
         if verbose:
             _log(f"  trained the Punkt sentence splitter on {len(sample) / 1e6:.1f} M chars"
                  f"  ({time.perf_counter() - started:.1f} s)")  # fmt: skip
-        params = trainer.get_params()
-        params.abbrev_types.update(TITLE_ABBREVIATIONS)
-        splitter = PunktSentenceTokenizer(params)
-    p = splitter._params
-    learned = [sorted(p.abbrev_types), sorted(map(list, p.collocations)), sorted(p.sent_starters),
-               sorted(p.ortho_context.items())]
-    path = cache_root() / "splitters" / f"{hashlib.sha256(json.dumps(learned).encode()).hexdigest()[:16]}.pickle"
+        punkt.abbrev_types.update(TITLE_ABBREVIATIONS)
+    learned = punkt.learned()
+    digest = hashlib.sha256(json.dumps(learned).encode()).hexdigest()[:16]
+    path = cache_root() / "splitters" / f"{digest}.json"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temporary(path)
-        tmp.write_bytes(pickle.dumps(splitter))
+        tmp.write_text(json.dumps(learned, ensure_ascii=False))
         publish(tmp, path)
-    return path
+    # The name is the file name nltk's pickled splitter had: the shard names hash it, so they stay as they were.
+    return str(path), f"{digest}.pickle"
 
 
 def _file_hash(path: Path) -> str:
@@ -475,9 +502,10 @@ _DETECT_LINES = 500  # lines looked at to decide whether a .txt file is one sent
 class _UserFiles:
     """A .txt/.jsonl file or a folder of them (searched recursively), read as documents."""
 
-    def __init__(self, root: Path, decode_errors: str):
+    def __init__(self, root: Path, decode_errors: str, splitter: str = "punkt"):
         self.root = root
         self.decode_errors = decode_errors
+        self.splitter = splitter
         self.replacements = 0  # U+FFFD substituted for undecodable bytes, with decode_errors=replace
         if root.is_file():
             if root.suffix not in _SUFFIXES:
@@ -494,10 +522,10 @@ class _UserFiles:
         self.name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "corpus"
 
     def key(self) -> str:
-        """sha256 over the sorted relative paths and each file's content hash, the decode setting and the normaliser
-        version. A file's hash is kept (`_file_hash`), so a run that starts on an unchanged corpus of many GB reads
-        no text to find its key."""
-        h = hashlib.sha256(json.dumps({**_fingerprint(), "decode_errors": self.decode_errors}).encode())
+        """sha256 over the sorted relative paths and each file's content hash, the decode setting, the normaliser
+        version and the splitter. A file's hash is kept (`_file_hash`), so a run that starts on an unchanged corpus of
+        many GB reads no text to find its key."""
+        h = hashlib.sha256(json.dumps({**_fingerprint(self.splitter), "decode_errors": self.decode_errors}).encode())
         for path in self.files:
             h.update(f"{self._relative(path)}\0{_file_hash(path)}\0".encode())
         return h.hexdigest()[:16]
@@ -516,6 +544,7 @@ class _UserFiles:
         return [self._unit(files) for files in groups]
 
     def _unit(self, files: list[Path]) -> _Unit:
+        # the spool holds the text before splitting: any splitter's corpus of these files reads it
         h = hashlib.sha256(json.dumps({**_fingerprint(), "decode_errors": self.decode_errors}).encode())
         for path in files:
             h.update(f"{self._relative(path)}\0{_file_hash(path)}\0".encode())
@@ -568,9 +597,7 @@ class _UserFiles:
             lines = list(itertools.islice((line for line in stripped if line), _DETECT_LINES))
         if not lines:
             return False
-        from nltk.tokenize.punkt import PunktSentenceTokenizer  # importing nltk takes ~3 s (scipy)
-
-        punkt = PunktSentenceTokenizer()
+        punkt = Punkt()
         whole = sum(len(punkt.tokenize(line)) == 1 for line in lines)
         ended = sum(bool(_ENDS_SENTENCE.search(line)) for line in lines)
         return whole >= 0.8 * len(lines) and ended >= 0.5 * len(lines)

@@ -127,7 +127,7 @@ def prepare(cfg: DataConfig, verbose: bool = False, workers: int | None = None, 
     check_paths(cfg)  # before any work
     backend = backend or Backend(workers=workers or os.cpu_count() or 1)
     corpus = prepare_corpus(cfg.corpus, decode_errors=cfg.decode_errors, verbose=verbose, backend=backend,
-                            shard_bytes=shard_bytes)
+                            shard_bytes=shard_bytes, splitter=cfg.splitter)
     kind = "given" if cfg.tokenizer_path else f"{cfg.tokenizer}-{cfg.vocab_size}"
     out = cache_root() / "binarized" / f"{kind}-{_key(corpus, cfg)}"
     if not (out / "meta.json").exists():
@@ -154,7 +154,7 @@ def held_out(keys: np.ndarray, valid_fraction: float) -> np.ndarray:
 def held_out_documents(cfg: DataConfig) -> Iterator[list[str]]:
     """The text of the valid split's documents, in corpus order, each as its list of sentences: text no run trains
     on, which the built fine-tuning tasks (harness.finetune.built) are made of."""
-    corpus = prepare_corpus(cfg.corpus, decode_errors=cfg.decode_errors)
+    corpus = prepare_corpus(cfg.corpus, decode_errors=cfg.decode_errors, splitter=cfg.splitter)
     valid = held_out(np.concatenate([np.load(s.with_name("keys.npy")) for s in corpus.shards]), cfg.valid_fraction)
     for document, is_valid in zip(corpus.documents(), valid, strict=True):
         if is_valid:

@@ -114,7 +114,7 @@ def load_built(name: str, data: DataConfig) -> tuple[list, list]:
     from harness.data.corpus import prepare_corpus
     from harness.data.pipeline import held_out_documents
 
-    corpus = prepare_corpus(data.corpus, decode_errors=data.decode_errors)
+    corpus = prepare_corpus(data.corpus, decode_errors=data.decode_errors, splitter=data.splitter)
     folder = cache_root() / "finetune" / f"{name}-v{VERSION}-{corpus.key}-{data.valid_fraction:g}"
     if not (folder / "dev.jsonl").exists():
         documents = list(held_out_documents(data))
