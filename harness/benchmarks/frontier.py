@@ -151,11 +151,11 @@ PANELS = (
     Panel("Diagnostics: why SEGMENT-PAIR+NSP stays on the plateau", ("diag-nsp-off", "diag-doc"),
           baseline="demo-t2-reference"),
 )
-# The demo's chosen design, drawn bold and labelled at its line's end: the candidate closest to configs/demo.yaml
+# The demo's chosen design, drawn bold and labelled at its line's end: the candidates closest to configs/demo.yaml
 # on FULL-SENTENCES, and each table's arm at the design its experiment file runs.
-CHOSEN = {"wsd-mask40": "~ configs/demo.yaml", "t2-seq64": "Table 2 reference", "t1-full-500k-4masks":
-          "Table 1 reference", "demo-t3-bs128": "Table 3, batch 128", "demo-t3-bs512": "Table 3, batch 512",
-          "demo-t4-small": "Table 4 reference"}
+CHOSEN = {"wsd-1e-3": "demo schedule", "wsd-mask40": "demo design", "t2-seq64": "Table 2 ref.",
+          "t1-full-500k-4masks": "Table 1 ref.", "demo-t3-bs128": "Table 3, b128", "demo-t3-bs512": "Table 3, b512",
+          "demo-t4-small": "Table 4 ref."}
 
 
 class CpuClock(L.Callback):
@@ -317,8 +317,9 @@ def plot(data: dict, path: Path = PLOT) -> None:
                 xs, ys = [p[x] / scale for p in points], [p["ratio"] for p in points]
                 ax.plot(xs, ys, color=colour, label=label, **style)
                 if kind == "chosen":
-                    ax.annotate(CHOSEN[name], (xs[-1], ys[-1]), xytext=(5, 0), textcoords="offset points",
-                                va="center", fontsize=9, fontweight="bold", color=colour, annotation_clip=False)
+                    ax.annotate(f"{CHOSEN[name]}: {ys[-1]:.2f}", (xs[-1], ys[-1]), xytext=(6, 0),
+                                textcoords="offset points", va="center", fontsize=9, fontweight="bold", color=colour,
+                                bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8), zorder=4)
         for ax in row:
             ax.axhline(1.0, color="grey", lw=0.8, ls="--")
             ax.axhline(0.9, color="grey", lw=0.8, ls=":")
@@ -329,19 +330,22 @@ def plot(data: dict, path: Path = PLOT) -> None:
         row[0].set_title(panel.title, loc="left", fontsize=11, fontweight="bold")
         row[0].set_ylabel("yardstick / unigram")
         row[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    for ax, x, scale in zip(axes[0], ("cpu_min", "tokens"), (1, 1e6)):  # room right of the lines for their labels
+        ax.set_xlim(0, 1.25 * max(c["points"][-1][x] for c in candidates.values()) / scale)
     axes[-1][0].set_xlabel("training CPU-minutes (one thread)")
     axes[-1][1].set_xlabel("tokens seen (millions)")
     refs = [plt.Line2D([], [], color="grey", lw=0.8, ls="--", label="1.0: the unigram (no context)"),
             plt.Line2D([], [], color="grey", lw=0.8, ls=":", label="0.9: the signal threshold")]
     if bigram:
         refs.append(plt.Line2D([], [], color="black", lw=0.8, ls="-.", label=f"{bigram:.3f}: the left-bigram model"))
-    refs.append(plt.Line2D([], [], color="black", lw=3, label="bold: the demo's chosen design"))
+    refs += [plt.Line2D([], [], color="black", lw=3, label="bold, labelled: the demo's chosen design"),
+             plt.Line2D([], [], color="0.6", lw=3, alpha=0.45, label="grey: the run a row's levers change")]
     fig.legend(handles=refs, loc="upper center", ncol=len(refs), bbox_to_anchor=(0.5, 0.985), frameon=False)
     fig.suptitle("The learning frontier of the demo designs on the demo corpus (FULL-SENTENCES unless named; seed 0)",
                  fontsize=13, y=0.998)
     fig.tight_layout(rect=(0, 0, 1, 0.975))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
