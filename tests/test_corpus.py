@@ -239,3 +239,37 @@ def test_a_bad_byte_keeps_the_groups_before_it_and_the_rerun_resumes(tmp_path, o
     assert read in (["2.txt", "3.txt"], ["2.txt"])
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "fresh"))
     assert list(prepare_corpus(str(root)).documents()) == list(corpus.documents())
+
+
+def test_normalising_a_document_at_once_equals_each_text_alone():
+    """_normalise_all (a document's texts joined, normalised in one go) and _renormalise_all (pieces of normalised
+    text: presplit sentences, Punkt's cuts) give what _normalise gives each text, on random strings of the characters
+    where it could go wrong: accents after a letter or a control character, Hangul jamo that compose, every kind of
+    whitespace and line break, controls, and the separator itself."""
+    import random
+
+    from harness.data.corpus import _normalise, _normalise_all, _renormalise_all
+
+    alphabet = ["a", "e", "c", "Z", ".", " ", "  ", "\t", "\n", "\r", "\x0b", "\x85", "\u2028", "\u00a0", "\u3000",
+                "\u0301", "\u0327", "\x00", "\x01", "\x1c", "\x7f", "\u1100", "\u1161", "\u11a8", "\ue000", "\ufffd"]
+    rng = random.Random(0)
+
+    def text(n: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, n)))
+
+    for _ in range(5000):
+        texts = [text(8) for _ in range(rng.randint(0, 6))]
+        assert _normalise_all(texts) == [t for t in map(_normalise, texts) if t], texts
+        whole = _normalise(text(20))
+        cuts = sorted(rng.sample(range(len(whole) + 1), min(len(whole) + 1, rng.randint(0, 4))))
+        pieces = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)])]
+        assert _renormalise_all(pieces) == [t for t in map(_normalise, pieces) if t], pieces
+
+
+def test_registry_documents_parsed_on_two_processes_come_back_the_same():
+    from harness.data.corpus import _registry_stream
+    from harness.files import cache_root
+
+    prepare_corpus("tiny")  # its archives
+    downloads = cache_root() / "downloads"
+    assert list(_registry_stream("tiny", downloads, 2)) == list(_registry_stream("tiny", downloads, 1))

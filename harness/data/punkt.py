@@ -73,7 +73,7 @@ _PUNCTUATION = tuple(";:,.!?")  # PunktSentenceTokenizer.PUNCTUATION: sentences 
 ABBREV, ABBREV_BACKOFF, COLLOCATION, SENT_STARTER, MIN_COLLOC_FREQ = 0.3, 5, 7.88, 30, 1
 
 _WHITESPACE_BUT_SPACE = string.whitespace.replace(" ", "")
-_MEMO_LIMIT = 1 << 20  # decisions remembered per splitter before the memo starts afresh: bounded memory
+_MEMO_LIMIT = 1 << 18  # decisions remembered before the memo starts afresh (~40 MB; the demo has 144K contexts)
 
 
 def _type(tok: str) -> str:

