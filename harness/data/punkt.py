@@ -136,13 +136,14 @@ class Punkt:
         """(start, end) of each sentence: nltk's span_tokenize, boundaries realigned."""
         slices = []
         last = 0
+        decided = self._decided
         for match, context in self._candidates(text):
-            decided = self._decided.get(context)
-            if decided is None:
-                if len(self._decided) >= _MEMO_LIMIT:
-                    self._decided.clear()
-                decided = self._decided[context] = self._breaks(context)
-            if decided:
+            breaks = decided.get(context)
+            if breaks is None:
+                if len(decided) >= _MEMO_LIMIT:
+                    decided.clear()
+                breaks = decided[context] = self._breaks(context)
+            if breaks:
                 slices.append((last, match.end()))
                 last = match.start("next_tok") if match.group("next_tok") else match.end()
         slices.append((last, len(text.rstrip())))
@@ -152,23 +153,23 @@ class Punkt:
         for k, (start, stop) in enumerate(slices):
             start += realign
             if k + 1 == len(slices):
-                if text[start:stop]:
+                if start < stop:
                     out.append((start, stop))
                 break
             start2, stop2 = slices[k + 1]
-            m = _REALIGN.match(text[start2:stop2])
+            m = _REALIGN.match(text, start2, stop2) if start2 < stop2 else None
             if m:
                 out.append((start, start2 + len(m.group(0).rstrip())))
-                realign = m.end()
+                realign = m.end() - start2
             else:
                 realign = 0
-                if text[start:stop]:
+                if start < stop:
                     out.append((start, stop))
         return out
 
     def _candidates(self, text: str) -> Iterator[tuple[regex.Match, str]]:
         """nltk's _match_potential_end_contexts: each possible boundary that does not overlap the word before the
-        next one, with its context (the word before the mark, the mark, and what follows it)."""
+        next one, with its context (the word before the mark, the mark, and what follows it: one slice)."""
         other_space = any(c in text for c in _WHITESPACE_BUT_SPACE)
         prev_start = prev_stop = 0
         prev = None
@@ -180,15 +181,15 @@ class Punkt:
                 space = max(space, *(text.rfind(c, prev_stop, at) for c in _WHITESPACE_BUT_SPACE))
             start = space + 1 if space > prev_stop else prev_start
             if prev is not None and prev_stop <= start:
-                yield prev, text[prev_start:prev_stop] + prev.group() + prev.group("after_tok")
+                yield prev, text[prev_start:prev.end("after_tok")]
             prev, prev_start, prev_stop = match, start, at
         if prev is not None:
-            yield prev, text[prev_start:prev_stop] + prev.group() + prev.group("after_tok")
+            yield prev, text[prev_start:prev.end("after_tok")]
 
     def _breaks(self, context: str) -> bool:
         """nltk's text_contains_sentbreak: is any token of `context` but the last a sentence break, after both passes
         of annotation?"""
-        toks = [tok for tok, _, _ in _words(context)]
+        toks = _WORD.findall(context) if "\n" not in context else [tok for tok, _, _ in _words(context)]
         first = [self._first_pass(tok) for tok in toks]
         return any(self._second_pass(toks[i], first[i], toks[i + 1], first[i + 1]) for i in range(len(toks) - 1))
 
