@@ -230,7 +230,12 @@ def test_the_default_splitter_keeps_cell_ids():
 
 @pytest.mark.slow
 def test_punkt_and_detokenizer_match_nltk_on_the_whole_demo_corpus():
-    """Every paragraph of the demo corpus (32 M characters) and all 500 Brown samples (~1 min)."""
+    """Every paragraph of the demo corpus (32 M characters), all 500 Brown samples, and its 106 Wikipedia articles
+    rendered from tokens as from mwparserfromhell's tree (~1 min)."""
+    import mwparserfromhell
+
+    from harness.data.sources import WIKIPEDIA, _NotPlain, _render, _render_wikitext, read_wikipedia
+
     prepare_corpus("demo")
     downloads = cache_root() / "downloads"
     paragraphs = [u for _, presplit, units in _registry_stream("demo", downloads) if not presplit
@@ -239,6 +244,15 @@ def test_punkt_and_detokenizer_match_nltk_on_the_whole_demo_corpus():
     _check_against_nltk(paragraphs, sample_every=stride)
     samples = list(read_brown(fetch(BROWN, downloads)))
     assert [parse_brown(raw) for raw in samples] == _with_nltk_detokenizer(lambda: [parse_brown(r) for r in samples])
+    fast = 0
+    for wikitext in read_wikipedia(fetch(WIKIPEDIA, downloads)):
+        try:
+            rendered = _render_wikitext(wikitext)
+        except _NotPlain:
+            continue
+        assert rendered == _render(mwparserfromhell.parse(wikitext))
+        fast += 1
+    assert fast >= 100
 
 
 def test_demo_corpus_key_is_unchanged():

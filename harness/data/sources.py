@@ -13,6 +13,7 @@ import bz2
 import csv
 import hashlib
 import html
+import html.entities
 import io
 import json
 import os
@@ -32,6 +33,9 @@ from typing import Any, Literal
 import mwparserfromhell
 import regex
 from mwparserfromhell.nodes import ExternalLink, HTMLEntity, Tag, Template, Text, Wikilink
+from mwparserfromhell.parser import CTokenizer, use_c
+from mwparserfromhell.parser import tokens as _tok
+from mwparserfromhell.parser.tokenizer import Tokenizer as PyTokenizer
 from mwparserfromhell.wikicode import Wikicode
 
 Document = list[str]  # raw paragraphs, or sentences when Source.presplit
@@ -311,7 +315,11 @@ def read_wikipedia(path: Path) -> Iterator[str]:
 
 def wiki_paragraphs(wikitext: str) -> Document:
     out = []
-    text = _UNPARSED_REF.sub("", _render(mwparserfromhell.parse(wikitext)))
+    try:
+        rendered = _render_wikitext(wikitext)
+    except _NotPlain:
+        rendered = _render(mwparserfromhell.parse(wikitext))
+    text = _UNPARSED_REF.sub("", rendered)
     for line in text.splitlines():
         line = _EMPTY_PARENS.sub("", _PARENS_LEAD.sub("(", _PARENS_TAIL.sub(")", line))).strip()
         if line.startswith(_NOT_PROSE) or len(line.split()) < _WIKI_MIN_WORDS:
@@ -348,9 +356,14 @@ def _render(code: Wikicode) -> str:
 
 
 def _render_template(node: Template) -> str:
-    """The few inline templates whose text belongs to the sentence around them; every other template is dropped."""
-    name = str(node.name).strip().lower()
-    args = [_render(p.value).strip() for p in node.params if not p.showkey]
+    return _template_text(str(node.name), [_render(p.value) for p in node.params if not p.showkey])
+
+
+def _template_text(name: str, args: list[str]) -> str:
+    """The few inline templates whose text belongs to the sentence around them (`name` and the rendered positional
+    arguments); every other template is dropped."""
+    name = name.strip().lower()
+    args = [arg.strip() for arg in args]
     if name == "convert" and len(args) >= 2:  # {{convert|5|km|mi}} -> "5 km"
         return f"{args[0]} {args[1]}"
     if name in {"nowrap", "small"} and args:
@@ -358,6 +371,183 @@ def _render_template(node: Template) -> str:
     if name == "lang" and len(args) >= 2:  # {{lang|fr|texte}} -> "texte"
         return args[1]
     return ""
+
+
+# ---- the same rendering straight from mwparserfromhell's tokens
+# Building the node tree is ~80% of mwparserfromhell.parse (~3.5 of 4.4 CPU-s for the demo's 106 articles) and
+# `_render` reads little of it: these functions walk the token list as its Builder does, node for node, and render as
+# `_render` would. Where `_render` reads a title, name or tag as source text and that is more than plain text, the
+# article is rendered the slow way (_NotPlain). tests/test_corpus.py compares both on every construct; the demo's
+# articles are compared by the slow test of tests/test_punkt.py.
+
+
+class _NotPlain(Exception):
+    """A link title, template name or tag name that is more than text, or tokens the Builder would refuse."""
+
+
+def _render_wikitext(wikitext: str) -> str:
+    """_render(mwparserfromhell.parse(wikitext)), without building the tree."""
+    tokenizer = CTokenizer() if use_c and CTokenizer else PyTokenizer()
+    tokens = tokenizer.tokenize(wikitext, 0, False)  # as Parser.parse tokenizes
+    tokens.reverse()
+    parts = []
+    while tokens:
+        parts.append(_wiki_node(tokens, tokens.pop())[0])
+    return "".join(parts)
+
+
+def _wiki_node(tokens: list, token) -> tuple[str, str | None]:
+    """The node `token` opens, its tokens popped off `tokens` (reversed): (rendered, source text if it is plain)."""
+    kind = type(token)
+    if kind is _tok.Text:
+        return token["text"], token["text"]
+    handler = _WIKI_HANDLERS.get(kind)
+    if handler is None:  # the Builder raises ParserError: let it
+        raise _NotPlain
+    return handler(tokens)
+
+
+def _wiki_until(tokens: list, stops: tuple) -> tuple[str, str | None, object]:
+    """The nodes up to a token of the types `stops`, which is popped: (rendered, source if plain, that token)."""
+    parts, source = [], []
+    while tokens:
+        token = tokens.pop()
+        if type(token) in stops:
+            return "".join(parts), None if source is None else "".join(source), token
+        rendered, raw = _wiki_node(tokens, token)
+        parts.append(rendered)
+        if source is not None:
+            source = None if raw is None else source + [raw]
+    raise _NotPlain  # a node without its close token: the Builder raises ParserError
+
+
+def _wiki_template(tokens: list) -> tuple[str, None]:
+    name, name_source, token = _wiki_until(tokens, (_tok.TemplateParamSeparator, _tok.TemplateClose))
+    args = []
+    while type(token) is _tok.TemplateParamSeparator:
+        value, _, token = _wiki_until(tokens, (_tok.TemplateParamEquals, _tok.TemplateParamSeparator,
+                                               _tok.TemplateClose))
+        showkey = False
+        while type(token) is _tok.TemplateParamEquals:  # key=value: what follows is the value
+            showkey = True
+            value, _, token = _wiki_until(tokens, (_tok.TemplateParamEquals, _tok.TemplateParamSeparator,
+                                                   _tok.TemplateClose))
+        if not showkey:
+            args.append(value)
+    if name_source is None:
+        raise _NotPlain
+    return _template_text(name_source, args), None
+
+
+def _wiki_argument(tokens: list) -> tuple[str, None]:
+    token = None
+    while type(token) is not _tok.ArgumentClose:
+        _, _, token = _wiki_until(tokens, (_tok.ArgumentSeparator, _tok.ArgumentClose))
+    return "", None
+
+
+def _wiki_link(tokens: list, separator: type, close: type) -> tuple[str, str | None, str | None]:
+    """(title, its source if plain, the text after the separator or None): a later separator starts the text again,
+    as in the Builder."""
+    rendered, source, token = _wiki_until(tokens, (separator, close))
+    title = title_source = text = None
+    while type(token) is separator:
+        title, title_source = rendered, source
+        rendered, source, token = _wiki_until(tokens, (separator, close))
+        text = rendered
+    if text is None:
+        return rendered, source, None
+    return title, title_source, text
+
+
+def _wiki_wikilink(tokens: list) -> tuple[str, None]:
+    title, title_source, text = _wiki_link(tokens, _tok.WikilinkSeparator, _tok.WikilinkClose)
+    if title_source is None:
+        raise _NotPlain
+    if _WIKI_HIDDEN_LINK.match(title_source):
+        return "", None
+    return (title if text is None else text), None
+
+
+def _wiki_external_link(tokens: list) -> tuple[str, None]:
+    _, _, title = _wiki_link(tokens, _tok.ExternalLinkSeparator, _tok.ExternalLinkClose)
+    return title or "", None
+
+
+def _wiki_entity(tokens: list) -> tuple[str, str]:
+    token = tokens.pop()
+    if type(token) is _tok.HTMLEntityNumeric:
+        token = tokens.pop()
+        if type(token) is _tok.HTMLEntityHex:
+            value = tokens.pop()["text"]
+            tokens.pop()  # HTMLEntityEnd
+            return chr(int(value, 16)), f"&#{token['char']}{value};"
+        tokens.pop()
+        return chr(int(token["text"])), f"&#{token['text']};"
+    tokens.pop()
+    return chr(html.entities.name2codepoint[token["text"]]), f"&{token['text']};"
+
+
+def _wiki_skip(close: type):
+    def skip(tokens: list) -> tuple[str, None]:  # a heading or a comment: nothing of it is text
+        _wiki_until(tokens, (close,))
+        return "", None
+
+    return skip
+
+
+def _wiki_tag(tokens: list) -> tuple[str, None]:
+    name = contents = None
+    rendered, source = [], []
+    while True:
+        if not tokens:
+            raise _NotPlain
+        token = tokens.pop()
+        kind = type(token)
+        if kind is _tok.TagAttrStart:
+            _wiki_attribute(tokens)
+        elif kind is _tok.TagCloseOpen:
+            name, rendered, source = source, [], []
+        elif kind is _tok.TagOpenClose:
+            contents, rendered, source = "".join(rendered), [], []
+        elif kind is _tok.TagCloseSelfclose:
+            name = source
+            break
+        elif kind is _tok.TagCloseClose:
+            break
+        else:
+            r, raw = _wiki_node(tokens, token)
+            rendered.append(r)
+            source = None if source is None or raw is None else source + [raw]
+    if name is None:
+        raise _NotPlain
+    tag = "".join(name).strip().lower()
+    if tag in _WIKI_LIST_TAGS:
+        return _LIST_MARK, None
+    if tag == "br":
+        return " ", None
+    return ("" if tag in _WIKI_DROP_TAGS or contents is None else contents), None
+
+
+def _wiki_attribute(tokens: list) -> None:
+    """Up to the next attribute or the end of the opening tag (left on `tokens`): nothing of it is rendered."""
+    while tokens:
+        token = tokens.pop()
+        kind = type(token)
+        if kind in (_tok.TagAttrStart, _tok.TagCloseOpen, _tok.TagCloseSelfclose):
+            tokens.append(token)
+            return
+        if kind not in (_tok.TagAttrEquals, _tok.TagAttrQuote):
+            _wiki_node(tokens, token)
+    raise _NotPlain
+
+
+_WIKI_HANDLERS = {
+    _tok.TemplateOpen: _wiki_template, _tok.ArgumentOpen: _wiki_argument, _tok.WikilinkOpen: _wiki_wikilink,
+    _tok.ExternalLinkOpen: _wiki_external_link, _tok.HTMLEntityStart: _wiki_entity,
+    _tok.HeadingStart: _wiki_skip(_tok.HeadingEnd), _tok.CommentStart: _wiki_skip(_tok.CommentEnd),
+    _tok.TagOpenOpen: _wiki_tag,
+}
 
 
 _NEWS_MIN_CHARS = 300  # shorter rows are empty or a teaser line, not an article
