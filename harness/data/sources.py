@@ -246,7 +246,9 @@ _SOTU_AUDIENCE = re.compile(r"\s*\((?:applause|laughter)\.?\)", re.IGNORECASE)
 def read_sotu(path: Path) -> Iterator[Document]:
     """State of the Union addresses 1790-2021: one .txt per speech (the .json files hold the same text)."""
     for _, raw in sorted(_tar_members(path, r"package/data/\d{4}_\w+\.txt").items()):
-        text = _SOTU_AUDIENCE.sub("", html.unescape(raw.decode("utf-8")))  # a few speeches keep &quot;
+        text = html.unescape(raw.decode("utf-8"))  # a few speeches keep &quot;
+        if "(" in text:  # the pattern starts with \s*: scanning costs more than this check
+            text = _SOTU_AUDIENCE.sub("", text)
         yield [line for line in text.splitlines() if line.strip()]
 
 
@@ -321,7 +323,13 @@ def wiki_paragraphs(wikitext: str) -> Document:
         rendered = _render(mwparserfromhell.parse(wikitext))
     text = _UNPARSED_REF.sub("", rendered)
     for line in text.splitlines():
-        line = _EMPTY_PARENS.sub("", _PARENS_LEAD.sub("(", _PARENS_TAIL.sub(")", line))).strip()
+        if ")" in line:  # each rule needs a bracket: most lines are not scanned (these patterns start with \s*)
+            line = _PARENS_TAIL.sub(")", line)
+            if "(" in line:
+                line = _EMPTY_PARENS.sub("", _PARENS_LEAD.sub("(", line))
+        elif "(" in line:
+            line = _PARENS_LEAD.sub("(", line)
+        line = line.strip()
         if line.startswith(_NOT_PROSE) or len(line.split()) < _WIKI_MIN_WORDS:
             continue
         out.append(line)
