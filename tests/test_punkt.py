@@ -263,3 +263,14 @@ def test_demo_corpus_key_is_unchanged():
         pytest.skip(f"the recorded key is for nltk 3.10.4 and mwparserfromhell 0.7.2, not {versions}")
     assert corpus_module._registry_key("demo") == corpus_module._registry_key("demo", "punkt") == "d8c598cd9949a05c"
     assert corpus_module._registry_key("demo", "blingfire") != "d8c598cd9949a05c"
+
+
+def test_boundary_agreement_counts_the_same_cut_once_whatever_the_whitespace():
+    """make bench's agreement of blingfire with Punkt: a boundary is where a sentence ends, counted in non-space
+    characters, so two splitters that cut at the same place agree whatever spaces each keeps."""
+    from harness.benchmarks.data import _boundaries, _boundaries_punkt
+
+    text = "One. Two three.  Four!"
+    punkt = Punkt()
+    assert _boundaries_punkt(text, punkt.spans(text)) == {4, 13} == _boundaries(["One. ", "Two three.", " Four!"])
+    assert _boundaries(["One. Two three.", "Four!"]) == {13} and _boundaries(["Only one."]) == set()

@@ -12,6 +12,10 @@ The speed-up of 2 workers is bounded twice over: by the steps that run on one co
 document keys), and by what a second process gains on this machine for the parallel work itself. The second is
 measured directly (`two_processes_gain`): the same blocks of a 50 MB run split (and encoded) by one process alone,
 then by each of two processes at once; 2.0 is a perfectly parallel machine.
+
+`presplit_given` is the rate a corpus at the paper's scale sees (issue 32): PRESPLIT_MB of the demo's sentences, one
+per line, with the demo's tokenizer given (nothing to split or train), on 1 and 2 workers, against the tokenizer's own
+one-thread encode_batch over the same sentences (`make bench`'s ceiling).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from harness.data.pipeline import _encode_block, _use_tokenizer
 from harness.data.shards import blocks
 from harness.files import cache_root
 
+REPO = Path(__file__).resolve().parents[2]
+
 # (MB, workers): the speed-up at 50 MB, where the fixed serial steps (Punkt training on its 3 MB sample, the
 # tokenizer's merges) weigh most, and at 500 MB; memory at 50 MB against 500 MB.
 RUNS = "50:1,50:2,500:1,500:2"
@@ -41,6 +47,9 @@ SAMPLE_S = 0.25
 SEQ_LEN = 128
 GAIN_MB = 8  # text per process for two_processes_gain: ~8 s of splitting, ~6 s of encoding
 GAIN_REPEATS = 3  # the fastest of 3: other tenants of a shared machine slow single runs by up to a fifth
+# The corpus at scale (issue 32): text already one sentence per line, its tokenizer given, so nothing is split or
+# trained; MB of it, or 0 to leave it out (HARNESS_BENCH_PREP_PRESPLIT_MB).
+PRESPLIT_MB = int(os.environ.get("HARNESS_BENCH_PREP_PRESPLIT_MB", 100))
 
 
 def run() -> dict:
@@ -54,6 +63,8 @@ def run() -> dict:
                 out[f"{mb}mb_{workers}w"] = _measure(corpus, workers, Path(tmp) / f"cache_{mb}_{workers}")
         smallest = min(mb for mb, workers in runs if workers == 1)  # its splitter, tokenizer and text
         out["two_processes_gain"] = _two_processes_gain(Path(tmp) / f"cache_{smallest}_1")
+        if PRESPLIT_MB:
+            out["presplit_given"] = presplit_given(demo, Path(tmp) / "presplit", PRESPLIT_MB)
     for mb in (50, 500):
         one, two = out.get(f"{mb}mb_1w"), out.get(f"{mb}mb_2w")
         if one and two:
@@ -64,6 +75,45 @@ def run() -> dict:
     if small and large:
         out["peak_rss_ratio_500_vs_50mb"] = round(large["peak_rss_mb_largest"] / small["peak_rss_mb_largest"], 2)
     return out
+
+
+def presplit_given(demo: Corpus, folder: Path, mb: int) -> dict:
+    """`mb` MB of the demo's sentences, one per line (each copy's first sentences prefixed with the copy number, so
+    documents hash apart), with the demo's tokenizer as data.tokenizer_path, prepared on 1 and 2 workers; beside it
+    that tokenizer's one-thread encode_batch over the same sentences (harness.benchmarks.data), before and after."""
+    from harness.benchmarks.data import encode_ceiling, prepare_run
+
+    folder.mkdir(parents=True)
+    corpus, written, copy = folder / "corpus", 0, 0
+    corpus.mkdir()
+    sentences = folder / "all_sentences.txt"  # the ceiling's text: every sentence line, as the corpus holds them
+    with open(sentences, "w", encoding="utf-8") as every:
+        while written < mb * 10**6:
+            with open(corpus / f"copy_{copy:03d}.txt", "w", encoding="utf-8") as f:
+                for doc in demo.documents():
+                    lines = [f"({copy}) {doc[0]}", *doc[1:]]
+                    f.write("".join(line + "\n" for line in lines) + "\n")
+                    every.write("".join(line + "\n" for line in lines))
+                    written += sum(len(line.encode()) for line in lines)
+                    if written >= mb * 10**6:
+                        break
+            copy += 1
+    from harness.config import load_config
+    from harness.data.pipeline import prepare
+
+    tokenizer = prepare(load_config(REPO / "configs" / "demo.yaml").data).tokenizer_path  # as `make data` made it
+    ceiling = [encode_ceiling(tokenizer, sentences)]
+    args = ["--corpus", str(corpus), f"data.tokenizer_path={tokenizer}"]
+    runs = {w: prepare_run(folder / f"cache_{w}", args, workers=w) for w in (1, 2)}
+    ceiling.append(encode_ceiling(tokenizer, sentences))
+    ceiling_s = sum(c["seconds"] for c in ceiling) / 2
+    ceiling_cpu_s = sum(c["cpu_s"] for c in ceiling) / 2
+    return {"corpus_mb": runs[1]["corpus_mb"], "encode_ceiling_mb_per_s": round(runs[1]["corpus_mb"] / ceiling_s, 3),
+            **{f"{w}_worker{'s' * (w > 1)}": {**r, "mb_per_s": round(r["corpus_mb"] / r["wall_s"], 3),
+                                              "vs_ceiling": round(ceiling_s / r["wall_s"], 3),
+                                              "cpu_vs_ceiling": round(ceiling_cpu_s / r["cpu_s"], 3)}
+               for w, r in runs.items()},
+            "speedup_2_workers": round(runs[1]["wall_s"] / runs[2]["wall_s"], 2)}
 
 
 def _repeat_demo(demo: Corpus, folder: Path, size: int) -> Path:
