@@ -403,8 +403,11 @@ def test_per_task_settings_in_a_protocol():
     race = paper.for_task("race")  # fairseq's README.race.md
     assert (race.lrs, race.batch_sizes, race.epochs, race.weight_decay) == ((1e-5,), (16,), 5, 0.01)
     assert "tasks" not in squad.to_dict() and squad.to_dict()["epochs"] == 2
-    for name in ("demo", "smoke", "grid_demo"):  # no per-task settings: every task runs as before
+    for name in ("demo", "smoke"):  # no per-task settings: every task runs as before
         assert protocols[name].tasks == {} and protocols[name].for_task("squad2") == protocols[name]
+    grid_demo = protocols["grid_demo"]  # the fine-tuning frontier's choice: the gap task wants more passages
+    assert grid_demo.for_task("sentence_relation") == replace(grid_demo, tasks={})
+    assert grid_demo.for_task("trec6").seeds == 3 and grid_demo.for_task("gap_sentence").max_train_examples == 2000
     for tasks, message in [
         ({"squad3": {"epochs": 2}}, "demo.tasks.squad3: unknown task; expected one of"),
         ({"race": {"lr": 1e-5}}, "demo.tasks.race.lr: unknown protocol key"),

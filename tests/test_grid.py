@@ -16,6 +16,7 @@ import yaml
 
 from analysis.tables import MAJORITY_ROW, RANDOM_INIT_ROW, make_table
 from harness.cli import main
+from harness.finetune.tasks import get_task
 from harness.grid.experiment import load_experiment
 from harness.grid.plan import grid_plan
 from harness.grid.runner import prepare_study, run_grid, work
@@ -57,8 +58,10 @@ def test_every_experiment_file_validates_at_every_scale(path):
         assert list(dict.fromkeys(exp.random_init_baselines.values())) == shapes
         if scale != "paper":  # the paper scale's corpus is the user's own: its plan is recorded, not stated
             assert exp.epochs is not None, f"{path.name}: scales.{scale} states no epochs"
-        if scale == "demo":  # demo-scale fine-tuning cannot beat random init (configs/demo.yaml): none is run
-            assert exp.finetune_tasks == ()
+        if scale in ("smoke", "demo"):  # fine-tuned offline: stand-ins only (issue 31: TREC-6 and the built tasks)
+            assert exp.finetune_tasks and all(get_task(t).standin == t for t in exp.finetune_tasks), exp.finetune_tasks
+        if scale == "demo":
+            assert exp.finetune_protocol == "grid_demo"
         if exp.table == 3 and scale != "smoke":  # warmup: the same fraction of every arm's steps
             optims = [exp.config(arm, exp.seeds[0], "runs").optim for arm in exp.arms]
             assert len({round(o.warmup_steps / o.max_steps, 3) for o in optims}) == 1
@@ -231,9 +234,11 @@ def test_smoke_table_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
         cell = json.loads((run / "cell.json").read_text())
         assert cell["scientific"] == arm["scientific"] and cell["provenance"]["packages"]["torch"]
         assert json.loads((run / "result.json").read_text())["status"] == "finished"
-        assert json.loads((run / "finetune" / "rt_sentiment" / "summary.json").read_text())["median"] is not None
-        baseline = run / "finetune-random-init" / "rt_sentiment" / "summary.json"  # one arm per encoder shape
-        assert baseline.is_file() == (arm["name"] in info["random_init_baseline"].values()), arm["name"]
+        assert info["finetune"]["tasks"] == ["trec6", "sentence_relation", "gap_sentence"]
+        for task in info["finetune"]["tasks"]:
+            assert json.loads((run / "finetune" / task / "summary.json").read_text())["median"] is not None
+            baseline = run / "finetune-random-init" / task / "summary.json"  # one arm per encoder shape
+            assert baseline.is_file() == (arm["name"] in info["random_init_baseline"].values()), arm["name"]
     nsp, no_nsp = "segment_pair_nsp", "full_sentences"  # the first arm with segment embeddings, the first without
     assert info["random_init_baseline"] == {"segment_pair_nsp": nsp, "sentence_pair_nsp": nsp,
                                             "full_sentences": no_nsp, "doc_sentences": no_nsp}

@@ -154,3 +154,12 @@ def test_tuning_trials_stop_at_the_token_budget(tmp_path):
 def test_bad_input_is_one_line_and_exit_2(capsys, args):
     code, _, err = plan(capsys, TABLE4, *args)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_every_task_has_example_counts_for_the_cost_preview():
+    """`grid plan` prices each fine-tuning task from its example counts: a task without them (a new stand-in) would
+    stop the preview with a KeyError instead of pricing it."""
+    from harness.finetune.tasks import TASKS
+    from harness.grid.cost import EXAMPLES
+
+    assert sorted(set(TASKS) - set(EXAMPLES)) == []

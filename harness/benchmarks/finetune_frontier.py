@@ -36,8 +36,12 @@ BASE_PROTOCOL = "grid_demo"  # configs/finetune.yaml: what a candidate changes s
 TASKS = ("trec6", "rt_sentiment", "gap_sentence", "sentence_relation")
 INITS = ("pretrained", "random")
 B16 = {"batch_sizes": (16,), "max_dev_examples": 1000}
-# name -> (what it moves, settings replacing grid_demo's). Budget = examples x epochs.
-CANDIDATES: dict[str, tuple[str, dict]] = {
+GAP_WINDOW = "gap_window"  # a candidate setting that is not the protocol's: gap_sentence's passage length
+GAP_WINDOW_DEFAULT = 5  # gap_sentence's passages where a candidate names none (the first fits, made before it was 3)
+# name -> (what it moves, settings replacing grid_demo's, or None: grid_demo as configs/finetune.yaml has it).
+# Budget = examples x epochs. The candidates before "grid-demo" were run before grid_demo was re-chosen from them.
+CANDIDATES: dict[str, tuple[str, dict | None]] = {
+    "grid-demo": ("the chosen protocol, configs/finetune.yaml grid_demo (per-task settings included)", None),
     "n500-e4": ("500 examples x 4 epochs, LR 1e-3 (issue 31's measurement)",
                 {"max_train_examples": 500, "epochs": 4, "lrs": (1e-3,)}),
     "n1000-e4": ("1,000 examples x 4 epochs", {"max_train_examples": 1000, "epochs": 4, "lrs": (1e-3,)}),
@@ -60,6 +64,20 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                                                                             "epochs": 5, "lrs": (3e-4,)}),
     "b16-n2000-e5-lr1e-4": ("batch 16, 2,000 examples x 5 epochs, LR 1e-4", {**B16, "max_train_examples": 2000,
                                                                             "epochs": 5, "lrs": (1e-4,)}),
+    # Fine-tuning without dropout, as the demo encoders were pretrained (configs/demo.yaml: dropout 0)
+    "d0-n500-e4": ("no dropout, 500 examples x 4 epochs, LR 1e-3", {"dropout": 0.0, "max_train_examples": 500,
+                                                                   "epochs": 4, "lrs": (1e-3,)}),
+    "d0-b16-n500-e10-lr3e-4": ("no dropout, batch 16, 500 examples x 10 epochs, LR 3e-4",
+                               {**B16, "dropout": 0.0, "max_train_examples": 500, "epochs": 10, "lrs": (3e-4,)}),
+    "d0-b16-n1000-e5-lr3e-4": ("no dropout, batch 16, 1,000 examples x 5 epochs, LR 3e-4",
+                               {**B16, "dropout": 0.0, "max_train_examples": 1000, "epochs": 5, "lrs": (3e-4,)}),
+    # gap_sentence with 3-sentence passages (one sentence each side of the gap): ~half the tokens of 5
+    "w3-n1000-e4": ("gap passages of 3 sentences, 1,000 examples x 4 epochs, max 96 tokens",
+                    {GAP_WINDOW: 3, "max_train_examples": 1000, "epochs": 4, "lrs": (1e-3,), "max_seq_len": 96,
+                     "max_dev_examples": 1000}),
+    "w3-n2000-e4": ("gap passages of 3 sentences, 2,000 examples x 4 epochs, max 96 tokens",
+                    {GAP_WINDOW: 3, "max_train_examples": 2000, "epochs": 4, "lrs": (1e-3,), "max_seq_len": 96,
+                     "max_dev_examples": 1000}),
 }
 COMMON = {"max_seq_len": 128, "max_dev_examples": 2000, "seeds": 1}  # every candidate's, unless it says otherwise
 TABLES = {1: "experiments/table1_masking.yaml", 2: "experiments/table2_nsp.yaml", 3: "experiments/table3_batch.yaml",
@@ -92,11 +110,16 @@ def train_encoder(table: int, seed: int) -> None:
     pretrain(encoder_config(table, seed))
 
 
-def protocol(candidate: str):
+def protocol(candidate: str, task: str):
+    """The protocol a candidate fine-tunes `task` with: BASE_PROTOCOL itself, with its per-task settings (a candidate
+    of settings None), or COMMON and the candidate's settings over BASE_PROTOCOL's others, for every task alike."""
     from harness.finetune.protocol import load_protocol
 
-    settings = {**COMMON, **CANDIDATES[candidate][1]}
-    return dataclasses.replace(load_protocol(BASE_PROTOCOL), name=f"ftfrontier:{candidate}", **settings)
+    base = load_protocol(BASE_PROTOCOL)
+    if CANDIDATES[candidate][1] is None:
+        return base.for_task(task)
+    settings = {k: v for k, v in {**COMMON, **CANDIDATES[candidate][1]}.items() if k != GAP_WINDOW}
+    return dataclasses.replace(base, name=f"ftfrontier:{candidate}", tasks={}, **settings)
 
 
 def fit_key(row: dict) -> tuple:
@@ -114,17 +137,20 @@ def run_fits(jobs: list[dict]) -> None:
     (encoder, task, candidate, init) prepared once; append each result to FITS as it finishes."""
     import torch
 
-    from harness.finetune import runner
+    from harness.finetune import built, runner
     from harness.finetune.tasks import get_task, load_task_data
     from harness.pretrain import load_run
 
     torch.set_num_threads(1)
+    window = built.GAP_WINDOW  # the task as the harness builds it, for the grid-demo candidate
     groups: dict[tuple, list[dict]] = {}
     for job in jobs:
         groups.setdefault(tuple(job[k] for k in ("table", "encoder_seed", "task", "candidate", "init")), []).append(job)
     for (table, enc_seed, task, candidate, init), group in groups.items():
         run = load_run(encoder_dir(table, enc_seed), weights=init == "pretrained")
-        spec, proto = get_task(task), protocol(candidate)
+        spec, proto = get_task(task), protocol(candidate, task)
+        settings = CANDIDATES[candidate][1]
+        built.GAP_WINDOW = window if settings is None else settings.get(GAP_WINDOW, GAP_WINDOW_DEFAULT)
         prepared = runner.prepare(spec, load_task_data(spec, None, run.config.data), run, proto)
         for job in group:
             cpu = time.process_time()
@@ -132,7 +158,7 @@ def run_fits(jobs: list[dict]) -> None:
             row = {**job, "score": out["score"], "best_epoch": out["best_epoch"], "diverged": out["diverged"],
                    "history": out["history"], "wall_s": out["wall_s"], "cpu_s": round(time.process_time() - cpu, 2),
                    "majority": prepared.majority, "n_train": prepared.n_examples[0], "n_dev": prepared.n_examples[1],
-                   "examples_x_epochs": prepared.n_examples[0] * proto.epochs}
+                   "examples_x_epochs": prepared.n_examples[0] * proto.epochs, "gap_window": built.GAP_WINDOW}
             with open(FITS, "a") as f:  # one line per write: two processes append whole lines
                 f.write(json.dumps(row) + "\n")
             print(f"{fit_key(row)}: {row['score']:.1f} ({row['cpu_s']:.0f} CPU-s)", flush=True)
@@ -195,9 +221,8 @@ def _in_processes(argv_lists: list[list[str]], label: str) -> None:
 
 def _cost(group: list[dict]) -> float:
     """A group's relative CPU cost: examples x epochs per fit, x 16 for the gap task's 4 long options."""
-    settings = {**COMMON, **CANDIDATES[group[0]["candidate"]][1]}
-    per_fit = settings["max_train_examples"] * settings["epochs"] * (16 if group[0]["task"] == "gap_sentence" else 1)
-    return per_fit * len(group)
+    p = protocol(group[0]["candidate"], group[0]["task"])
+    return p.max_train_examples * p.epochs * (16 if group[0]["task"] == "gap_sentence" else 1) * len(group)
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -241,39 +266,51 @@ def table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def family(candidate: str) -> tuple[str, str]:
+    """(what a candidate's protocol family is, its marker) for the plot."""
+    for prefix, label, marker in (("grid-demo", "chosen: grid_demo", "*"), ("d0", "no dropout", "X"),
+                                  ("b16", "batch 16", "^"), ("w3", "3-sentence passages", "D")):
+        if candidate.startswith(prefix):
+            return label, marker
+    return ("LR 3e-4", "s") if "lr3e-4" in candidate else ("LR 1e-4", "v") if "lr1e-4" in candidate else (
+        "LR 1e-3, batch 32", "o")
+
+
 def plot(summaries: list[dict]) -> None:
-    """Per task, the gap (pretrained - random init) against the budget, a line per table's reference arm; hollow
-    markers where the random-init score is less than 2 points above the majority class (it certifies nothing)."""
+    """Per task, each candidate's gap (pretrained - random init) against its budget, coloured by table (the reference
+    arm fine-tuned), shaped by protocol family; hollow where the random-init score is less than 2 points above the
+    majority class (it certifies nothing). The chosen protocol is the large star."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     tasks = [t for t in TASKS if any(s["task"] == t for s in summaries)]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4), squeeze=False)
+    tables = sorted({s["table"] for s in summaries})
+    colour = {t: f"C{i}" for i, t in enumerate(tables)}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 4.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for table in sorted({s["table"] for s in summaries}):
-            points = sorted((s for s in summaries if s["task"] == task and s["table"] == table
-                             and s["candidate"].startswith("n") and "-lr" not in s["candidate"]),
-                            key=lambda s: s["examples_x_epochs"])
-            if not points:
-                continue
-            x, y = [p["examples_x_epochs"] for p in points], [p["gap"] for p in points]
-            line, = ax.plot(x, y, label=f"Table {table}")
-            for p in points:
-                sound = p["random_over_majority"] >= 2
-                ax.plot(p["examples_x_epochs"], p["gap"], "o", color=line.get_color(),
-                        markerfacecolor=line.get_color() if sound else "white")
+        for s in (s for s in summaries if s["task"] == task):
+            _, marker = family(s["candidate"])
+            sound = s["random_over_majority"] >= 2
+            ax.plot(s["examples_x_epochs"], s["gap"], marker, color=colour[s["table"]],
+                    markersize=14 if marker == "*" else 7, markerfacecolor=colour[s["table"]] if sound else "white")
         ax.axhline(5, color="grey", ls=":", lw=0.8)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set_title(task)
         ax.set_xlabel("fine-tuning budget: examples x epochs")
-    axes[0][0].set_ylabel("pretrained - random init (points)")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle("The fine-tuning frontier: what each table's reference arm gains over random weights "
-                 "(hollow: random init < 2 points above the majority class)")
-    fig.tight_layout()
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("pretrained - random init (points; dotted: the 5-point target)")
+    handles = [Line2D([], [], color=colour[t], marker="o", ls="", label=f"Table {t}'s reference arm") for t in tables]
+    families = dict.fromkeys(family(s["candidate"]) for s in summaries)
+    handles += [Line2D([], [], color="black", marker=m, ls="", markerfacecolor="none", label=label)
+                for label, m in families]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.suptitle("The fine-tuning frontier: what each table's reference arm gains over the same encoder from random "
+                 "weights (hollow: random init < 2 points above the majority class)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT, dpi=110)
 

@@ -161,8 +161,9 @@ def train_one(task: Task, prepared: Prepared, run: PretrainedRun, protocol: Prot
     train = DataLoader(prepared.train, batch_sampler=batches, collate_fn=feats.collate)
     dev = DataLoader(prepared.dev, batch_size=max(batch_size, 64), collate_fn=feats.collate)
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    # On a GPU as pretraining's train.precision=auto; on CPU fine-tuning stays in fp32, without the bf16 probe.
-    precision = speed.resolve_precision("auto" if accelerator == "gpu" else "32", accelerator)
+    # As pretraining's train.precision=auto: bf16-mixed on a GPU, and on a CPU whose bf16 matmuls the probe finds
+    # faster (once per process; measured 1.75x on a fit of the gap task, the same score), else fp32.
+    precision = speed.resolve_precision("auto", accelerator)
     trainer = L.Trainer(
         accelerator=accelerator, devices=1, precision=precision,
         max_epochs=protocol.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -48,10 +48,12 @@ EXAMPLES = {
     "qnli": (104_743, 5_463), "qqp": (363_846, 40_430), "rte": (2_490, 277), "mrpc": (3_668, 408),
     "stsb": (5_749, 1_500), "squad1": (87_599, 10_570), "squad2": (130_319, 11_873), "race": (87_866, 4_887),
     "rt_sentiment": (11_477, 1_275), "trec6": (4_858, 523), "bbc_news": (1_910, 215),
+    # built from the held-out documents of the run's corpus (harness.finetune.built): the demo corpus's counts
+    "gap_sentence": (3_627, 1_202), "sentence_relation": (10_904, 3_606),
 }
 # Encoder inputs per example: RACE scores each of its 4 options as its own sequence. A SQuAD context longer than one
 # window gives several; at 512 tokens nearly all fit in one, so QA counts one (slightly under).
-SEQUENCES_PER_EXAMPLE = {"race": 4}
+SEQUENCES_PER_EXAMPLE = {"race": 4, "gap_sentence": 4}
 KINDS = ("tuning", "pretraining", "fine-tuning")
 
 
