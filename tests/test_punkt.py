@@ -205,6 +205,10 @@ def test_blingfire_is_its_own_corpus(tmp_path, monkeypatch):
     assert fire.key != punkt.key and not set(fire.shards) & set(punkt.shards)
     assert list(punkt.documents())[1][:2] == ["Mr. Smith went to Washington.", "He said hello!"]
     assert prepare_corpus(str(tmp_path / "mine"), splitter="blingfire").key == fire.key  # cached
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "sharded"))  # the same on 2 processes and in small shards
+    assert list(prepare_corpus(str(tmp_path / "mine"), splitter="blingfire", workers=2, shard_bytes=100).documents()) \
+        == docs
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     cfg = DataConfig(corpus=str(tmp_path / "mine"), vocab_size=300, valid_fraction=0.4)
     assert prepare(cfg, workers=1).dir != prepare(dataclasses.replace(cfg, splitter="blingfire"), workers=1).dir
     with pytest.raises(UserError, match="data.splitter: expected one of"):

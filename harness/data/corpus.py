@@ -26,6 +26,7 @@ downstream caches can key on it.
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import itertools
 import json
 import os
@@ -136,6 +137,8 @@ def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = Fal
         raise UserError(f"data.decode_errors: expected 'strict' or 'replace', got {decode_errors!r}")
     if splitter not in SPLITTERS:
         raise UserError(f"data.splitter: expected one of {list(SPLITTERS)}, got {splitter!r}")
+    if splitter != "punkt" and importlib.util.find_spec(splitter) is None:
+        raise UserError(f"data.splitter={splitter}: the {splitter} package is not installed (pip install {splitter})")
     backend = backend or Backend(workers=workers or os.cpu_count() or 1)
     if spec in REGISTRY_CORPORA:
         name, key = spec, _registry_key(spec, splitter)
