@@ -103,11 +103,11 @@ def test_bad_grid_file_is_one_line_exit_2_and_records_nothing(tmp_path, edit, ke
     "old, new, field",
     [
         ("table: 2\n", "table: 2.7\n", "table"),
-        ("tasks: [rt_sentiment]", "tasks: [no_such_task]", "finetune.tasks"),
+        ("tasks: [trec6, gap_sentence]", "tasks: [no_such_task]", "finetune.tasks"),
         ("finetune: {protocol: smoke}", "finetune: {protocol: no_such_protocol}", "scales.smoke.finetune.protocol"),
         ("finetune: {protocol: smoke}", "finetune: {protocol: smoke}\n    tune: {trials: 1.5}",
          "scales.smoke.tune.trials"),
-        ("tasks: [rt_sentiment]", "tasks: [mnli]", "finetune.tasks"),  # no stand-in, and no --data-dir
+        ("tasks: [trec6, gap_sentence]", "tasks: [mnli]", "finetune.tasks"),  # no stand-in, and no --data-dir
     ],
     ids=["fractional-table", "unknown-task", "unknown-protocol", "fractional-trials", "unreachable-task-data"],
 )
@@ -234,7 +234,7 @@ def test_smoke_table_runs_end_to_end_and_a_second_run_skips_everything(tmp_path)
         cell = json.loads((run / "cell.json").read_text())
         assert cell["scientific"] == arm["scientific"] and cell["provenance"]["packages"]["torch"]
         assert json.loads((run / "result.json").read_text())["status"] == "finished"
-        assert info["finetune"]["tasks"] == ["trec6", "sentence_relation", "gap_sentence"]
+        assert info["finetune"]["tasks"] == ["trec6", "gap_sentence"]
         for task in info["finetune"]["tasks"]:
             assert json.loads((run / "finetune" / task / "summary.json").read_text())["median"] is not None
             baseline = run / "finetune-random-init" / task / "summary.json"  # one arm per encoder shape

@@ -38,7 +38,7 @@ from harness.finetune.readers import ChoiceExample, TextExample
 
 VERSION = 1  # bump when a builder or the split rule changes
 DEV_FRACTION = 0.25  # share of held-out documents (by hash) whose examples form dev
-GAP_WINDOW = 3  # sentences per passage, the middle one taken out (5 gave no larger gap at twice the tokens: docs/results.md)
+GAP_WINDOW = 3  # sentences per passage, the middle one out (5: no larger gap at ~2x the tokens; docs/results.md)
 GAP_OPTIONS = 4  # candidates per passage (RACE has 4): the true sentence and GAP_OPTIONS - 1 from other documents
 GAP = "___"
 RELATION_GAP = 3  # "same_document": B at least this many sentences from A, so it is not the next one
