@@ -197,26 +197,10 @@ def jobs(tables: tuple, encoder_seeds: tuple, tasks: tuple, candidates: tuple, f
 
 def _in_processes(argv_lists: list[list[str]], label: str) -> None:
     """Run `python -m harness.benchmarks.finetune_frontier ARGS` for each ARGS, two at a time on one thread each."""
-    import subprocess
+    from harness.benchmarks.processes import two_at_a_time
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    todo, running = list(argv_lists), []
-    try:
-        while todo or running:
-            while todo and len(running) < 2:
-                args = todo.pop(0)
-                log = open(OUT / f"{label}-{'-'.join(Path(a).stem for a in args)}.log", "w")
-                running.append(subprocess.Popen([sys.executable, "-m", "harness.benchmarks.finetune_frontier", *args],
-                                                env=env, stdout=log, stderr=subprocess.STDOUT))
-            time.sleep(2)
-            for p in [p for p in running if p.poll() is not None]:
-                running.remove(p)
-                if p.returncode:
-                    print(f"ftfrontier: {' '.join(p.args[3:])} failed (exit {p.returncode}); see {OUT}", flush=True)
-    finally:
-        for p in running:  # stopped by its PID, never by name
-            p.terminate()
-            p.wait()
+    two_at_a_time([(["-m", "harness.benchmarks.finetune_frontier", *args],
+                    OUT / f"{label}-{'-'.join(Path(a).stem for a in args)}.log") for args in argv_lists], "ftfrontier")
 
 
 def _cost(group: list[dict]) -> float:

@@ -32,6 +32,8 @@ from typing import NamedTuple
 
 import lightning.pytorch as L
 
+from harness.benchmarks.processes import two_at_a_time
+
 OUT = Path("runs/frontier")
 PLOT = Path("docs/frontier.png")
 DATA = Path("docs/frontier.json")  # the curves the plot is drawn from, committed
@@ -393,26 +395,8 @@ def run() -> dict:
 
         raise UserError(f"FRONTIER: unknown candidates {unknown}; expected names from {list(CANDIDATES)}")
     todo = [n for n in wanted if not (OUT / n / "seed_0" / "result.json").is_file()]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    running: list[subprocess.Popen] = []
     OUT.mkdir(parents=True, exist_ok=True)
-    try:
-        while todo or running:
-            while todo and len(running) < 2:
-                name = todo.pop(0)
-                log = open(OUT / f"{name}.log", "w")
-                print(f"frontier: training {name}", flush=True)
-                running.append(subprocess.Popen([sys.executable, "-m", "harness.benchmarks.frontier", name], env=env,
-                                                stdout=log, stderr=subprocess.STDOUT))
-            time.sleep(2)
-            for p in [p for p in running if p.poll() is not None]:
-                running.remove(p)
-                if p.returncode:
-                    print(f"frontier: {p.args[-1]} failed; see {OUT / (p.args[-1] + '.log')}", flush=True)
-    finally:
-        for p in running:  # stopped by its PID, never by name
-            p.terminate()
-            p.wait()
+    two_at_a_time([(["-m", "harness.benchmarks.frontier", name], OUT / f"{name}.log") for name in todo], "frontier")
     done = [n for n in CANDIDATES if (OUT / n / "seed_0" / "result.json").is_file()]
     curves = {n: curve(n) for n in done}
     data = curves_data(curves, {n: json.loads((OUT / n / "seed_0" / "result.json").read_text()) for n in done})
