@@ -11,7 +11,9 @@ protocol is chosen on those gaps only, never on a comparison between arms.
 
   encoders   each table's reference arm, pretrained exactly as its demo grid's cell (`Experiment.config`), seed 0
              (FT_ENCODER_SEEDS=0,1,2 for more), into runs/ftfrontier/<table>/<arm>/seed_<k>/
-  candidates (task, protocol): configs/finetune.yaml's `grid_demo` with a few settings changed (CANDIDATES)
+  candidates (task, protocol): configs/finetune.yaml's `grid_demo` with a few settings changed (CANDIDATES); by
+             default only `grid-demo`, the chosen protocol, on every table and task (~70 fits, ~45 min on 2 cores);
+             FT_CANDIDATES=all (or names) for the rest (~190 fits at 3 tables' tasks: hours)
   each      fine-tuned from the pretrained weights and from random weights, FT_SEEDS fine-tuning seeds, one thread
              per process, two processes at a time; every fit appended to runs/ftfrontier/fits.jsonl (a fit already
              there is not rerun), with its CPU-seconds
@@ -314,7 +316,14 @@ def run() -> dict:
     tables = _env_list("FT_TABLES", tuple(TABLES), int)
     encoder_seeds = _env_list("FT_ENCODER_SEEDS", (0,), int)
     tasks = _env_list("FT_TASKS", TASKS)
-    candidates = _env_list("FT_CANDIDATES", tuple(CANDIDATES))
+    candidates = _env_list("FT_CANDIDATES", ("grid-demo",))
+    candidates = tuple(CANDIDATES) if candidates == ("all",) else candidates
+    unknown = sorted(set(candidates) - set(CANDIDATES)) + sorted(set(tasks) - set(TASKS))
+    if unknown:
+        from harness.errors import UserError
+
+        raise UserError(f"FT_CANDIDATES / FT_TASKS: unknown {unknown}; expected 'all' or names from "
+                        f"{list(CANDIDATES)}, tasks from {list(TASKS)}")
     ft_seeds = int(os.environ.get("FT_SEEDS", "3"))
     OUT.mkdir(parents=True, exist_ok=True)
     missing = [(t, s) for t in tables for s in encoder_seeds if not (encoder_dir(t, s) / "result.json").is_file()]
