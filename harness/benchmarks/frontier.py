@@ -156,7 +156,7 @@ PANELS = (
 # The demo's chosen design, drawn bold and labelled at its line's end: the candidates closest to configs/demo.yaml
 # on FULL-SENTENCES, and each table's arm at the design its experiment file runs.
 CHOSEN = {"wsd-1e-3": "demo schedule", "wsd-mask40": "demo design", "t2-seq64": "Table 2 ref.",
-          "t1-full-500k-4masks": "Table 1 ref.", "demo-t3-bs128": "Table 3, b128", "demo-t3-bs512": "Table 3, b512",
+          "t1-sp-seq64": "Table 1 ref.", "demo-t3-bs128": "Table 3, b128", "demo-t3-bs512": "Table 3, b512",
           "demo-t4-small": "Table 4 ref."}
 
 
