@@ -89,8 +89,9 @@ class Protocol:
         return dataclasses.replace(self, tasks={}, **self.tasks.get(task, {}))
 
     def to_dict(self) -> dict[str, Any]:
-        # Without `tasks`: a protocol resolved by for_task holds in its fields the settings that ran.
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "tasks"}
+        # As a summary's JSON holds them (lists, not tuples), without `tasks`: a protocol resolved by for_task holds
+        # in its fields the settings that ran.
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items() if k != "tasks"}
 
 
 def _known(names: Any, allowed: Any, where: str, what: str) -> None:

@@ -218,8 +218,7 @@ def finetune(run_dir: Path, task: str, data_dir: Path | str | None = None, proto
     run = load_run(run_dir, weights=init == "pretrained")
     out = results_dir(run_dir, task, init)
     data = load_task_data(spec, data_dir, run.config.data)
-    common = {"task": task, "metric": spec.metric, "protocol": proto.name,
-              "protocol_settings": json.loads(json.dumps(proto.to_dict())),  # as written: lists, not tuples
+    common = {"task": task, "metric": spec.metric, "protocol": proto.name, "protocol_settings": proto.to_dict(),
               "init": init, "pretrain_status": run.status}
     if data is None:
         summary = {**common, "data_source": NA_OFFLINE, "status": NA_OFFLINE, "n_seeds": 0, "values": [],
