@@ -18,19 +18,20 @@ from harness.finetune.tasks import get_task, load_task_data
 DOCS = [[f"doc{d} sentence {s} words." for s in range(23)] for d in range(6)]
 
 
-def test_gap_sentence_removes_the_middle_sentence_and_draws_distractors_from_other_documents():
-    examples = built.gap_sentence(DOCS, seed=0)
-    assert len(examples) == 6 * (23 // GAP_WINDOW)
+@pytest.mark.parametrize("window", [GAP_WINDOW, 5])
+def test_gap_sentence_removes_the_middle_sentence_and_draws_distractors_from_other_documents(window):
+    examples = built.gap_sentence(DOCS, seed=0, window=window)
+    assert len(examples) == 6 * (23 // window)
     for e in examples:
         before, after = e.context.split(f" {GAP} ")
         doc = int(before.split()[0].removeprefix("doc"))
         first = int(before.split()[2])
         assert len(e.options) == GAP_OPTIONS and len(set(e.options)) == GAP_OPTIONS
-        assert e.options[e.label] == DOCS[doc][first + GAP_WINDOW // 2]
-        assert after.endswith(DOCS[doc][first + GAP_WINDOW - 1])
+        assert e.options[e.label] == DOCS[doc][first + window // 2]
+        assert after.endswith(DOCS[doc][first + window - 1])
         assert all(not o.startswith(f"doc{doc} ") for i, o in enumerate(e.options) if i != e.label)
     assert Counter(e.label for e in examples).keys() == set(range(GAP_OPTIONS))  # the answer's position varies
-    assert built.gap_sentence(DOCS, seed=0) == examples
+    assert built.gap_sentence(DOCS, seed=0, window=window) == examples
 
 
 def test_sentence_relation_labels_say_where_b_comes_from():
@@ -57,13 +58,21 @@ def tiny_data():
 
 @pytest.mark.parametrize("name", sorted(built.BUILT))
 def test_built_task_splits_by_document_and_is_cached(tiny_data, name):
-    train, dev = built.load_built(name, tiny_data)
-    assert train and dev
+    train, dev, describes = built.load_built(name, tiny_data)
+    assert train and dev and "built from held-out text" in describes
     text = (lambda e: [e.context, *e.options]) if name == "gap_sentence" else (lambda e: [e.text_a, e.text_b])
     train_sentences = {t for e in train for t in text(e)}
     # no dev sentence (nor passage) in train; short ones ("Oh!") recur across documents
     assert not any(t in train_sentences for e in dev for t in text(e) if len(t) > 30)
-    assert built.load_built(name, tiny_data) == (train, dev)  # read back from the cache as it was built
+    assert built.load_built(name, tiny_data) == (train, dev, describes)  # read back from the cache as it was built
+
+
+def test_gap_window_is_part_of_the_task_and_of_its_cache_key(tiny_data):
+    train3, _, describes3 = built.load_built("gap_sentence", tiny_data)
+    train5, _, describes5 = built.load_built("gap_sentence", tiny_data, gap_window=5)
+    assert f"a passage of {GAP_WINDOW} sentences" in describes3 and "a passage of 5 sentences" in describes5
+    assert 0 < len(train5) < len(train3)  # fewer, longer passages
+    assert built.load_built("gap_sentence", tiny_data)[0] == train3  # the other window's cache left it alone
 
 
 def test_a_corpus_holding_out_too_few_documents_is_one_line(tmp_path):

@@ -144,7 +144,6 @@ def run_fits(jobs: list[dict]) -> None:
     from harness.pretrain import load_run
 
     torch.set_num_threads(1)
-    window = built.GAP_WINDOW  # the task as the harness builds it, for the grid-demo candidate
     groups: dict[tuple, list[dict]] = {}
     for job in jobs:
         groups.setdefault(tuple(job[k] for k in ("table", "encoder_seed", "task", "candidate", "init")), []).append(job)
@@ -152,15 +151,15 @@ def run_fits(jobs: list[dict]) -> None:
         run = load_run(encoder_dir(table, enc_seed), weights=init == "pretrained")
         spec, proto = get_task(task), protocol(candidate, task)
         settings = CANDIDATES[candidate][1]
-        built.GAP_WINDOW = window if settings is None else settings.get(GAP_WINDOW, GAP_WINDOW_DEFAULT)
-        prepared = runner.prepare(spec, load_task_data(spec, None, run.config.data), run, proto)
+        window = built.GAP_WINDOW if settings is None else settings.get(GAP_WINDOW, GAP_WINDOW_DEFAULT)
+        prepared = runner.prepare(spec, load_task_data(spec, None, run.config.data, window), run, proto)
         for job in group:
             cpu = time.process_time()
             out = runner.train_one(spec, prepared, run, proto, proto.lrs[0], proto.batch_sizes[0], job["ft_seed"])
             row = {**job, "score": out["score"], "best_epoch": out["best_epoch"], "diverged": out["diverged"],
                    "history": out["history"], "wall_s": out["wall_s"], "cpu_s": round(time.process_time() - cpu, 2),
                    "majority": prepared.majority, "n_train": prepared.n_examples[0], "n_dev": prepared.n_examples[1],
-                   "examples_x_epochs": prepared.n_examples[0] * proto.epochs, "gap_window": built.GAP_WINDOW}
+                   "examples_x_epochs": prepared.n_examples[0] * proto.epochs, "gap_window": window}
             with open(FITS, "a") as f:  # one line per write: two processes append whole lines
                 f.write(json.dumps(row) + "\n")
             print(f"{fit_key(row)}: {row['score']:.1f} ({row['cpu_s']:.0f} CPU-s)", flush=True)

@@ -50,24 +50,24 @@ def _doc_key(document: list[str]) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def gap_sentence(documents: list[list[str]], seed: int) -> list[ChoiceExample]:
-    """Non-overlapping windows of GAP_WINDOW sentences of each document, the middle one the answer, shuffled among
+def gap_sentence(documents: list[list[str]], seed: int, window: int = GAP_WINDOW) -> list[ChoiceExample]:
+    """Non-overlapping windows of `window` sentences of each document, the middle one the answer, shuffled among
     distractors from other documents of `documents`."""
     rng = np.random.default_rng(seed)
     owner = [(d, s) for d, doc in enumerate(documents) for s in range(len(doc))]  # every sentence, by document
     out = []
     for d, doc in enumerate(documents):
-        for start in range(0, len(doc) - GAP_WINDOW + 1, GAP_WINDOW):
-            window = doc[start : start + GAP_WINDOW]
-            middle = GAP_WINDOW // 2
-            options = [window[middle]]
+        for start in range(0, len(doc) - window + 1, window):
+            passage = doc[start : start + window]
+            middle = window // 2
+            options = [passage[middle]]
             while len(options) < GAP_OPTIONS:
                 od, os_ = owner[rng.integers(len(owner))]
                 if od != d and documents[od][os_] not in options:
                     options.append(documents[od][os_])
             order = rng.permutation(GAP_OPTIONS)
-            passage = " ".join([*window[:middle], GAP, *window[middle + 1 :]])
-            out.append(ChoiceExample(passage, "", tuple(options[i] for i in order), int(np.argmax(order == 0))))
+            context = " ".join([*passage[:middle], GAP, *passage[middle + 1 :]])
+            out.append(ChoiceExample(context, "", tuple(options[i] for i in order), int(np.argmax(order == 0))))
     return out
 
 
@@ -96,27 +96,30 @@ def sentence_relation(documents: list[list[str]], seed: int) -> list[TextExample
 class Built:
     name: str
     describes: str
-    """Recorded in every result as `built: <describes>`."""
-    build: Callable[[list[list[str]], int], list]
+    """Recorded in every result as `built: <describes>`; gap_sentence's names its passage length, `{window}`."""
+    build: Callable[..., list]
+    """(documents, seed, **shape) -> examples."""
 
 
 BUILT = {b.name: b for b in (
-    Built("gap_sentence", f"gap sentence, built from held-out text (a passage of {GAP_WINDOW} sentences, the middle "
-                          f"one removed: pick it among {GAP_OPTIONS}, the others from other documents)", gap_sentence),
+    Built("gap_sentence", "gap sentence, built from held-out text (a passage of {window} sentences, the middle one "
+                          f"removed: pick it among {GAP_OPTIONS}, the others from other documents)", gap_sentence),
     Built("sentence_relation", "sentence relation, built from held-out text (is B the next sentence, one of the same "
                                f"document {RELATION_GAP}+ sentences away, or one of another document?)",
           sentence_relation),
 )}  # fmt: skip
 
 
-def load_built(name: str, data: DataConfig) -> tuple[list, list]:
-    """(train, dev) examples of a built task over `data`'s corpus, built once, then read from the cache."""
+def load_built(name: str, data: DataConfig, gap_window: int = GAP_WINDOW) -> tuple[list, list, str]:
+    """(train, dev) examples of a built task over `data`'s corpus, built once, then read from the cache, and what they
+    are. `gap_window`: gap_sentence's sentences per passage (the frontier tries others)."""
     from harness.data.corpus import prepare_corpus
     from harness.data.pipeline import held_out_documents
 
     corpus = prepare_corpus(data.corpus, decode_errors=data.decode_errors, splitter=data.splitter)
-    shape = f"-w{GAP_WINDOW}" if name == "gap_sentence" else ""
-    folder = cache_root() / "finetune" / f"{name}-v{VERSION}{shape}-{corpus.key}-{data.valid_fraction:g}"
+    shape = {"window": gap_window} if name == "gap_sentence" else {}
+    key = "".join(f"-w{w}" for w in shape.values())
+    folder = cache_root() / "finetune" / f"{name}-v{VERSION}{key}-{corpus.key}-{data.valid_fraction:g}"
     if not (folder / "dev.jsonl").exists():
         documents = list(held_out_documents(data))
         parts = ([d for d in documents if _doc_key(d) >= DEV_FRACTION],
@@ -124,7 +127,7 @@ def load_built(name: str, data: DataConfig) -> tuple[list, list]:
         if min(len(p) for p in parts) < 2:
             raise UserError(f"--task {name}: the corpus {data.corpus} holds out {len(documents)} document(s); a built "
                             f"task needs at least 2 in each of its train and dev parts (raise data.valid_fraction)")
-        examples = [BUILT[name].build(part, seed) for part, seed in zip(parts, (0, 1))]
+        examples = [BUILT[name].build(part, seed, **shape) for part, seed in zip(parts, (0, 1))]
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -132,7 +135,7 @@ def load_built(name: str, data: DataConfig) -> tuple[list, list]:
             (tmp / f"{part}.jsonl").write_text("".join(json.dumps(_row(e)) + "\n" for e in rows), encoding="utf-8")
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
-    return tuple(_read(folder / f"{part}.jsonl") for part in ("train", "dev"))
+    return _read(folder / "train.jsonl"), _read(folder / "dev.jsonl"), BUILT[name].describes.format(**shape)
 
 
 def _row(e: ChoiceExample | TextExample) -> dict:

@@ -15,7 +15,7 @@ from typing import Literal
 from harness.config import DataConfig
 from harness.errors import UserError
 from harness.finetune import readers
-from harness.finetune.built import BUILT, RELATION_LABELS, load_built
+from harness.finetune.built import BUILT, GAP_WINDOW, RELATION_LABELS, load_built
 from harness.finetune.readers import GlueColumns, TextExample
 
 Kind = Literal["classification", "regression", "qa", "multiple_choice"]
@@ -111,14 +111,15 @@ class TaskData:
     """Where it was read from: a folder, an HF dataset name, or a pinned package."""
 
 
-def load_task_data(task: Task, data_dir: Path | str | None, corpus: DataConfig | None = None) -> TaskData | None:
+def load_task_data(task: Task, data_dir: Path | str | None, corpus: DataConfig | None = None,
+                   gap_window: int = GAP_WINDOW) -> TaskData | None:
     """The task's (train, dev) examples and their source, or None when it has no data offline. `corpus`: the run's
-    data settings, whose held-out documents a built task is made of."""
+    data settings, whose held-out documents a built task is made of; `gap_window`: gap_sentence's passage length."""
     if task.standin == task.name and task.name in BUILT:
         if corpus is None:
             raise UserError(f"--task {task.name}: a task built from held-out text needs the run's corpus")
-        train, dev = load_built(task.name, corpus)
-        return TaskData(train, dev, f"stand-in: {BUILT[task.name].describes}", f"held-out split of {corpus.corpus}")
+        train, dev, describes = load_built(task.name, corpus, gap_window)
+        return TaskData(train, dev, f"stand-in: {describes}", f"held-out split of {corpus.corpus}")
     if task.standin == task.name:
         return _standin(task.name)
     if data_dir == "hf":
