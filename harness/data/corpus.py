@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from harness.data.punkt import Punkt
 from harness.data.shards import (
+    BLOCK_BYTES,
     SHARD_BYTES,
     Backend,
     blocks,
@@ -140,11 +141,13 @@ def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = Fal
     if splitter != "punkt" and importlib.util.find_spec(splitter) is None:
         raise UserError(f"data.splitter={splitter}: the {splitter} package is not installed (pip install {splitter})")
     backend = backend or Backend(workers=workers or os.cpu_count() or 1)
+    # Gathering (and Punkt's sample) runs on this machine's cores: `workers` of them, or all under a SLURM backend
+    # (whose workers are its array's tasks).
+    cores = backend.workers if backend.name == "local" else len(os.sched_getaffinity(0))
     if spec in REGISTRY_CORPORA:
         name, key = spec, _registry_key(spec, splitter)
         downloads = cache_root() / "downloads"
         sources = [p.source.name for p in REGISTRY_CORPORA[spec]]
-        cores = backend.workers if backend.name == "local" else len(os.sched_getaffinity(0))
         units = [_Unit(key, lambda: _registry_stream(spec, downloads, cores))]
     else:
         root = Path(spec).expanduser()
@@ -153,7 +156,8 @@ def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = Fal
         user_files = _UserFiles(root, decode_errors, splitter)
         if not any(f.stat().st_size for f in user_files.files):  # nothing to read: one line, before any work
             raise UserError(f"{spec}: no documents after normalisation (expected non-blank text)")
-        name, key, sources, units = user_files.name, user_files.key(), [user_files.name], user_files.units(shard_bytes)
+        name, key, sources = user_files.name, user_files.key(), [user_files.name]
+        units = user_files.units(shard_bytes, cores)
 
     final = cache_root() / "corpus" / f"{name}-{key}"
     cached = (final / "stats.json").exists()
@@ -301,9 +305,7 @@ def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backe
     for folder in ("spool", "sentences", "splitters", "corpus"):  # what killed runs left half-written
         sweep(cache_root() / folder)
     t0 = time.perf_counter()
-    # Gathering the units and reading Punkt's sample run on this machine's cores: `workers` of them, or all under a
-    # SLURM backend (whose workers are its array's tasks).
-    cores = backend.workers if backend.name == "local" else len(os.sched_getaffinity(0))
+    cores = backend.workers if backend.name == "local" else len(os.sched_getaffinity(0))  # as prepare_corpus's
     spools = list(tqdm(ordered_map(_gather_unit, range(len(units)), min(len(units), cores), _use_units,
                                    (units, shard_bytes)),
                        desc="gather", unit="group", total=len(units), disable=not verbose or len(units) < 2))
@@ -584,13 +586,17 @@ class _UserFiles:
             h.update(f"{self._relative(path)}\0{_file_hash(path)}\0".encode())
         return h.hexdigest()[:16]
 
-    def units(self, shard_bytes: int) -> list[_Unit]:
-        """The files in groups of at most shard_bytes (a larger file alone), in order: what is gathered in one go."""
+    def units(self, shard_bytes: int, cores: int) -> list[_Unit]:
+        """The files in order, in groups of at most shard_bytes (a larger file alone): what is gathered in one go, by
+        one process. A corpus of less than `cores` x shard_bytes is grouped finer, into about `cores` groups where its
+        files allow, so that every core gathers (100 MB in 8 files on 2 workers: 2 groups, not 1), but not below
+        BLOCK_BYTES, less than a second's work. The corpus does not depend on the grouping (prepare_corpus)."""
+        sizes = [path.stat().st_size for path in self.files]
+        limit = min(shard_bytes, max(BLOCK_BYTES, -(-sum(sizes) // cores)))
         groups: list[list[Path]] = []
         size = 0
-        for path in self.files:
-            n = path.stat().st_size
-            if not groups or size + n > shard_bytes:
+        for path, n in zip(self.files, sizes, strict=True):
+            if not groups or size + n > limit:
                 groups.append([])
                 size = 0
             groups[-1].append(path)
