@@ -10,11 +10,14 @@ the runs it is compared with (a machine shared with others drifts; the mean of t
 ratio, `preprocess_vs_ceiling`. The same ratio in CPU seconds (user + system of the child and its workers, which other
 tenants inflate less than wall time) is `preprocess_cpu_vs_ceiling`. Each stage's seconds and share of the wall clock
 come from the run's own records (corpus timing.json, binarized meta.json); what they leave is start-up, the cache
-lookups and the final concatenation.
+lookups and the final concatenation. The encode stage calls `encode_batch_fast` (the same ids, no character offsets):
+its own ceiling, `encode_fast_ceiling_mb_per_s`, is measured first and last.
 
-The same for data.splitter=blingfire (the opt-in splitter), and for text already one sentence per line with its
-tokenizer given (`presplit_given`: the demo's sentences as .txt files and its trained tokenizer as
-data.tokenizer_path: nothing to split or train, the rate a corpus at scale sees) on 1 and 2 workers. The splitters
+The same for data.splitter=blingfire (the opt-in splitter); for the demo's text as a user's own files of prose
+(`own_prose`: .jsonl, a document a line, so gathering reads text instead of parsing the registry's archives, and Punkt
+splits it again); and for text already one sentence per line with its tokenizer given (`presplit_given`: the demo's
+sentences as .txt files and its trained tokenizer as data.tokenizer_path: nothing to split or train, the rate a
+corpus at scale sees) on 1 and 2 workers. The splitters
 alone (`splitters`) run in this process on the demo's paragraphs as the corpus spools them: Punkt's training and
 splitting, nltk's on the first PARAGRAPH_SAMPLE characters for comparison, and blingfire, with blingfire's boundary
 agreement with Punkt (the share of boundaries both make, of those either makes). `load_avg` is the machine's 1-minute
@@ -67,14 +70,18 @@ def _preparation() -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         tmp = Path(tmp)
         ceiling = [encode_ceiling(tokenizer, documents)]
+        fast = [encode_ceiling(tokenizer, documents, fast=True)]
         default = prepare_run(tmp / "default", ["--config", "configs/demo.yaml"])
         blingfire = prepare_run(tmp / "blingfire", ["--config", "configs/demo.yaml", "data.splitter=blingfire"])
+        prose = _write_documents(documents, tmp / "prose", prose=True)
+        own = prepare_run(tmp / "own_prose", ["--config", "configs/demo.yaml", "--corpus", str(prose)])
         ceiling.append(encode_ceiling(tokenizer, documents))
-        presplit = _write_presplit(documents, tmp / "presplit")
+        presplit = _write_documents(documents, tmp / "presplit", prose=False)
         given = ["--config", "configs/demo.yaml", "--corpus", str(presplit), f"data.tokenizer_path={tokenizer}"]
         one = prepare_run(tmp / "given_1", given)
         two = prepare_run(tmp / "given_2", given, workers=2)
         ceiling.append(encode_ceiling(tokenizer, documents))
+        fast.append(encode_ceiling(tokenizer, documents, fast=True))
         startup = prepare_run(tmp / "default", ["--config", "configs/demo.yaml"], fresh=False)  # a cache hit
     mb = default["corpus_mb"]
 
@@ -94,6 +101,8 @@ def _preparation() -> dict:
         "preprocess_mb_per_s": ours["mb_per_s"],
         "encode_ceiling_mb_per_s": round(mb / ((ceiling[0]["seconds"] + ceiling[1]["seconds"]) / 2), 3),
         "encode_ceiling_runs": ceiling,
+        "encode_fast_ceiling_mb_per_s": round(mb / ((fast[0]["seconds"] + fast[1]["seconds"]) / 2), 3),
+        "encode_fast_ceiling_runs": fast,
         "preprocess_vs_ceiling": ours["vs_ceiling"],
         "preprocess_cpu_vs_ceiling": ours["cpu_vs_ceiling"],
         "preprocess_cpu_s": default["cpu_s"],
@@ -102,6 +111,7 @@ def _preparation() -> dict:
         "preprocess_peak_rss_mb": default["peak_rss_mb"],
         "startup_and_cache_hit_s": startup["wall_s"],
         "blingfire": versus(blingfire, 0),
+        "own_prose": versus(own, 0),
         "presplit_given": {"1_worker": versus(one, 1), "2_workers": versus(two, 1),
                            "speedup_2_workers": round(one["wall_s"] / two["wall_s"], 2)},
         "splitters": splitters_alone(),
@@ -154,35 +164,43 @@ def prepare_run(cache: Path, args: list[str], workers: int = 1, fresh: bool = Tr
             "shares": {k: round(v / wall, 3) for k, v in stages.items()}}
 
 
-def encode_ceiling(tokenizer: Path, documents: Path) -> dict:
-    """The tokenizer's own one-thread encode_batch over every sentence of `documents`, timed in a fresh process (rayon
-    reads its thread count once per process) with the text already in memory: {seconds, cpu_s}."""
+def encode_ceiling(tokenizer: Path, documents: Path, fast: bool = False) -> dict:
+    """The tokenizer's own one-thread encode_batch (`fast`: encode_batch_fast, no character offsets, as the encode
+    stage calls) over every sentence of `documents`, timed in a fresh process (rayon reads its thread count once per
+    process) with the text already in memory: {seconds, cpu_s}."""
     env = {**os.environ, "RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "harness.benchmarks.data", str(tokenizer), str(documents)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "harness.benchmarks.data", str(tokenizer), str(documents),
+                           "encode_batch_fast" if fast else "encode_batch"], env=env,
                           capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _ceiling_main(tokenizer: str, documents: str) -> None:
+def _ceiling_main(tokenizer: str, documents: str, method: str) -> None:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(tokenizer)
+    encode = getattr(tok, method)
     sentences = [line for line in Path(documents).read_text(encoding="utf-8").split("\n") if line]
     t0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, len(sentences), CEILING_BATCH):
-        tok.encode_batch(sentences[start:start + CEILING_BATCH], add_special_tokens=False)
+        encode(sentences[start:start + CEILING_BATCH], add_special_tokens=False)
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - c0, 2)}))
 
 
-def _write_presplit(documents: Path, folder: Path) -> Path:
-    """The documents of a documents.txt (one sentence per line, blank lines between documents) as PRESPLIT_FILES .txt
-    files of the same layout: a user's corpus that needs no splitting."""
+def _write_documents(documents: Path, folder: Path, prose: bool) -> Path:
+    """The documents of a documents.txt (one sentence per line, blank lines between documents) as a user's corpus in
+    PRESPLIT_FILES files: .txt of the same layout (nothing to split), or `prose`, .jsonl with each document's sentences
+    joined by spaces (Punkt splits them again)."""
     folder.mkdir()
     docs = documents.read_text(encoding="utf-8").rstrip("\n").split("\n\n")
     per_file = -(-len(docs) // PRESPLIT_FILES)
     for i in range(PRESPLIT_FILES):
         part = docs[i * per_file:(i + 1) * per_file]
-        (folder / f"part_{i}.txt").write_text("".join(d + "\n\n" for d in part), encoding="utf-8")
+        if prose:
+            text = "".join(json.dumps({"text": d.replace("\n", " ")}, ensure_ascii=False) + "\n" for d in part)
+            (folder / f"part_{i}.jsonl").write_text(text, encoding="utf-8")
+        else:
+            (folder / f"part_{i}.txt").write_text("".join(d + "\n\n" for d in part), encoding="utf-8")
     return folder
 
 
