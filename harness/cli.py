@@ -30,6 +30,7 @@ def _data_prepare(args: argparse.Namespace) -> None:
     from harness.config import load_config
     from harness.data.pipeline import prepare
     from harness.data.shards import Backend
+    from harness.grid.stopping import stop_on_signals
 
     overrides = list(args.overrides)
     if args.corpus:
@@ -48,7 +49,8 @@ def _data_prepare(args: argparse.Namespace) -> None:
         os.environ["RAYON_NUM_THREADS"] = str(backend.workers)
     else:  # an array task uses the cores SLURM gives it; --workers caps the tasks running at once
         backend = Backend(args.backend, args.workers or 64, load_slurm_options(args.slurm))
-    prepare(cfg.data, verbose=True, backend=backend, shard_bytes=int(args.shard_mb * 1e6))
+    with stop_on_signals():  # SIGTERM/SIGINT: the pool of the stage at work is terminated on the way out (ordered_map)
+        prepare(cfg.data, verbose=True, backend=backend, shard_bytes=int(args.shard_mb * 1e6))
 
 
 # Refusals are fast: `pretrain`, `export-hf` and `finetune` check what the user typed with torch-free modules first,

@@ -535,6 +535,35 @@ def test_demo_on_two_workers_killed_and_resumed_equals_one_process(tmp_path, mon
 
 
 @pytest.mark.slow
+def test_sigterm_stops_data_prepare_and_its_workers(tmp_path, monkeypatch):
+    """`data prepare --workers 2` of the demo in shards of 8 MB (each encoded by a process of its own), sent SIGTERM
+    while it encodes: it exits 128 + 15 with one line, and no process of its group runs on."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    fresh_cache(tmp_path / "cache", monkeypatch)
+    command = [sys.executable, "-m", "harness", "data", "prepare", "--config", "configs/demo.yaml", "--workers", "2",
+               "--shard-mb", "8"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        while proc.poll() is None and not list((tmp_path / "cache" / "binarized").glob("*.partial/shards")):
+            time.sleep(0.2)
+        time.sleep(1)  # the shards' processes started
+        proc.send_signal(signal.SIGTERM)  # to it alone, by its PID
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert err.strip().splitlines()[-1] == "error: stopped by SIGTERM; every process it started has stopped"
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)  # its group (its workers) is empty
+    finally:  # whatever a failure left running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
 def test_submitit_backend_prepares_the_same_data(prepared, tmp_path, monkeypatch):
     """`data prepare --backend submitit-local`: the shards split and encoded as submitit jobs (the executor that
     stands in for SLURM), the same files as one process."""
