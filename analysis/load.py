@@ -42,7 +42,7 @@ NA_OFFLINE = "n/a offline"
 # harness): text, tokenizer and split, window length and mask rate. Arms that differ in one were scored on different
 # yardsticks, and their perplexities do not compare.
 YARDSTICK_KEYS = ("data.corpus", "data.tokenizer", "data.vocab_size", "data.lowercase", "data.tokenizer_path",
-                  "data.valid_fraction", "data.max_seq_len", "data.splitter")
+                  "data.valid_fraction", "data.max_seq_len", "data.splitter", "data.tokenizer_sample_mb")
 REQUIRED_RESULT = ("final_yardstick_ppl",)  # a finished run's result.json fields that no comparison can do without
 UNIGRAM = "yardstick_unigram_ppl"  # result.json's no-context reference: one value per study
 BIGRAM = "yardstick_bigram_ppl"  # ... its local-context reference (the left-bigram count model); older runs lack it

@@ -431,15 +431,28 @@ def test_given_tokenizer_errors_name_the_file_and_what_is_missing(tmp_path):
             prepare(replace(CFG, tokenizer_path=path))
 
 
-def test_tokenizer_sample_takes_every_kth_training_document(monkeypatch):
-    import harness.data.pipeline as pipeline
+def test_tokenizer_sample_takes_every_kth_training_document():
+    from harness.data.pipeline import tokenizer_sample
 
-    monkeypatch.setattr(pipeline, "TOKENIZER_SAMPLE_BYTES", 20)
     train = np.array([True, False, True, True, True, True])
     doc_bytes = np.full(6, 10)  # 50 training bytes: every 3rd training document (ranks 0 and 3)
-    assert pipeline.tokenizer_sample(doc_bytes, train).tolist() == [True, False, False, False, True, False]
-    monkeypatch.setattr(pipeline, "TOKENIZER_SAMPLE_BYTES", 1000)  # a split smaller than the sample: all of it
-    assert pipeline.tokenizer_sample(doc_bytes, train).tolist() == train.tolist()
+    assert tokenizer_sample(doc_bytes, train, 20).tolist() == [True, False, False, False, True, False]
+    assert tokenizer_sample(doc_bytes, train, 1000).tolist() == train.tolist()  # a smaller split: all of it
+
+
+def test_a_smaller_tokenizer_sample_is_other_data(prepared):
+    """data.tokenizer_sample_mb below tiny's training split: another cache folder and tokenizer, the same documents
+    and sentences; the default (256 MB, whole split here) keeps the folder every run so far prepared."""
+    assert CFG.tokenizer_settings == (CFG.tokenizer, CFG.vocab_size, CFG.lowercase, CFG.valid_fraction)
+    assert prepare(CFG).dir == prepared.dir
+    small = prepare(replace(CFG, tokenizer_sample_mb=0.3))
+    assert small.dir != prepared.dir
+    assert (small.dir / "tokenizer.json").read_bytes() != (prepared.dir / "tokenizer.json").read_bytes()
+    for name in ("train", "valid"):
+        assert {k: v for k, v in small.meta["splits"][name].items() if k != "tokens"} == {
+            k: v for k, v in prepared.meta["splits"][name].items() if k != "tokens"}
+    with pytest.raises(UserError, match=r"data.tokenizer_sample_mb: expected a positive number of MB, got 0"):
+        replace(CFG, tokenizer_sample_mb=0)
 
 
 def test_example_index_is_built_once_and_read_back_identical(prepared, monkeypatch):

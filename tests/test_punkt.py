@@ -218,8 +218,8 @@ def test_blingfire_is_its_own_corpus(tmp_path, monkeypatch):
 
 
 def test_the_default_splitter_keeps_cell_ids():
-    """data.splitter came after studies had run: at its default a cell's id (config_hash) is what it was without it,
-    so a resumed grid finds its finished cells; set, it is part of the id."""
+    """data.splitter and data.tokenizer_sample_mb came after studies had run: at their defaults a cell's id
+    (config_hash) is what it was without them, so a resumed grid finds its finished cells; set, each is part of it."""
     import hashlib
 
     from harness.grid.experiment import config_hash
@@ -227,9 +227,10 @@ def test_the_default_splitter_keeps_cell_ids():
     cfg = load_config("configs/demo.yaml")
     d = cfg.to_dict()
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("runs_dir", "num_workers", "wandb")}
-    del d["data"]["splitter"]
+    del d["data"]["splitter"], d["data"]["tokenizer_sample_mb"]
     assert config_hash(cfg) == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-    assert config_hash(load_config("configs/demo.yaml", ["data.splitter=blingfire"])) != config_hash(cfg)
+    for setting in ("data.splitter=blingfire", "data.tokenizer_sample_mb=9"):
+        assert config_hash(load_config("configs/demo.yaml", [setting])) != config_hash(cfg)
 
 
 @pytest.mark.slow

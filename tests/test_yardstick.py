@@ -148,7 +148,7 @@ def test_the_analysis_refuses_exactly_what_the_yardstick_depends_on():
              "tokenizer_path": "t.json", "input_format": "doc_sentences", "masking": "static",
              "nsp_positive_prob": 0.6, "static_masks": 3, "mask_prob": 0.2, "random_token_prob": 0.05,
              "leave_unmasked_prob": 0.05, "max_seq_len": 256, "data_fraction": 0.5, "data_tokens": 1000,
-             "valid_fraction": 0.1, "decode_errors": "replace", "splitter": "blingfire"}
+             "valid_fraction": 0.1, "decode_errors": "replace", "splitter": "blingfire", "tokenizer_sample_mb": 9.0}
     assert set(other) == {f.name for f in fields(DataConfig)}, "a new data setting: say whether the yardstick uses it"
     kept = {k for k, v in other.items()
             if yardstick.yardstick_config(replace(base, **{k: v})) != yardstick.yardstick_config(base)}

@@ -48,12 +48,6 @@ from harness.files import cache_root
 
 VERSION = 2  # bump when the binarized layout or split rule changes
 MIN_VALID_DOCS = 2
-# The tokenizer trains on every k-th training document, k chosen so that the sample holds about this much text; a
-# smaller training split is used whole (the demo's 36 MB). Byte-level BPE's merges are settled by the frequencies of
-# common words, which a few hundred MB fix (the paper did not train one on its 160 GB at all: it reused GPT-2's 50K
-# vocabulary, learned on WebText); training on 256 MB takes minutes and a few GB of memory, where the whole of a
-# 16-160 GB corpus would take hours and more memory than a node has.
-TOKENIZER_SAMPLE_BYTES = 256_000_000
 
 
 @dataclass(frozen=True)
@@ -103,8 +97,8 @@ def _key(corpus: Corpus, cfg: DataConfig) -> str:
     settings = [VERSION, corpus.key, *cfg.tokenizer_settings]
     if cfg.tokenizer_path:  # the file's content, not only its name
         settings.append(file_sha256(Path(cfg.tokenizer_path).expanduser()))
-    elif corpus.stats["bytes"] > TOKENIZER_SAMPLE_BYTES:  # the sample's size matters only where it bites
-        settings.append(TOKENIZER_SAMPLE_BYTES)
+    elif corpus.stats["bytes"] > _sample_bytes(cfg):  # the sample's size matters only where it bites
+        settings.append(_sample_bytes(cfg))
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
 
 
@@ -226,7 +220,7 @@ def _tokenizer(corpus: Corpus, cfg: DataConfig, doc_bytes: np.ndarray, is_valid:
                 print(f"tokenizer: {cfg.tokenizer_path} ({tok.get_vocab_size():,} tokens; data.tokenizer and "
                       f"data.vocab_size are not used)", flush=True)
         else:  # the training split only, so validation text stays unseen
-            sample = tokenizer_sample(doc_bytes, ~is_valid)
+            sample = tokenizer_sample(doc_bytes, ~is_valid, _sample_bytes(cfg))
             if verbose:
                 print(f"training the {cfg.tokenizer} tokenizer ({cfg.vocab_size:,} tokens) on {sample.sum():,} of "
                       f"{(~is_valid).sum():,} training documents ...", flush=True)
@@ -244,10 +238,15 @@ def _tokenizer(corpus: Corpus, cfg: DataConfig, doc_bytes: np.ndarray, is_valid:
     return tok
 
 
-def tokenizer_sample(doc_bytes: np.ndarray, train: np.ndarray) -> np.ndarray:
+def _sample_bytes(cfg: DataConfig) -> int:
+    return int(cfg.tokenizer_sample_mb * 1e6)
+
+
+def tokenizer_sample(doc_bytes: np.ndarray, train: np.ndarray, sample_bytes: int) -> np.ndarray:
     """Which documents the tokenizer trains on: every k-th training document, in corpus order, with the smallest k
-    that keeps the sample within TOKENIZER_SAMPLE_BYTES (k = 1, all of them, for a smaller training split)."""
-    stride = max(1, -(-int(doc_bytes[train].sum()) // TOKENIZER_SAMPLE_BYTES))
+    that keeps the sample within `sample_bytes` (k = 1, all of them, for a smaller training split;
+    data.tokenizer_sample_mb says why a sample)."""
+    stride = max(1, -(-int(doc_bytes[train].sum()) // sample_bytes))
     rank = np.cumsum(train) - 1  # position of each training document among the training documents
     return train & (rank % stride == 0)
 

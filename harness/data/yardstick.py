@@ -39,7 +39,7 @@ _PAIR_CHUNK = 1 << 24  # tokens per pass when counting pairs (int64 keys: 128 MB
 
 MASK_PROB = 0.15  # the paper's rate, whatever an arm trains with (data.mask_prob), so every run is scored alike
 DEPENDS_ON = ("corpus", "tokenizer", "vocab_size", "lowercase", "tokenizer_path", "valid_fraction", "max_seq_len",
-              "splitter")
+              "splitter", "tokenizer_sample_mb")
 """The data settings the yardstick keeps from the arm (yardstick_config fixes the others; static_masks and
 decode_errors it keeps but never uses): arms that differ in one are scored on different yardsticks, which the
 analysis refuses (analysis.load.YARDSTICK_KEYS, kept equal to this by a test)."""

@@ -120,12 +120,16 @@ class Experiment:
         }
 
 
+ADDED_LATER = {"splitter": "punkt", "tokenizer_sample_mb": 256.0}  # data settings added after studies had run
+
+
 def config_hash(cfg: Config) -> str:
     d = cfg.to_dict()
     outside = {"train.runs_dir", *RUN_OVERRIDES}  # where a cell runs and how it logs are not what it computes
     d["train"] = {k: v for k, v in d["train"].items() if f"train.{k}" not in outside}
-    if d["data"]["splitter"] == "punkt":  # added after studies ran: at its default, their cells keep their ids
-        del d["data"]["splitter"]
+    for key, default in ADDED_LATER.items():  # at its default, the cells of studies run before keep their ids
+        if d["data"][key] == default:
+            del d["data"][key]
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
