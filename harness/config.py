@@ -114,7 +114,7 @@ class DataConfig:
         # A given tokenizer file, or a sample other than the default, is appended only when set, so the keys of
         # tokenizers trained as before stay as they were.
         given = (self.tokenizer_path,) if self.tokenizer_path else ()
-        sample = (self.tokenizer_sample_mb,) if self.tokenizer_sample_mb != 256.0 else ()
+        sample = (self.tokenizer_sample_mb,) if self.tokenizer_sample_mb != DataConfig.tokenizer_sample_mb else ()
         return (self.tokenizer, self.vocab_size, self.lowercase, self.valid_fraction, *given, *sample)
 
 

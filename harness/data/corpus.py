@@ -141,9 +141,7 @@ def prepare_corpus(spec: str, decode_errors: str = "strict", verbose: bool = Fal
     if splitter != "punkt" and importlib.util.find_spec(splitter) is None:
         raise UserError(f"data.splitter={splitter}: the {splitter} package is not installed (pip install {splitter})")
     backend = backend or Backend(workers=workers or os.cpu_count() or 1)
-    # Gathering (and Punkt's sample) runs on this machine's cores: `workers` of them, or all under a SLURM backend
-    # (whose workers are its array's tasks).
-    cores = backend.workers if backend.name == "local" else len(os.sched_getaffinity(0))
+    cores = _gathering_cores(backend)
     if spec in REGISTRY_CORPORA:
         name, key = spec, _registry_key(spec, splitter)
         downloads = cache_root() / "downloads"
@@ -305,7 +303,7 @@ def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backe
     for folder in ("spool", "sentences", "splitters", "corpus"):  # what killed runs left half-written
         sweep(cache_root() / folder)
     t0 = time.perf_counter()
-    cores = backend.workers if backend.name == "local" else len(os.sched_getaffinity(0))  # as prepare_corpus's
+    cores = _gathering_cores(backend)
     spools = list(tqdm(ordered_map(_gather_unit, range(len(units)), min(len(units), cores), _use_units,
                                    (units, shard_bytes)),
                        desc="gather", unit="group", total=len(units), disable=not verbose or len(units) < 2))
@@ -351,6 +349,12 @@ def _build(final: Path, name: str, sources: list[str], units: list[_Unit], backe
     publish(tmp, final)
     for folder in spools:  # the sentence shards hold everything now
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _gathering_cores(backend: Backend) -> int:
+    """Gathering (and reading Punkt's sample) runs on this machine's cores: `workers` of them, or all under a SLURM
+    backend (whose workers are its array's tasks)."""
+    return backend.workers if backend.name == "local" else len(os.sched_getaffinity(0))
 
 
 _UNITS: tuple[list[_Unit], int] = ([], 0)  # the units of a gathering process and the shard size, set when it starts
