@@ -34,3 +34,12 @@ def test_ordered_map_keeps_order_on_several_processes():
     assert [r for _, r in results] == [x * x for x in range(50)]
     assert os.getpid() not in {pid for pid, _ in results}
     assert {pid for pid, _ in ordered_map(_pid_and_square, range(3), workers=1)} == {os.getpid()}
+
+
+def test_ordered_map_makes_no_pool_for_no_items(monkeypatch):
+    """A pool stopped as it starts can miss a worker's stop and wait for it for good (it once hung a grid): nothing to
+    map starts no process; one item still goes to the pool."""
+    assert list(ordered_map(str, iter([]), 2)) == []
+    assert list(ordered_map(str, [0], 2)) == ["0"]
+    monkeypatch.setattr(shards.multiprocessing, "Pool", lambda *args, **kwargs: pytest.fail("a pool for no items"))
+    assert list(ordered_map(str, [], 2)) == []

@@ -15,6 +15,7 @@ uses the cores SLURM gave it (`--slurm cpus_per_task=N`). Inside a shard, `order
 from __future__ import annotations
 
 import fcntl
+import itertools
 import multiprocessing
 import os
 import shutil
@@ -186,6 +187,9 @@ def blocks(path: Path, sep: bytes) -> Iterator[bytes]:
         yield carry
 
 
+_NOTHING = object()
+
+
 def ordered_map(fn: Callable, items: Iterable, workers: int, initializer: Callable | None = None,
                 initargs: tuple = ()) -> Iterator:
     """fn(item) for every item, in order: here when workers is 1, else on `workers` processes with at most 4 items per
@@ -196,7 +200,12 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, initializer: Callab
             initializer(*initargs)
         yield from map(fn, items)
         return
+    items = iter(items)
+    first = next(items, _NOTHING)
+    if first is _NOTHING:  # no pool for nothing: one ended as it starts can miss a worker's stop (_start_worker)
+        return
     with multiprocessing.Pool(workers, initializer=_start_worker, initargs=(initializer, initargs)) as pool:
+        items = itertools.chain([first], items)
         pending: deque = deque()
         for item in items:
             if len(pending) == 4 * workers:
@@ -209,6 +218,8 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, initializer: Callab
 def _start_worker(initializer: Callable, initargs: tuple) -> None:
     # A forked worker inherits its parent's handlers; in a SLURM array task that is submitit's, which ignores SIGTERM,
     # and the pool stops its workers with SIGTERM: they would never end, and the task would hang at its last shard.
+    # Before this line runs the parent's handler is still in place (under `grid run`, harness.grid.stopping's): a pool
+    # stopped as it started (given no items) once left a worker alive here and its parent waiting for it for good.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if initializer:
         initializer(*initargs)
