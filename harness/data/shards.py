@@ -129,9 +129,9 @@ def run_tasks(tasks: list[Task], what: str, backend: Backend, verbose: bool) -> 
         # core: no process then reads and writes the others' blocks. The rest (fewer, or smaller) one after another,
         # each on all the workers, in blocks: two shards of 38 and 12 MB on 2 workers take 25 MB's time, not 38.
         workers = backend.workers
-        tasks = sorted(tasks, key=lambda task: -os.path.getsize(task[1][0]))
-        largest = os.path.getsize(tasks[0][1][0])
-        even = sum(os.path.getsize(args[0]) >= EVEN * largest for _, args in tasks)
+        sized = sorted(((os.path.getsize(task[1][0]), task) for task in tasks), key=lambda s: -s[0])  # input bytes
+        tasks = [task for _, task in sized]
+        even = sum(size >= EVEN * sized[0][0] for size, _ in sized)
         whole = even - even % workers if workers > 1 else 0
         with tqdm(total=len(tasks), desc=what, unit="shard", disable=not verbose or len(tasks) < 2) as bar:
             for _ in ordered_map(_on_one_core, tasks[:whole], workers):
