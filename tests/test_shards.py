@@ -37,9 +37,43 @@ def test_ordered_map_keeps_order_on_several_processes():
 
 
 def test_ordered_map_makes_no_pool_for_no_items(monkeypatch):
-    """A pool stopped as it starts can miss a worker's stop and wait for it for good (it once hung a grid): nothing to
-    map starts no process; one item still goes to the pool."""
+    """Nothing to map starts no process; one item still goes to the pool."""
     assert list(ordered_map(str, iter([]), 2)) == []
     assert list(ordered_map(str, [0], 2)) == ["0"]
     monkeypatch.setattr(shards.multiprocessing, "Pool", lambda *args, **kwargs: pytest.fail("a pool for no items"))
     assert list(ordered_map(str, [], 2)) == []
+
+
+# A pool stopped while its workers start, under a parent whose SIGTERM handler does not exit (as `grid run`'s does not:
+# harness.grid.stopping): each worker waits a second before its own start-up, as a slow fork would.
+_STOPPED_AS_IT_STARTS = """
+import signal, time
+from harness.data import shards
+start = shards._start_worker
+shards._start_worker = lambda *args: (time.sleep(1.0), start(*args))
+signal.signal(signal.SIGTERM, lambda *_: print("a stop reached a worker before its own handler", flush=True))
+def items():
+    yield 1
+    raise KeyError("the input ends in an error")
+try:
+    list(shards.ordered_map(abs, items(), 2))
+except KeyError:
+    print("stopped", flush=True)
+"""
+
+
+def test_a_pool_stopped_as_its_workers_start_leaves_none_behind():
+    """The pool stops its workers with SIGTERM; one that gets it before its own handler is set ran its parent's, which
+    kept it alive, and the parent waited for it for good (a grid once hung so). Workers fork with SIGTERM held back."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _STOPPED_AS_IT_STARTS], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)  # its process group: it and every worker it started
+            proc.wait()
+    assert (proc.returncode, out) == (0, "stopped\n")

@@ -202,9 +202,15 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, initializer: Callab
         return
     items = iter(items)
     first = next(items, _NOTHING)
-    if first is _NOTHING:  # no pool for nothing: one ended as it starts can miss a worker's stop (_start_worker)
+    if first is _NOTHING:
         return
-    with multiprocessing.Pool(workers, initializer=_start_worker, initargs=(initializer, initargs)) as pool:
+    # SIGTERM is held back while the workers fork, so none can get the pool's stop before it has its own handler
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        pool = multiprocessing.Pool(workers, initializer=_start_worker, initargs=(initializer, initargs))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    with pool:
         items = itertools.chain([first], items)
         pending: deque = deque()
         for item in items:
@@ -218,8 +224,10 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, initializer: Callab
 def _start_worker(initializer: Callable, initargs: tuple) -> None:
     # A forked worker inherits its parent's handlers; in a SLURM array task that is submitit's, which ignores SIGTERM,
     # and the pool stops its workers with SIGTERM: they would never end, and the task would hang at its last shard.
-    # Before this line runs the parent's handler is still in place (under `grid run`, harness.grid.stopping's): a pool
-    # stopped as it started (given no items) once left a worker alive here and its parent waiting for it for good.
+    # Until this line the parent's handler is in place (under `grid run`, harness.grid.stopping's), so ordered_map
+    # forks with SIGTERM blocked: a stop sent before now waits, and ends the worker here. Without that, a pool stopped
+    # as it started once left a worker alive and its parent waiting for it for good (tests/test_shards.py).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     if initializer:
         initializer(*initargs)
