@@ -41,10 +41,10 @@ class DataConfig:
     """Lowercase before WordPiece (BERT-uncased); byte-level BPE is always cased."""
     tokenizer_sample_mb: float = 256.0
     """The tokenizer trains on every k-th training document, k the smallest that keeps its sample within this many MB;
-    a smaller training split whole (the demo's 36 MB). BPE's merges are settled by the frequencies of common words,
-    which a few hundred MB fix (the paper trained none on its 160 GB: it reused GPT-2's vocabulary), and training on
-    256 MB takes ~50 s on one thread; a quarter of the demo's split (9 MB) gives its 4K vocabulary the same compression
-    of unseen text (README, Performance)."""
+    a smaller training split whole. BPE's merges are settled by the frequencies of common words, which a few hundred
+    MB fix (the paper trained none on its 160 GB: it reused GPT-2's vocabulary), and training on 256 MB takes ~50 s on
+    one thread. The demo sets 9: a quarter of its 36 MB split gives its 4K vocabulary the same compression of unseen
+    text in a third of the time (docs/results.md, 2026-12-07)."""
     tokenizer_path: str = ""
     """A `tokenizers` JSON file to use instead of training one (the paper reused GPT-2's 50K byte-level BPE; bring
     RoBERTa's this way). Its special tokens are found by name; data.tokenizer and data.vocab_size are then unused."""

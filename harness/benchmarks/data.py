@@ -13,16 +13,15 @@ come from the run's own records (corpus timing.json, binarized meta.json); what 
 lookups and the final concatenation. The encode stage calls `encode_batch_fast` (the same ids, no character offsets):
 its own ceiling, `encode_fast_ceiling_mb_per_s`, is measured first and last.
 
-The same for data.splitter=blingfire (the opt-in splitter); for data.tokenizer_sample_mb=TOKENIZER_SAMPLE_MB (the
-demo's tokenizer trained on a quarter of its training split: another tokenizer, so set against the default one's
-ceiling); for the demo's text as a user's own files of prose (`own_prose`: .jsonl, a document a line, so gathering
-reads text instead of parsing the registry's archives, and Punkt splits it again); and for text already one sentence
-per line with its tokenizer given (`presplit_given`: the demo's sentences as .txt files and its trained tokenizer as
-data.tokenizer_path: nothing to split or train, the rate a corpus at scale sees) on 1 and 2 workers. The splitters
-alone (`splitters`) run in this process on the demo's paragraphs as the corpus spools them: Punkt's training and
-splitting, nltk's on the first PARAGRAPH_SAMPLE characters for comparison, and blingfire, with blingfire's boundary
-agreement with Punkt (the share of boundaries both make, of those either makes). `load_avg` is the machine's 1-minute
-load at the start and the end: above the core count, wall-clock figures are slowed by other processes.
+The same for data.splitter=blingfire (the opt-in splitter); for the demo's text as a user's own files of prose
+(`own_prose`: .jsonl, a document a line, so gathering reads text instead of parsing the registry's archives, and Punkt
+splits it again); and for text already one sentence per line with its tokenizer given (`presplit_given`: the demo's
+sentences as .txt files and its trained tokenizer as data.tokenizer_path: nothing to split or train, the rate a corpus
+at scale sees) on 1 and 2 workers. The splitters alone (`splitters`) run in this process on the demo's paragraphs as
+the corpus spools them: Punkt's training and splitting, nltk's on the first PARAGRAPH_SAMPLE characters for
+comparison, and blingfire, with blingfire's boundary agreement with Punkt (the share of boundaries both make, of those
+either makes). `load_avg` is the machine's 1-minute load at the start and the end: above the core count, wall-clock
+figures are slowed by other processes.
 """
 
 from __future__ import annotations
@@ -52,7 +51,6 @@ BATCHES = 300
 PARAGRAPH_SAMPLE = 3_000_000  # characters nltk's Punkt splits for the comparison (~1 s for ours, ~4 s for nltk's)
 PRESPLIT_FILES = 8  # the demo's sentences as this many .txt files
 RSS_SAMPLE_S = 0.1
-TOKENIZER_SAMPLE_MB = 9  # the demo with its tokenizer trained on a quarter of its training split (issue 32's goal 1)
 CEILING_BATCH = 10_000  # sentences per encode_batch call: ~1.3 MB, as the encode stage's blocks; bounded memory
 
 
@@ -75,8 +73,6 @@ def _preparation() -> dict:
         fast = [encode_ceiling(tokenizer, documents, fast=True)]
         default = prepare_run(tmp / "default", ["--config", "configs/demo.yaml"])
         blingfire = prepare_run(tmp / "blingfire", ["--config", "configs/demo.yaml", "data.splitter=blingfire"])
-        sampled = prepare_run(tmp / "sample", ["--config", "configs/demo.yaml",
-                                               f"data.tokenizer_sample_mb={TOKENIZER_SAMPLE_MB}"])
         prose = _write_documents(documents, tmp / "prose", prose=True)
         own = prepare_run(tmp / "own_prose", ["--config", "configs/demo.yaml", "--corpus", str(prose)])
         ceiling.append(encode_ceiling(tokenizer, documents))
@@ -116,7 +112,6 @@ def _preparation() -> dict:
         "startup_and_cache_hit_s": startup["wall_s"],
         "blingfire": versus(blingfire, 0),
         "own_prose": versus(own, 0),
-        f"tokenizer_sample_{TOKENIZER_SAMPLE_MB}mb": versus(sampled, 0),
         "presplit_given": {"1_worker": versus(one, 1), "2_workers": versus(two, 1),
                            "speedup_2_workers": round(one["wall_s"] / two["wall_s"], 2)},
         "splitters": splitters_alone(),
