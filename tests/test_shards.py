@@ -1,6 +1,9 @@
 """The shard machinery's own parts: blocks of whole records, and the ordered, bounded map over processes."""
 
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -65,15 +68,12 @@ except KeyError:
 def test_a_pool_stopped_as_its_workers_start_leaves_none_behind():
     """The pool stops its workers with SIGTERM; one that gets it before its own handler is set ran its parent's, which
     kept it alive, and the parent waited for it for good (a grid once hung so). Workers fork with SIGTERM held back."""
-    import subprocess
-    import sys
-
     proc = subprocess.Popen([sys.executable, "-c", _STOPPED_AS_IT_STARTS], stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, 9)  # its process group: it and every worker it started
+            os.killpg(proc.pid, signal.SIGKILL)  # its process group: it and every worker it started
             proc.wait()
     assert (proc.returncode, out) == (0, "stopped\n")

@@ -194,7 +194,7 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, initializer: Callab
                 initargs: tuple = ()) -> Iterator:
     """fn(item) for every item, in order: here when workers is 1, else on `workers` processes with at most 4 items per
     process in flight (Pool.imap would read every item ahead, so memory would grow with the input). Each process runs
-    initializer(*initargs) first."""
+    initializer(*initargs) first. Nothing to map starts no process."""
     if workers <= 1:
         if initializer:
             initializer(*initargs)
