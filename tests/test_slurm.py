@@ -310,7 +310,10 @@ def test_hard_preemption_scontrol_requeue_resumes_from_the_last_checkpoint(preem
 
 
 def test_scancel_the_array_then_grid_run_again_runs_only_the_missing_cells(tmp_path, slurm_conf):
-    path = experiment(tmp_path / "cancel.yaml", {"data.input_format": FORMATS}, {"optim.max_steps": 60},
+    # Each cell must outlast scancel's grace (submitit ignores the TERM; srun waits up to 7 s, its log says, before its
+    # KILL), or the cells running at the scancel finish in it and the next ones too: at 60 steps (~4 s a cell on a
+    # quiet core) every cell did, and the array ended with nothing left to resume.
+    path = experiment(tmp_path / "cancel.yaml", {"data.input_format": FORMATS}, {"optim.max_steps": 240},
                       seeds=(0, 1))
     folder = tmp_path / "runs" / "cancel-smoke"
     first = on_slurm(path, tmp_path / "runs", workers=2)
