@@ -563,18 +563,23 @@ _NEWS_MIN_CHARS = 300  # shorter rows are empty or a teaser line, not an article
 # The CSV lost most non-ASCII characters: a curly quote, apostrophe or dash became `"?` (or `"` plus U+FFFD),
 # and a straight `"` stands for an apostrophe. Each rule fixes one pattern; order matters. The third item holds
 # strings of which every match contains one: a text with none is left alone, unscanned (most articles have no `"?`).
+# Where it means the same, a rule starts with its literal and looks behind for its context (`"(?<=\w")` for `(\w)"`):
+# the engine then jumps from quote to quote instead of trying each letter (0.77 -> 0.28 s for the 3,711 articles). It
+# does not mean the same where the context can be part of the rule's previous match (a lookbehind sees it, a group
+# could not take it again): so rules 2 and 3 keep their groups (for ,"?"? and "? "?), and rule 7 comes before 8.
 _NEWS_FIXES = [
-    (re.compile(r"(\w)\"\ufffd?(?=(?:s|t|re|ll|ve|m|d)\b)"), r"\1'", ('"',)),  # didn"t, I"�m -> didn't, I'm
+    (re.compile(r"\"(?<=\w\")\ufffd?(?=(?:s|t|re|ll|ve|m|d)\b)"), "'", ('"',)),  # didn"t, I"�m -> didn't, I'm
     (re.compile(r"([,.!?;:])\"\?"), r'\1" ', ('"?',)),  # said,"?he -> said," he (a closing quote ate the space)
     (re.compile(r"(\s|^|[A-Z]{3})\"\?\s*"), r"\1 — ", ('"?',)),  # WASHINGTON "?House, Smith "?aged 38 -> a dash
     (re.compile(r"(\"[^\"?]{1,80})\"\?"), r'\1" ', ('"?',)),  # a "quoted phrase"?and -> a "quoted phrase" and
-    (re.compile(r"(\w)\"\?"), r"\1' ", ('"?',)),  # Parents"?primary concern -> Parents' primary concern
+    (re.compile(r"\"\?(?<=\w\"\?)"), "' ", ('"?',)),  # Parents"?primary concern -> Parents' primary concern
     (re.compile(r"\"\?"), r'" ', ('"?',)),
     # What is left cannot be recovered (a lost £ or € before a number, a lost letter in a name): drop the mark.
-    (re.compile(r"\ufffd+|(?<=[\s(])\?(?=\d)"), "", ("\ufffd", "?")),
+    (re.compile(r"\?(?<=[\s(]\?)(?=\d)"), "", ("?",)),  # before the next rule, whose removals it must not see
+    (re.compile(r"\ufffd+"), "", ("\ufffd",)),
     # Deutsche Welle articles carry their share bar: "Send Facebook Twitter ... Permalink http://dw.com/p/2X8rX".
     (re.compile(r"Send Facebook Twitter Google\+.{0,100}? Permalink \S+"), "", ("Send Facebook Twitter Google+",)),
-    (re.compile(r" {2,}"), " ", ("  ",)),
+    (re.compile(r"  +"), " ", ("  ",)),
 ]
 
 
