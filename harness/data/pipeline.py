@@ -301,7 +301,7 @@ def _encode_block(item: tuple[bytes, np.ndarray, str]) -> dict[str, tuple[np.nda
     for name, batch in sentences.items():
         # encode_batch_fast: the same ids without character offsets, which nothing here reads (tokenizers >= 0.20)
         encodings = _TOKENIZER.encode_batch_fast(batch, add_special_tokens=False)
-        n = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        n = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))  # len(e): no list of its ids
         done[name] = (np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=dtype,
                                   count=int(n.sum())), n)
     return done
