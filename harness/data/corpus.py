@@ -264,7 +264,12 @@ def _normalise_all(texts: list[str]) -> list[str]:
     """[_normalise(t) for t in texts], the empty ones left out, in one `_normalise` of the texts joined (a document's
     sentences or paragraphs: a few calls instead of a few per text, ~3x faster). The same strings: NFC neither
     composes nor reorders across a starter that composes with nothing, the separator is no control character, and
-    being no whitespace it stays between the texts, with at most a space on either side."""
+    being no whitespace it stays between the texts, with at most a space on either side. Texts of printable ASCII
+    with no double space (half the demo's documents, two thirds of its text) have nothing to compose, remove or
+    collapse: only a space at either end to strip (the demo's 0.52 -> 0.30 s)."""
+    plain = "".join(texts)
+    if plain.isascii() and plain.isprintable() and "  " not in plain:  # printable: no control, no other whitespace
+        return [t for t in (text.strip(" ") for text in texts) if t]
     joined = _SEPARATOR.join(texts)
     if joined.count(_SEPARATOR) != len(texts) - 1:  # a text holds the separator itself
         return [t for t in map(_normalise, texts) if t]
